@@ -1,0 +1,255 @@
+"""The task model: what a user asked for (specs) and where it stands (states).
+
+Specs are frozen dataclasses built once from user input and never changed;
+runtime status lives in :class:`TaskRecord`, owned by the scheduler.  Every
+state change goes through :func:`transition`, which checks the one table of
+legal moves::
+
+    WAITING -> QUEUED -> RUNNING -> SUCCEEDED
+                           |  \\-> FAILED -> QUEUED (retries left) | DEAD
+                           \\-> QUEUED (its worker was lost; no retry used)
+    any live state -> CANCELLED;  WAITING -> SKIPPED (an upstream task failed)
+
+A failed task that was given no retries ends in FAILED; one that used up its
+retries ends in DEAD (the dead-letter set).  ``titan retry`` moves FAILED,
+DEAD, CANCELLED and SKIPPED tasks back to QUEUED.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
+
+from titan.errors import InvalidTransition, UsageError
+
+__all__ = [
+    "TaskState",
+    "TERMINAL",
+    "TRANSITIONS",
+    "transition",
+    "TaskSpec",
+    "TaskRecord",
+    "Attempt",
+    "spec_from_wire",
+    "spec_to_wire",
+    "default_task_name",
+]
+
+
+class TaskState(str, enum.Enum):
+    WAITING = "WAITING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    DEAD = "DEAD"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+S = TaskState
+TRANSITIONS: Dict[TaskState, FrozenSet[TaskState]] = {
+    S.WAITING: frozenset({S.QUEUED, S.CANCELLED, S.SKIPPED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
+    S.FAILED: frozenset({S.QUEUED, S.DEAD}),
+    S.DEAD: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
+    S.SKIPPED: frozenset({S.QUEUED}),
+    S.SUCCEEDED: frozenset(),
+}
+TERMINAL: FrozenSet[TaskState] = frozenset(
+    {S.SUCCEEDED, S.FAILED, S.DEAD, S.CANCELLED, S.SKIPPED}
+)
+
+
+def transition(record: "TaskRecord", new: TaskState) -> TaskState:
+    """Move ``record`` to ``new``; raise :class:`InvalidTransition` if illegal."""
+    old = record.state
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(
+            f"task {record.id!r} cannot move from {old.value} to {new.value}"
+        )
+    record.state = new
+    return old
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the user asked to run; immutable once submitted."""
+
+    argv: Tuple[str, ...]
+    name: str = "task"
+    requires: FrozenSet[str] = frozenset()
+    node: Optional[str] = None
+    timeout_s: Optional[float] = None
+    kill_grace_s: float = 5.0
+    priority: int = 0
+    retries: int = 0
+    retry_backoff_s: float = 1.0
+    env: Tuple[Tuple[str, str], ...] = ()
+    shell: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def command_text(self) -> str:
+        """The command as a person would type it."""
+        if self.shell:
+            return self.argv[-1]
+        return " ".join(_quote(a) for a in self.argv)
+
+
+def _quote(arg: str) -> str:
+    if arg and re.fullmatch(r"[A-Za-z0-9_./=:,+@%-]+", arg):
+        return arg
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+def default_task_name(argv: Tuple[str, ...], shell: bool) -> str:
+    """A readable task name from a command: ``python3 x.py`` -> ``python3``."""
+    words = argv[-1].split() if shell else list(argv)
+    first = words[0].rsplit("/", 1)[-1] if words else ""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "", first)[:32].lstrip("._-")
+    return cleaned or "task"
+
+
+def _want(cond: bool, message: str) -> None:
+    if not cond:
+        raise UsageError(message)
+
+
+def _argv_from_wire(command: object) -> Tuple[Tuple[str, ...], bool]:
+    if isinstance(command, str):
+        _want(bool(command.strip()), "empty command: give a shell string or an argv list")
+        return ("/bin/sh", "-c", command), True
+    _want(isinstance(command, list), f"command must be a string or a list, not {type(command).__name__}")
+    _want(len(command) > 0, "empty command: give a shell string or an argv list")
+    _want(all(isinstance(a, str) for a in command), "every argv element must be a string")
+    _want(bool(command[0]), "empty command: the program name (argv[0]) is empty")
+    return tuple(command), False
+
+
+def _number(body: Mapping[str, Any], key: str, default: Optional[float], *, low: float = 0.0) -> Optional[float]:
+    value = body.get(key, default)
+    if value is None:
+        return None
+    _want(isinstance(value, (int, float)) and not isinstance(value, bool),
+          f"{key} must be a number, not {value!r}")
+    _want(value >= low, f"{key} must be at least {low:g}, not {value!r}")
+    return float(value)
+
+
+def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
+    """Build a :class:`TaskSpec` from a SUBMIT body; raise UsageError on bad input."""
+    argv, shell = _argv_from_wire(body.get("command"))
+    name = body.get("name") or default_task_name(argv, shell)
+    _want(isinstance(name, str) and bool(_NAME_RE.match(name)),
+          f"bad task name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
+    requires = body.get("requires") or []
+    _want(isinstance(requires, list) and all(isinstance(t, str) and t for t in requires),
+          f"requires must be a list of tag names, not {requires!r}")
+    env = body.get("env") or {}
+    _want(isinstance(env, dict) and all(isinstance(v, str) for v in env.values()),
+          "env must map names to string values")
+    node = body.get("node")
+    _want(node is None or (isinstance(node, str) and bool(node)), f"node must be a worker name, not {node!r}")
+    priority = body.get("priority", 0)
+    _want(isinstance(priority, int) and not isinstance(priority, bool), f"priority must be an integer, not {priority!r}")
+    retries = body.get("retries", 0)
+    _want(isinstance(retries, int) and 0 <= retries <= 1000, f"retries must be an integer 0..1000, not {retries!r}")
+    timeout_s = _number(body, "timeout_s", None)
+    _want(timeout_s is None or timeout_s > 0, "timeout_s must be greater than 0")
+    return TaskSpec(
+        argv=argv, name=name, requires=frozenset(requires), node=node,
+        timeout_s=timeout_s, kill_grace_s=_number(body, "kill_grace_s", 5.0) or 0.0,
+        priority=priority, retries=retries,
+        retry_backoff_s=_number(body, "retry_backoff_s", 1.0) or 0.0,
+        env=tuple(sorted(env.items())), shell=shell,
+    )
+
+
+def spec_to_wire(spec: TaskSpec) -> Dict[str, Any]:
+    """The SUBMIT body that :func:`spec_from_wire` turns back into ``spec``."""
+    return {
+        "command": spec.argv[-1] if spec.shell else list(spec.argv),
+        "name": spec.name,
+        "requires": sorted(spec.requires),
+        "node": spec.node,
+        "timeout_s": spec.timeout_s,
+        "kill_grace_s": spec.kill_grace_s,
+        "priority": spec.priority,
+        "retries": spec.retries,
+        "retry_backoff_s": spec.retry_backoff_s,
+        "env": dict(spec.env),
+    }
+
+
+class Attempt:
+    """One execution of a task on one worker."""
+
+    __slots__ = ("number", "worker", "started_at", "finished_at", "exit_code", "reason", "state")
+
+    def __init__(self, number: int, worker: str, started_at: float) -> None:
+        self.number = number
+        self.worker = worker
+        self.started_at = started_at
+        self.finished_at: Optional[float] = None
+        self.exit_code: Optional[int] = None
+        self.reason: str = ""
+        self.state: TaskState = TaskState.RUNNING
+
+    def to_wire(self) -> Dict[str, Any]:
+        return {
+            "attempt": self.number, "node": self.worker, "state": self.state.value,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "exit_code": self.exit_code, "reason": self.reason,
+        }
+
+
+class TaskRecord:
+    """Runtime status of one task; the scheduler owns and mutates it."""
+
+    __slots__ = ("id", "spec", "state", "seq", "submitted_at", "finished_at",
+                 "attempts", "ready_at", "lost_at", "cancel_requested")
+
+    def __init__(self, task_id: str, spec: TaskSpec, seq: int, submitted_at: float) -> None:
+        self.id = task_id
+        self.spec = spec
+        self.state = TaskState.QUEUED
+        self.seq = seq
+        self.submitted_at = submitted_at
+        self.finished_at: Optional[float] = None
+        self.attempts: List[Attempt] = []
+        self.ready_at = submitted_at
+        self.lost_at: Optional[float] = None
+        self.cancel_requested = False
+
+    @property
+    def current(self) -> Optional[Attempt]:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        return self.attempts[-1].exit_code if self.attempts else None
+
+    @property
+    def node(self) -> Optional[str]:
+        return self.attempts[-1].worker if self.attempts else None
+
+    def to_wire(self) -> Dict[str, Any]:
+        last = self.current
+        return {
+            "id": self.id, "name": self.spec.name, "state": self.state.value,
+            "command": self.spec.command_text, "requires": sorted(self.spec.requires),
+            "priority": self.spec.priority, "submitted_at": self.submitted_at,
+            "finished_at": self.finished_at, "exit_code": self.exit_code,
+            "node": self.node, "reason": last.reason if last else "",
+            "attempts": [a.to_wire() for a in self.attempts],
+        }

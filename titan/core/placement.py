@@ -1,0 +1,85 @@
+"""Placement: which worker takes a task, and which workers a task may use.
+
+Routing, in order: a pinned node (``node = NAME``) -> capability tags (the
+task's ``requires`` must be a subset of the worker's tags; a ``dedicated``
+worker takes only tasks that require one of its tags) -> least loaded
+(running / slots), ties broken round-robin so equal workers share the work.
+
+Pure: no clock, no sockets; the scheduler owns the :class:`WorkerView` objects.
+"""
+from __future__ import annotations
+
+from typing import FrozenSet, Iterable, List, Optional
+
+__all__ = ["WorkerView", "eligible", "choose_worker"]
+
+
+class WorkerView:
+    """What placement needs to know about one worker."""
+
+    __slots__ = ("name", "tags", "slots", "running", "dedicated", "connected",
+                 "draining", "order", "last_seen", "foreign", "info")
+
+    def __init__(self, name: str, tags: FrozenSet[str], slots: int, *,
+                 dedicated: bool = False, order: int = 0, now: float = 0.0) -> None:
+        self.name = name
+        self.tags = tags
+        self.slots = max(1, slots)
+        self.running = 0
+        self.dedicated = dedicated
+        self.connected = True
+        self.draining = False
+        self.order = order
+        self.last_seen = now
+        self.foreign: "set[tuple[str, int]]" = set()   # attempts it runs that the master does not track
+        self.info: dict = {}
+
+    @property
+    def busy(self) -> int:
+        return self.running + len(self.foreign)
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.busy
+
+    @property
+    def load(self) -> float:
+        return self.busy / self.slots
+
+    def accepting(self) -> bool:
+        return self.connected and not self.draining and self.free > 0
+
+
+def eligible(worker: WorkerView, requires: FrozenSet[str], node: Optional[str]) -> bool:
+    """Whether ``worker`` may ever run a task with these constraints."""
+    if node is not None and worker.name != node:
+        return False
+    if not requires <= worker.tags:
+        return False
+    if worker.dedicated and not (requires & worker.tags):
+        return False
+    return True
+
+
+def choose_worker(workers: Iterable[WorkerView], requires: FrozenSet[str],
+                  node: Optional[str], rr_cursor: int) -> Optional[WorkerView]:
+    """The least-loaded accepting eligible worker, ties broken round-robin.
+
+    ``rr_cursor`` is a counter the caller advances after each placement; the
+    tie goes to the first tied worker at or after it in join order.
+    """
+    best: List[WorkerView] = []
+    best_load = 2.0 ** 62
+    for w in workers:
+        if not w.accepting() or not eligible(w, requires, node):
+            continue
+        load = w.load
+        if load < best_load:
+            best, best_load = [w], load
+        elif load == best_load:
+            best.append(w)
+    if not best:
+        return None
+    if len(best) == 1:
+        return best[0]
+    return min(best, key=lambda w: (w.order - rr_cursor) % (1 << 30))

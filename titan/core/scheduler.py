@@ -1,0 +1,342 @@
+"""The scheduler: the master's decisions, as a pure state machine.
+
+The master's event loop feeds it events, each with ``now`` (seconds since the
+epoch), and carries out the actions it returns::
+
+    task_submitted / worker_joined / worker_left / heartbeat
+    attempt_finished / cancel / retry / tick(now)
+            |
+            v
+        Scheduler  --->  [Dispatch, Kill, Ended, Disconnect, Note]
+            |
+        next_deadline()  -> when tick() next has something to do
+
+Queued tasks wait in one heap per routing class (same ``requires`` and
+``node``), ordered ``(-priority, seq)``: higher priority first, first-in
+first-out within a priority.  A dispatch pass looks only at the head of each
+class, so a task no worker can take now never blocks one that can.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
+
+from titan.core.model import Attempt, TaskRecord, TaskSpec, TaskState, TERMINAL, transition
+from titan.core.placement import WorkerView, choose_worker, eligible
+
+__all__ = ["Scheduler", "Dispatch", "Kill", "Ended", "Disconnect", "Note", "Action"]
+
+S = TaskState
+ClassKey = Tuple[FrozenSet[str], Optional[str]]
+
+
+class Dispatch(NamedTuple):
+    """Send attempt ``attempt`` of ``task_id`` to ``worker``."""
+    worker: str
+    task_id: str
+    attempt: int
+    spec: TaskSpec
+
+
+class Kill(NamedTuple):
+    """Ask ``worker`` to kill the process group of that attempt."""
+    worker: str
+    task_id: str
+    attempt: int
+    reason: str
+
+
+class Ended(NamedTuple):
+    """``task_id`` reached a terminal state; tell whoever waits on it."""
+    task_id: str
+    state: TaskState
+
+
+class Disconnect(NamedTuple):
+    """Close the connection of ``worker`` (it stopped heartbeating)."""
+    worker: str
+    reason: str
+
+
+class Note(NamedTuple):
+    """Something worth a line in the master's log."""
+    message: str
+
+
+Action = object
+
+
+class Scheduler:
+    """Owns tasks, workers and the queue; never touches a socket or a clock."""
+
+    def __init__(self, *, lost_grace_s: float = 10.0, heartbeat_timeout_s: float = 15.0,
+                 max_backoff_s: float = 300.0) -> None:
+        self.lost_grace_s = lost_grace_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.tasks: Dict[str, TaskRecord] = {}
+        self.workers: Dict[str, WorkerView] = {}
+        self._classes: Dict[ClassKey, list] = {}
+        self._delayed: list = []          # (ready_at, seq, task_id)
+        self._seq = 0
+        self._gen: Dict[str, int] = {}
+        self._rr = 0
+        self._worker_order = 0
+        self._lost: Dict[str, float] = {}  # task_id -> when its worker was lost
+
+    # ----- queries -------------------------------------------------------
+    def queued_count(self) -> int:
+        return sum(1 for r in self.tasks.values() if r.state is S.QUEUED)
+
+    def next_deadline(self) -> Optional[float]:
+        """The earliest ``now`` at which :meth:`tick` has work to do."""
+        times: List[float] = []
+        if self._delayed:
+            times.append(self._delayed[0][0])
+        if self._lost:
+            times.append(min(self._lost.values()) + self.lost_grace_s)
+        live = [w.last_seen for w in self.workers.values() if w.connected]
+        if live:
+            times.append(min(live) + self.heartbeat_timeout_s)
+        return min(times) if times else None
+
+    # ----- tasks ---------------------------------------------------------
+    def task_submitted(self, task_id: str, spec: TaskSpec, now: float, *,
+                       delay_s: float = 0.0) -> List[Action]:
+        """A new task; QUEUED at once (or after ``delay_s``)."""
+        if task_id in self.tasks:
+            raise ValueError(f"task id {task_id!r} is already taken")
+        self._seq += 1
+        record = TaskRecord(task_id, spec, self._seq, now)
+        self.tasks[task_id] = record
+        self._enqueue(record, now + delay_s, now)
+        return self._dispatch(now)
+
+    def cancel(self, task_id: str, now: float) -> List[Action]:
+        """Cancel a task: QUEUED/WAITING end now; RUNNING gets a Kill."""
+        record = self.tasks[task_id]
+        if record.state in TERMINAL:
+            return []
+        if record.state is not S.RUNNING:
+            return self._finish(record, S.CANCELLED, now)
+        record.cancel_requested = True
+        attempt = record.current
+        assert attempt is not None
+        if task_id in self._lost:          # its worker is gone; nothing to kill
+            return self._end_lost_attempt(record, now, "cancelled")
+        return [Kill(attempt.worker, task_id, attempt.number, "cancelled")]
+
+    def retry(self, task_id: str, now: float) -> List[Action]:
+        """Re-queue a FAILED, DEAD, CANCELLED or SKIPPED task."""
+        record = self.tasks[task_id]
+        transition(record, S.QUEUED)  # FAILED|DEAD|CANCELLED|SKIPPED -> QUEUED; live tasks raise
+        record.finished_at = None
+        record.cancel_requested = False
+        self._push(record, now)
+        return self._dispatch(now)
+
+    def attempt_finished(self, worker: str, task_id: str, attempt: int,
+                         exit_code: Optional[int], reason: str, now: float) -> List[Action]:
+        """A worker reports the end of an attempt (exit code or signal)."""
+        record = self.tasks.get(task_id)
+        w = self.workers.get(worker)
+        if record is None or record.current is None or record.current.number != attempt \
+                or record.state is not S.RUNNING or record.current.worker != worker:
+            if w is not None:
+                w.foreign.discard((task_id, attempt))
+            return self._dispatch(now)
+        self._lost.pop(task_id, None)
+        att = record.current
+        att.finished_at, att.exit_code, att.reason = now, exit_code, reason
+        if w is not None:
+            w.running -= 1
+        if record.cancel_requested:
+            att.state = S.CANCELLED
+            return self._finish(record, S.CANCELLED, now) + self._dispatch(now)
+        if exit_code == 0:
+            att.state = S.SUCCEEDED
+            return self._finish(record, S.SUCCEEDED, now) + self._dispatch(now)
+        att.state = S.FAILED
+        return self._failed(record, now) + self._dispatch(now)
+
+    def _failed(self, record: TaskRecord, now: float) -> List[Action]:
+        transition(record, S.FAILED)  # RUNNING -> FAILED
+        failures = sum(1 for a in record.attempts if a.state is S.FAILED)
+        if failures <= record.spec.retries:
+            # FAILED -> QUEUED, after exponential backoff
+            backoff = min(self.max_backoff_s, record.spec.retry_backoff_s * 2 ** (failures - 1))
+            transition(record, S.QUEUED)
+            self._enqueue(record, now + backoff, now)
+            return [Note(f"task {record.id} failed; retry {failures}/{record.spec.retries} in {backoff:g}s")]
+        record.finished_at = now
+        if record.spec.retries > 0:
+            transition(record, S.DEAD)    # FAILED -> DEAD: retries used up
+        return [Ended(record.id, record.state)]
+
+    def _finish(self, record: TaskRecord, state: TaskState, now: float) -> List[Action]:
+        transition(record, state)
+        record.finished_at = now
+        return [Ended(record.id, state)]
+
+    # ----- queue ---------------------------------------------------------
+    def _enqueue(self, record: TaskRecord, ready_at: float, now: float) -> None:
+        if ready_at > now:
+            record.ready_at = ready_at
+            heapq.heappush(self._delayed, (ready_at, record.seq, record.id))
+        else:
+            self._push(record, now)
+
+    def _push(self, record: TaskRecord, now: float) -> None:
+        record.ready_at = now
+        gen = self._gen.get(record.id, 0) + 1
+        self._gen[record.id] = gen
+        key = (record.spec.requires, record.spec.node)
+        heap = self._classes.get(key)
+        if heap is None:
+            heap = self._classes[key] = []
+        heapq.heappush(heap, (-record.spec.priority, record.seq, gen, record.id))
+
+    def _head(self, heap: list) -> Optional[tuple]:
+        while heap:
+            entry = heap[0]
+            record = self.tasks.get(entry[3])
+            if record is not None and record.state is S.QUEUED and self._gen.get(entry[3]) == entry[2]:
+                return entry
+            heapq.heappop(heap)
+        return None
+
+    def _dispatch(self, now: float) -> List[Action]:
+        actions: List[Action] = []
+        while True:
+            free = [w for w in self.workers.values() if w.accepting()]
+            if not free:
+                return actions
+            best_key, best_entry = None, None
+            for key, heap in self._classes.items():
+                entry = self._head(heap)
+                if entry is None or (best_entry is not None and entry >= best_entry):
+                    continue
+                if any(eligible(w, key[0], key[1]) for w in free):
+                    best_key, best_entry = key, entry
+            if best_key is None:
+                return actions
+            heapq.heappop(self._classes[best_key])
+            actions.append(self._start(self.tasks[best_entry[3]], free, now))
+
+    def _start(self, record: TaskRecord, free: Iterable[WorkerView], now: float) -> Dispatch:
+        w = choose_worker(free, record.spec.requires, record.spec.node, self._rr)
+        assert w is not None
+        self._rr = w.order + 1
+        transition(record, S.RUNNING)  # QUEUED -> RUNNING
+        attempt = Attempt(len(record.attempts) + 1, w.name, now)
+        record.attempts.append(attempt)
+        self._gen.pop(record.id, None)
+        w.running += 1
+        return Dispatch(w.name, record.id, attempt.number, record.spec)
+
+    # ----- workers -------------------------------------------------------
+    def worker_joined(self, name: str, tags: Iterable[str], slots: int, now: float, *,
+                      dedicated: bool = False, running: Iterable[Tuple[str, int]] = (),
+                      finished: Iterable[Tuple[str, int]] = (),
+                      info: Optional[dict] = None) -> List[Action]:
+        """A worker (re)registered, reporting the attempts it still holds.
+
+        ``running`` are attempts still running there; ``finished`` are attempts
+        whose FINISHED report follows on the new connection.
+        """
+        w = self.workers.get(name)
+        if w is None:
+            self._worker_order += 1
+            w = self.workers[name] = WorkerView(name, frozenset(tags), slots, dedicated=dedicated,
+                                                order=self._worker_order, now=now)
+        else:
+            w.tags, w.slots, w.dedicated = frozenset(tags), max(1, slots), dedicated
+            w.connected, w.last_seen = True, now
+        w.info = dict(info or {})
+        held = set((t, int(a)) for t, a in running)
+        done = set((t, int(a)) for t, a in finished)
+        actions = self._reconcile(w, held, done, now)
+        return actions + self._dispatch(now)
+
+    def _reconcile(self, w: WorkerView, held: set, done: set, now: float) -> List[Action]:
+        actions: List[Action] = []
+        w.running, w.foreign = 0, set()
+        for record in self.tasks.values():
+            att = record.current
+            if record.state is not S.RUNNING or att is None or att.worker != w.name:
+                continue
+            key = (record.id, att.number)
+            if key in held or key in done:
+                held.discard(key)
+                w.running += 1
+                if self._lost.pop(record.id, None) is not None:
+                    actions.append(Note(f"worker {w.name} came back with {record.id}; adopted"))
+            else:
+                w.running += 1      # released again by _end_lost_attempt
+                actions += self._end_lost_attempt(record, now, f"worker {w.name} no longer had it")
+        for task_id, number in sorted(held):
+            record = self.tasks.get(task_id)
+            w.foreign.add((task_id, number))
+            if record is not None:
+                actions.append(Kill(w.name, task_id, number, "stale attempt: it runs elsewhere now"))
+        return actions
+
+    def worker_left(self, name: str, now: float) -> List[Action]:
+        """The worker's connection closed; its attempts wait ``lost_grace_s``."""
+        w = self.workers.get(name)
+        if w is None or not w.connected:
+            return []
+        w.connected = False
+        held = [r for r in self.tasks.values()
+                if r.state is S.RUNNING and r.current is not None and r.current.worker == name]
+        for record in held:
+            self._lost[record.id] = now
+        note = f"worker {name} disconnected"
+        if held:
+            note += f"; {len(held)} running attempt(s) re-queued unless it returns within {self.lost_grace_s:g}s"
+        return [Note(note)]
+
+    def heartbeat(self, name: str, now: float, info: Optional[dict] = None) -> None:
+        w = self.workers.get(name)
+        if w is not None:
+            w.last_seen = now
+            if info:
+                w.info.update(info)
+
+    def set_draining(self, name: str, draining: bool) -> None:
+        self.workers[name].draining = draining
+
+    def _end_lost_attempt(self, record: TaskRecord, now: float, why: str) -> List[Action]:
+        self._lost.pop(record.id, None)
+        att = record.current
+        assert att is not None
+        att.state, att.finished_at, att.reason = S.QUEUED, now, why
+        w = self.workers.get(att.worker)
+        if w is not None:
+            w.running -= 1
+        if record.cancel_requested:
+            att.state = S.CANCELLED
+            return self._finish(record, S.CANCELLED, now)
+        transition(record, S.QUEUED)    # RUNNING -> QUEUED: no retry used
+        self._push(record, now)
+        return [Note(f"task {record.id} re-queued: {why}")]
+
+    # ----- time ----------------------------------------------------------
+    def tick(self, now: float) -> List[Action]:
+        """Expire heartbeats and grace periods, release delayed tasks, dispatch."""
+        actions: List[Action] = []
+        for w in list(self.workers.values()):
+            if w.connected and now - w.last_seen > self.heartbeat_timeout_s:
+                actions.append(Disconnect(w.name, f"no heartbeat for {now - w.last_seen:.1f}s"))
+                actions += self.worker_left(w.name, now)
+        for task_id, lost_at in list(self._lost.items()):
+            if now >= lost_at + self.lost_grace_s:
+                record = self.tasks[task_id]
+                worker = record.current.worker if record.current else "?"
+                actions += self._end_lost_attempt(record, now, f"worker {worker} lost")
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, task_id = heapq.heappop(self._delayed)
+            record = self.tasks.get(task_id)
+            if record is not None and record.state is S.QUEUED:
+                self._push(record, now)
+        return actions + self._dispatch(now)

@@ -1,0 +1,372 @@
+"""One ``selectors`` event loop per process, and framed TITAN_PROTO connections.
+
+The loop owns the role's sockets, timers and end-of-pass hooks, all on one
+thread::
+
+    select(timeout = next timer)  ->  readable / writable callbacks
+                                  ->  due timers
+                                  ->  pass hooks (flush every dirty connection)
+
+A :class:`Connection` turns a non-blocking socket into frames in and frames
+out.  Frames sent during a pass are buffered and written once at the end of
+the pass, so a burst of replies costs one ``send``.  A malformed frame gets an
+ERROR reply naming the problem, then that connection alone is closed.
+"""
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+from titan.errors import ProtocolError
+from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
+
+__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "parse_address", "format_address"]
+
+logger = logging.getLogger(__name__)
+
+RECV_BYTES = 256 * 1024
+
+
+def parse_address(text: str, default_port: int = 9090) -> Tuple[str, int]:
+    """``"HOST:PORT"``, ``"HOST"`` or ``":PORT"`` -> ``(host, port)``."""
+    text = text.strip()
+    if text.startswith("["):                      # [::1]:9090
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    host = host or "127.0.0.1"
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"bad port {port_text!r} in address {text!r}: use HOST:PORT, e.g. 127.0.0.1:9090")
+    return host, int(port_text)
+
+
+def format_address(addr: Tuple[str, int]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Timer:
+    """A pending call; :meth:`cancel` stops it from running."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    """A selectors loop with timers and end-of-pass hooks."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.clock = clock
+        self._timers: List[Tuple[float, int, Timer]] = []
+        self._count = itertools.count()
+        self._hooks: List[Callable[[], None]] = []
+        self._dirty: "set[Connection]" = set()
+        self.running = False
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        return self.call_at(self.clock() + max(0.0, delay_s), callback)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._count), timer))
+        return timer
+
+    def add_pass_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` at the end of every pass (after reads and timers)."""
+        self._hooks.append(hook)
+
+    def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
+        self.selector.register(fileobj, events, callback)
+
+    def modify(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
+        self.selector.modify(fileobj, events, callback)
+
+    def unregister(self, fileobj: Any) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def mark_dirty(self, conn: "Connection") -> None:
+        self._dirty.add(conn)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            self.run_once()
+
+    def run_once(self, max_wait_s: float = 1.0) -> None:
+        timeout = max_wait_s
+        if self._timers:
+            timeout = min(timeout, max(0.0, self._timers[0][0] - self.clock()))
+        if self._dirty:
+            timeout = 0.0
+        for key, mask in self.selector.select(timeout):
+            key.data(mask)
+        self._run_timers()
+        for hook in self._hooks:
+            hook()
+        self.flush_dirty()
+
+    def flush_dirty(self) -> None:
+        while self._dirty:
+            conn = self._dirty.pop()
+            conn.flush()
+
+    def _run_timers(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                try:
+                    timer.callback()
+                except Exception:  # a timer's failure must not stop the loop
+                    logger.exception("timer callback failed")
+
+    def close(self) -> None:
+        self.selector.close()
+
+
+class Handler:
+    """What a :class:`Connection` calls; roles subclass it per peer kind."""
+
+    def on_frame(self, conn: "Connection", frame: Frame) -> None:
+        raise NotImplementedError
+
+    def on_close(self, conn: "Connection", reason: str) -> None:
+        pass
+
+    def on_drain(self, conn: "Connection") -> None:
+        """The outbound buffer fell below the low-water mark."""
+
+
+class Connection:
+    """A framed, non-blocking socket owned by a :class:`Loop`."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, handler: Handler, *,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 max_out_bytes: int = 256 * 1024 * 1024, low_water_bytes: int = 512 * 1024) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.handler = handler
+        self.decoder = FrameDecoder(max_body_bytes=max_body_bytes)
+        self.max_body_bytes = max_body_bytes
+        self.max_out_bytes = max_out_bytes
+        self.low_water_bytes = low_water_bytes
+        self._out: List[bytes] = []
+        self._out_bytes = 0
+        self._events = selectors.EVENT_READ
+        self._reading = True
+        self.closed = False
+        self.close_reason = ""
+        self.last_progress = loop.clock()
+        self.opened_at = self.last_progress
+        self.state: Any = None          # the role's per-connection state
+        try:
+            self.peer = format_address(sock.getpeername())
+        except OSError:
+            self.peer = "?"
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop.register(sock, self._events, self._on_events)
+
+    # ----- outbound ------------------------------------------------------
+    @property
+    def out_bytes(self) -> int:
+        return self._out_bytes
+
+    def send(self, opcode: int, req_id: int, body: object = None, flags: int = 0) -> None:
+        """Queue one frame; it is written at the end of this loop pass."""
+        if self.closed:
+            return
+        data = pack(opcode, req_id, body, flags, max_body_bytes=self.max_body_bytes)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes > self.max_out_bytes:
+            self.close(f"peer is not reading: more than {self.max_out_bytes} bytes queued")
+            return
+        self.loop.mark_dirty(self)
+
+    def send_error(self, req_id: int, code: str, message: str) -> None:
+        self.send(Op.ERROR, req_id, error_body(code, message))
+
+    def flush(self) -> None:
+        if self.closed or not self._out:
+            return
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.close(f"send failed: {exc}")
+            return
+        rest = data[sent:]
+        self._out = [rest] if rest else []
+        was = self._out_bytes
+        self._out_bytes = len(rest)
+        self._want_write(bool(rest))
+        if was > self.low_water_bytes >= self._out_bytes:
+            self.handler.on_drain(self)
+
+    def _want_write(self, want: bool) -> None:
+        events = (selectors.EVENT_READ if self._reading else 0) | (selectors.EVENT_WRITE if want else 0)
+        self._set_events(events)
+
+    def _set_events(self, events: int) -> None:
+        if events == self._events or self.closed:
+            return
+        if self._events and events:
+            self.loop.modify(self.sock, events, self._on_events)
+        elif events:
+            self.loop.register(self.sock, events, self._on_events)
+        else:
+            self.loop.unregister(self.sock)
+        self._events = events
+
+    def pause_reading(self) -> None:
+        self._reading = False
+        self._want_write(bool(self._out))
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        self._want_write(bool(self._out))
+
+    # ----- inbound -------------------------------------------------------
+    def _on_events(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush()
+        if mask & selectors.EVENT_READ and not self.closed:
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(f"receive failed: {exc}")
+            return
+        if not data:
+            reason = "peer closed the connection"
+            if self.decoder.mid_frame:
+                reason += f" in the middle of a frame ({self.decoder.buffered_bytes} bytes buffered)"
+            self.close(reason)
+            return
+        self.last_progress = self.loop.clock()
+        try:
+            frames = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.fail(exc.req_id, exc.code, exc.message)
+            return
+        for frame in frames:
+            if self.closed:
+                return
+            try:
+                self.handler.on_frame(self, frame)
+            except Exception as exc:  # one bad handler call closes only this peer
+                logger.exception("error handling %s from %s", _op_name(frame.opcode), self.peer)
+                self.fail(frame.req_id, "internal", f"internal error: {exc}")
+                return
+
+    def fail(self, req_id: int, code: str, message: str) -> None:
+        """Send an ERROR frame, flush what we can, and close."""
+        logger.warning("closing connection from %s: %s", self.peer, message)
+        self.send_error(req_id, code, message)
+        self.flush()
+        self.close(message)
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.loop.unregister(self.sock)
+        self._events = 0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.handler.on_close(self, reason)
+        except Exception:
+            logger.exception("on_close handler failed for %s", self.peer)
+
+
+def _op_name(opcode: int) -> str:
+    try:
+        return Op(opcode).name
+    except ValueError:
+        return f"opcode 0x{opcode:02x}"
+
+
+class Listener:
+    """Accepts connections and wraps each in a :class:`Connection`."""
+
+    def __init__(self, loop: Loop, sock: socket.socket,
+                 on_accept: Callable[[socket.socket], None]) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.on_accept = on_accept
+        sock.setblocking(False)
+        loop.register(sock, selectors.EVENT_READ, self._on_ready)
+
+    @classmethod
+    def bind(cls, loop: Loop, addr: Tuple[str, int], on_accept: Callable[[socket.socket], None],
+             backlog: int = 512) -> "Listener":
+        infos = socket.getaddrinfo(addr[0], addr[1], type=socket.SOCK_STREAM)
+        family = infos[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(infos[0][4])
+            sock.listen(backlog)
+        except OSError:
+            sock.close()
+            raise
+        return cls(loop, sock, on_accept)
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        name = self.sock.getsockname()
+        return name[0], name[1]
+
+    def _on_ready(self, mask: int) -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logger.error("cannot accept a connection: %s", exc)
+                    return
+                raise
+            self.on_accept(sock)
+
+    def close(self) -> None:
+        self.loop.unregister(self.sock)
+        self.sock.close()

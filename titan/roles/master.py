@@ -1,0 +1,473 @@
+"""The master: accepts clients and workers, and runs the scheduler's decisions.
+
+    client ──SUBMIT/STATUS/LOGS/...──▶ ┐
+                                      ├─ MasterHandler ─▶ Scheduler (pure) ─▶ actions
+    worker ──HELLO/OUTPUT/FINISHED──▶ ┘        │                                │
+                                            LogStore                 DISPATCH / KILL to workers,
+                                        (per-attempt files)          results and output to clients
+
+One selectors loop on one thread owns every connection and the scheduler.
+Results are pushed to the clients that asked (no polling); a client's bad
+frame closes that client alone.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from titan import __version__
+from titan.core.model import TERMINAL, TaskRecord, TaskState, spec_from_wire
+from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Scheduler
+from titan.errors import InvalidTransition, ProtocolError, UsageError
+from titan.io.logfiles import LogStore
+from titan.io.loop import Connection, Handler, Listener, Loop, Timer, format_address
+from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, FLAG_MORE, Frame, Op
+from titan.wire.handshake import ServerHandshake
+
+__all__ = ["MasterConfig", "Master"]
+
+logger = logging.getLogger(__name__)
+
+LOG_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    """Everything ``titan master`` can be told."""
+
+    data_dir: Path
+    bind: Tuple[str, int] = ("127.0.0.1", 9090)
+    token: Optional[str] = None
+    insecure: bool = False
+    name: str = "master"
+    heartbeat_timeout_s: float = 10.0
+    lost_grace_s: float = 10.0
+    handshake_timeout_s: float = 10.0
+    frame_timeout_s: float = 30.0
+    max_connections: int = 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_max_bytes: int = 64 * 1024 * 1024
+    log_tail_bytes: int = 1024 * 1024
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def check_exposure(config: MasterConfig) -> None:
+    """Refuse a tokenless master on a non-loopback address unless --insecure."""
+    if config.token or config.insecure:
+        return
+    host = config.bind[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise UsageError(
+            f"refusing to serve on {host} without a cluster token: set TITAN_TOKEN "
+            f"(or --token), or pass --insecure if this network is trusted")
+
+
+class Peer:
+    """Per-connection state: handshake progress and who is on the other end."""
+
+    __slots__ = ("handshake", "role", "name", "watching", "following")
+
+    def __init__(self, handshake: ServerHandshake) -> None:
+        self.handshake = handshake
+        self.role = ""
+        self.name = ""
+        self.watching: List[Tuple[str, int]] = []
+        self.following: List[Tuple[str, int]] = []
+
+
+class Master(Handler):
+    """The control plane: one loop, one scheduler, many connections."""
+
+    def __init__(self, config: MasterConfig, *, clock: Callable[[], float] = time.time) -> None:
+        check_exposure(config)
+        self.config = config
+        self.clock = clock
+        self.loop = Loop()
+        self.sched = Scheduler(lost_grace_s=config.lost_grace_s,
+                               heartbeat_timeout_s=config.heartbeat_timeout_s)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs = LogStore(config.data_dir / "logs", max_bytes=config.log_max_bytes,
+                             tail_bytes=config.log_tail_bytes)
+        self.conns: "set[Connection]" = set()
+        self.worker_conns: Dict[str, Connection] = {}
+        self.watchers: Dict[str, List[Tuple[Connection, int]]] = {}
+        self.followers: Dict[str, List[Tuple[Connection, int]]] = {}
+        self.counters: Dict[str, int] = {}
+        self.listener: Optional[Listener] = None
+        self._tick_timer: Optional[Timer] = None
+        self._tick_at: Optional[float] = None
+        self._tails: Dict[str, bytes] = {}
+        self.loop.add_pass_hook(self._schedule_tick)
+
+    # ----- lifecycle -----------------------------------------------------
+    def start(self) -> Tuple[str, int]:
+        self.listener = Listener.bind(self.loop, self.config.bind, self._accept)
+        address = self.listener.address
+        addr_file = self.config.data_dir / "master.addr"
+        tmp = addr_file.with_suffix(".tmp")
+        tmp.write_text(format_address(address) + "\n")
+        os.replace(tmp, addr_file)
+        self.loop.call_later(1.0, self._housekeeping)
+        logger.info("titan master %s listening on %s (data in %s)", __version__,
+                    format_address(address), self.config.data_dir)
+        return address
+
+    def serve_forever(self) -> None:
+        rfd, wfd = socket.socketpair()
+        rfd.setblocking(False)
+        wfd.setblocking(False)
+        old = signal.set_wakeup_fd(wfd.fileno())
+        self.loop.register(rfd, 1, lambda mask: rfd.recv(4096))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.loop.stop())
+        try:
+            self.loop.run()
+        finally:
+            signal.set_wakeup_fd(old)
+            self.close()
+            rfd.close()
+            wfd.close()
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            conn.close("master shutting down")
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        self.logs.close()
+        logger.info("titan master stopped")
+
+    def _accept(self, sock: socket.socket) -> None:
+        conn = Connection(self.loop, sock, self, max_body_bytes=self.config.max_body_bytes)
+        if len(self.conns) >= self.config.max_connections:
+            conn.fail(0, "too_many_connections",
+                      f"the master already has {len(self.conns)} connections (limit {self.config.max_connections})")
+            return
+        conn.state = Peer(ServerHandshake(name=self.config.name, token=self.config.token))
+        self.conns.add(conn)
+
+    def _housekeeping(self) -> None:
+        now = self.loop.clock()
+        for conn in list(self.conns):
+            peer: Peer = conn.state
+            if not peer.handshake.done and now - conn.opened_at > self.config.handshake_timeout_s:
+                conn.fail(0, "handshake_timeout",
+                          f"handshake not completed within {self.config.handshake_timeout_s:g}s")
+            elif conn.decoder.mid_frame and now - conn.last_progress > self.config.frame_timeout_s:
+                conn.fail(0, "frame_timeout",
+                          f"incomplete frame: no progress for {self.config.frame_timeout_s:g}s")
+        self.loop.call_later(1.0, self._housekeeping)
+
+    def _schedule_tick(self) -> None:
+        deadline = self.sched.next_deadline()
+        if deadline == self._tick_at:
+            return
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+        self._tick_at = deadline
+        self._tick_timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock()) + 0.001
+            self._tick_timer = self.loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._tick_at = None
+        self._tick_timer = None
+        self.apply(self.sched.tick(self.clock()))
+
+    # ----- frames --------------------------------------------------------
+    def on_frame(self, conn: Connection, frame: Frame) -> None:
+        peer: Peer = conn.state
+        if not peer.handshake.done:
+            self._handshake(conn, peer, frame)
+            return
+        handlers = WORKER_OPS if peer.role == "worker" else CLIENT_OPS
+        method = handlers.get(frame.opcode)
+        if method is None:
+            self._unknown_op(conn, peer, frame)
+            return
+        body = frame.body if isinstance(frame.body, dict) else {}
+        try:
+            method(self, conn, frame.req_id, body)
+        except UnknownTaskId as exc:
+            conn.send_error(frame.req_id, "unknown_task", str(exc))
+        except UsageError as exc:
+            conn.send_error(frame.req_id, "bad_request", str(exc))
+
+    def _unknown_op(self, conn: Connection, peer: Peer, frame: Frame) -> None:
+        if frame.opcode == Op.PING:
+            conn.send(Op.PONG, frame.req_id, {"time": self.clock()})
+            return
+        try:
+            name = Op(frame.opcode).name
+            message = f"{name} is not a request a {peer.role} may send"
+        except ValueError:
+            message = f"unknown opcode 0x{frame.opcode:02x}"
+        conn.send_error(frame.req_id, "unknown_opcode", message)
+
+    def _handshake(self, conn: Connection, peer: Peer, frame: Frame) -> None:
+        try:
+            replies = peer.handshake.on_frame(frame)
+        except ProtocolError as exc:
+            conn.fail(exc.req_id, exc.code, exc.message)
+            return
+        if peer.handshake.done:
+            hello = peer.handshake.hello
+            peer.role, peer.name = hello["role"], hello["name"]
+            if peer.role == "worker" and not self._admit_worker(conn, peer, hello):
+                return
+        for opcode, body in replies:
+            conn.send(opcode, frame.req_id, body)
+
+    def on_close(self, conn: Connection, reason: str) -> None:
+        self.conns.discard(conn)
+        peer: Peer = conn.state
+        if peer is None:
+            return
+        if peer.role == "worker" and self.worker_conns.get(peer.name) is conn:
+            del self.worker_conns[peer.name]
+            logger.info("worker %s disconnected: %s", peer.name, reason)
+            self.apply(self.sched.worker_left(peer.name, self.clock()))
+        for task_id, _ in peer.watching:
+            self.watchers[task_id] = [w for w in self.watchers.get(task_id, []) if w[0] is not conn]
+        for task_id, _ in peer.following:
+            self.followers[task_id] = [w for w in self.followers.get(task_id, []) if w[0] is not conn]
+
+    # ----- actions -------------------------------------------------------
+    def apply(self, actions: List[Any]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Dispatch:
+                self._send_dispatch(action)
+            elif kind is Ended:
+                self._ended(action.task_id)
+            elif kind is Kill:
+                conn = self.worker_conns.get(action.worker)
+                if conn is not None:
+                    conn.send(Op.KILL, 0, {"task": action.task_id, "attempt": action.attempt,
+                                           "reason": action.reason})
+            elif kind is Disconnect:
+                conn = self.worker_conns.get(action.worker)
+                if conn is not None:
+                    conn.close(action.reason)
+            elif kind is Note:
+                logger.info("%s", action.message)
+
+    def _send_dispatch(self, action: Dispatch) -> None:
+        spec = action.spec
+        conn = self.worker_conns[action.worker]
+        conn.send(Op.DISPATCH, 0, {
+            "task": action.task_id, "attempt": action.attempt, "run": action.task_id,
+            "name": spec.name, "argv": list(spec.argv), "env": dict(spec.env),
+            "timeout_s": spec.timeout_s, "kill_grace_s": spec.kill_grace_s,
+        })
+
+    def result_body(self, record: TaskRecord) -> Dict[str, Any]:
+        body = record.to_wire()
+        tail = self._tails.pop(record.id, None)
+        if tail is None and record.current is not None:
+            tail = self.logs.tail(record.id, record.current.number)
+        body["output"] = tail or b""
+        return body
+
+    def _ended(self, task_id: str) -> None:
+        record = self.sched.tasks[task_id]
+        result = self.result_body(record)
+        for conn, req_id in self.watchers.pop(task_id, []):
+            conn.send(Op.EVENT, req_id, {"kind": "result", "result": result})
+        for conn, req_id in self.followers.pop(task_id, []):
+            conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code})
+
+    # ----- worker requests -----------------------------------------------
+    def _admit_worker(self, conn: Connection, peer: Peer, hello: Dict[str, Any]) -> bool:
+        other = self.worker_conns.get(peer.name)
+        if other is not None:
+            conn.fail(0, "name_taken", f"a worker named {peer.name!r} is already connected from {other.peer}; "
+                                       f"start this one with a different --name")
+            return False
+        tags = [t for t in hello.get("tags") or [] if isinstance(t, str)]
+        slots = hello.get("slots") if isinstance(hello.get("slots"), int) else 1
+        running = [(t, a) for t, a in _pairs(hello.get("running"))]
+        finished = [(t, a) for t, a in _pairs(hello.get("finished"))]
+        self.worker_conns[peer.name] = conn
+        info = {k: hello.get(k) for k in ("host", "pid", "version", "ephemeral", "parent") if k in hello}
+        info["address"] = conn.peer
+        logger.info("worker %s joined from %s: tags=%s slots=%d", peer.name, conn.peer, ",".join(tags) or "-", slots)
+        self.apply(self.sched.worker_joined(peer.name, tags, slots, self.clock(),
+                                            dedicated=bool(hello.get("dedicated")),
+                                            running=running, finished=finished, info=info))
+        return True
+
+    def _w_heartbeat(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        peer: Peer = conn.state
+        self.sched.heartbeat(peer.name, self.clock(), {"reported_running": body.get("running")})
+        conn.send(Op.HEARTBEAT, req_id, {"time": self.clock()})
+
+    def _w_output(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        task_id, attempt, data = body.get("task"), body.get("attempt"), body.get("data")
+        if not isinstance(task_id, str) or not isinstance(attempt, int) or not isinstance(data, bytes):
+            return
+        kept = self.logs.append(task_id, attempt, data)
+        if kept:
+            event = {"kind": "output", "stream": body.get("stream", "out"), "data": kept}
+            for fconn, freq in self.followers.get(task_id, ()):
+                fconn.send(Op.EVENT, freq, event, FLAG_MORE)
+            for wconn, wreq in self.watchers.get(task_id, ()):
+                if (task_id, wreq) in wconn.state.following:
+                    wconn.send(Op.EVENT, wreq, event, FLAG_MORE)
+
+    def _w_finished(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        peer: Peer = conn.state
+        task_id, attempt = body.get("task"), body.get("attempt")
+        if not isinstance(task_id, str) or not isinstance(attempt, int):
+            conn.send_error(req_id, "bad_request", "FINISHED needs task and attempt")
+            return
+        self._tails[task_id] = self.logs.finish(task_id, attempt)
+        exit_code = body.get("exit_code")
+        actions = self.sched.attempt_finished(peer.name, task_id, attempt,
+                                              exit_code if isinstance(exit_code, int) else None,
+                                              str(body.get("reason") or ""), self.clock())
+        conn.send(Op.ACK, 0, {"task": task_id, "attempt": attempt})
+        self.apply(actions)
+        self._tails.pop(task_id, None)
+
+    # ----- client requests -----------------------------------------------
+    def _record(self, body: Dict[str, Any]) -> TaskRecord:
+        task_id = body.get("task")
+        record = self.sched.tasks.get(task_id) if isinstance(task_id, str) else None
+        if record is None:
+            raise UnknownTaskId(task_id)
+        return record
+
+    def _c_submit(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        spec = spec_from_wire(body)
+        n = self.counters.get(spec.name, 0) + 1
+        self.counters[spec.name] = n
+        task_id = f"{spec.name}#{n}"
+        peer: Peer = conn.state
+        watch = bool(body.get("watch", True))
+        flags = FLAG_MORE if watch else 0
+        conn.send(Op.OK, req_id, {"id": task_id, "state": TaskState.QUEUED.value}, flags)
+        if watch:
+            self.watchers.setdefault(task_id, []).append((conn, req_id))
+            peer.watching.append((task_id, req_id))
+            if body.get("follow"):
+                peer.following.append((task_id, req_id))
+        self.apply(self.sched.task_submitted(task_id, spec, self.clock()))
+
+    def _c_status(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        record = self._record(body)
+        conn.send(Op.OK, req_id, record.to_wire())
+
+    def _c_wait(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        record = self._record(body)
+        if record.state in TERMINAL:
+            conn.send(Op.EVENT, req_id, {"kind": "result", "result": self.result_body(record)})
+            return
+        self.watchers.setdefault(record.id, []).append((conn, req_id))
+        conn.state.watching.append((record.id, req_id))
+
+    def _c_cancel(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        record = self._record(body)
+        was = record.state
+        self.apply(self.sched.cancel(record.id, self.clock()))
+        conn.send(Op.OK, req_id, {"id": record.id, "was": was.value, "state": record.state.value,
+                                  "cancelling": record.cancel_requested and record.state is TaskState.RUNNING})
+
+    def _c_retry(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        record = self._record(body)
+        try:
+            self.apply(self.sched.retry(record.id, self.clock()))
+        except InvalidTransition:
+            raise UsageError(f"task {record.id} is {record.state.value}; only FAILED, DEAD, CANCELLED "
+                             f"or SKIPPED tasks can be retried")
+        conn.send(Op.OK, req_id, {"id": record.id, "state": record.state.value})
+
+    def _c_nodes(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        now = self.clock()
+        nodes = []
+        for w in self.sched.workers.values():
+            nodes.append({
+                "name": w.name, "tags": sorted(w.tags), "slots": w.slots, "running": w.busy,
+                "load": round(w.load, 3), "state": _worker_state(w), "dedicated": w.dedicated,
+                "last_seen_s": round(now - w.last_seen, 3), **w.info,
+            })
+        conn.send(Op.OK, req_id, {"nodes": nodes})
+
+    def _c_tasks(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        limit = body.get("limit") if isinstance(body.get("limit"), int) else 50
+        state = body.get("state")
+        records = [r for r in self.sched.tasks.values() if state is None or r.state.value == state]
+        records.sort(key=lambda r: r.seq, reverse=True)
+        rows = []
+        for r in records[:max(0, limit)]:
+            row = r.to_wire()
+            del row["attempts"]
+            rows.append(row)
+        conn.send(Op.OK, req_id, {"tasks": rows, "total": len(records)})
+
+    def _c_logs(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        record = self._record(body)
+        attempt = body.get("attempt")
+        if not isinstance(attempt, int):
+            attempt = record.current.number if record.current else 0
+        if attempt and (attempt < 1 or attempt > len(record.attempts)):
+            raise UsageError(f"task {record.id} has no attempt {attempt} (it has {len(record.attempts)})")
+        offset = 0
+        size = self.logs.size(record.id, attempt) if attempt else 0
+        while offset < size:
+            chunk = self.logs.read(record.id, attempt, offset, min(LOG_CHUNK_BYTES, size - offset))
+            if not chunk:
+                break
+            conn.send(Op.EVENT, req_id, {"kind": "output", "data": chunk}, FLAG_MORE)
+            offset += len(chunk)
+        live = record.state not in TERMINAL and attempt == (record.current.number if record.current else 0)
+        if body.get("follow") and (live or not record.attempts):
+            if record.state not in TERMINAL:
+                self.followers.setdefault(record.id, []).append((conn, req_id))
+                conn.state.following.append((record.id, req_id))
+                return
+        conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code,
+                                  "attempt": attempt})
+
+
+class UnknownTaskId(UsageError):
+    """Raised inside the master when a request names a task it does not know."""
+
+    def __init__(self, task_id: object) -> None:
+        super().__init__(f"no task {task_id!r}: `titan tasks` lists the tasks this master knows")
+
+
+def _worker_state(w: Any) -> str:
+    if not w.connected:
+        return "lost"
+    return "draining" if w.draining else "ready"
+
+
+def _pairs(value: object) -> List[Tuple[str, int]]:
+    out: List[Tuple[str, int]] = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int):
+            out.append((item[0], item[1]))
+    return out
+
+
+CLIENT_OPS: Dict[int, Callable[..., None]] = {
+    Op.SUBMIT: Master._c_submit, Op.STATUS: Master._c_status, Op.WAIT: Master._c_wait,
+    Op.CANCEL: Master._c_cancel, Op.NODES: Master._c_nodes, Op.TASKS: Master._c_tasks,
+    Op.LOGS: Master._c_logs, Op.RETRY: Master._c_retry,
+}
+WORKER_OPS: Dict[int, Callable[..., None]] = {
+    Op.HEARTBEAT: Master._w_heartbeat, Op.OUTPUT: Master._w_output, Op.FINISHED: Master._w_finished,
+}

@@ -1,0 +1,450 @@
+"""The worker: dials the master, runs attempts as process groups, reports back.
+
+    master ──DISPATCH / KILL / ACK──▶ Worker ──spawn──▶ task process group
+           ◀──HELLO / HEARTBEAT / OUTPUT / FINISHED──    (pipes + pidfd in the loop)
+
+One selectors loop owns the master connection, every task's pipes and its
+exit notification.  Output is forwarded in the pass it is read; when the
+master reads slower than tasks print, the worker stops reading the pipes
+(back-pressure).  When the master goes away the worker keeps running its
+tasks, keeps their output (up to a cap) and results, and dials again with
+backoff; the new HELLO lists what it still holds so nothing runs twice.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from urllib.parse import quote
+
+from titan import __version__
+from titan.errors import AuthError
+from titan.io.loop import Connection, Handler, Loop, Timer, format_address
+from titan.io.proc import OsProcesses, Spawned
+from titan.wire.frames import Frame, Op
+from titan.wire.handshake import ClientHandshake
+
+__all__ = ["WorkerConfig", "Worker"]
+
+logger = logging.getLogger(__name__)
+
+Key = Tuple[str, int]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything ``titan worker`` can be told."""
+
+    master: Tuple[str, int]
+    name: str
+    data_dir: Path
+    tags: FrozenSet[str] = frozenset()
+    slots: int = 1
+    token: Optional[str] = None
+    dedicated: bool = False
+    heartbeat_interval_s: float = 2.0
+    master_timeout_s: float = 10.0
+    reconnect_max_s: float = 5.0
+    offline_output_bytes: int = 8 * 1024 * 1024
+    high_water_bytes: int = 4 * 1024 * 1024
+    exit_linger_s: float = 1.0
+
+
+class Job:
+    """One attempt running on this worker."""
+
+    __slots__ = ("key", "run", "spawned", "started_at", "timers", "exit_code", "open_fds",
+                 "reason", "terminating", "workspace", "shared", "cleanup_shared")
+
+    def __init__(self, key: Key, run: str, spawned: Spawned, workspace: Path, shared: Path) -> None:
+        self.key = key
+        self.run = run
+        self.spawned = spawned
+        self.started_at = time.time()
+        self.timers: List[Timer] = []
+        self.exit_code: Optional[int] = None
+        self.open_fds = {spawned.stdout_fd: "out", spawned.stderr_fd: "err"}
+        self.reason = ""
+        self.terminating = False
+        self.workspace = workspace
+        self.shared = shared
+        self.cleanup_shared = run == key[0]
+
+
+class Worker(Handler):
+    """Runs attempts for one master; survives the master going away."""
+
+    def __init__(self, config: WorkerConfig, *, procs: Optional[OsProcesses] = None) -> None:
+        self.config = config
+        self.procs = procs or OsProcesses()
+        self.loop = Loop()
+        self.conn: Optional[Connection] = None
+        self.handshake: Optional[ClientHandshake] = None
+        self.jobs: Dict[Key, Job] = {}
+        self.unacked: Dict[Key, Dict[str, Any]] = {}
+        self.outbox: List[Tuple[int, Dict[str, Any]]] = []
+        self.outbox_bytes: Dict[Key, int] = {}
+        self.dropped: Dict[Key, int] = {}
+        self.outboxed: "set[Key]" = set()       # results already waiting in the outbox
+        self.grace_of: Dict[Key, float] = {}    # TERM-to-KILL grace per running attempt
+        self.paused = False
+        self.last_rx = 0.0
+        self.backoff_s = 0.1
+        self.stopping = False
+        self.work_root = config.data_dir / "work"
+        self.shared_root = config.data_dir / "shared"
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        self.shared_root.mkdir(parents=True, exist_ok=True)
+
+    # ----- lifecycle -----------------------------------------------------
+    def serve_forever(self) -> None:
+        rfd, wfd = socket.socketpair()
+        rfd.setblocking(False)
+        wfd.setblocking(False)
+        old = signal.set_wakeup_fd(wfd.fileno())
+        self.loop.register(rfd, 1, lambda mask: rfd.recv(4096))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.shutdown())
+        logger.info("titan worker %s %s starting: master %s, tags=%s, slots=%d, data in %s",
+                    self.config.name, __version__, format_address(self.config.master),
+                    ",".join(sorted(self.config.tags)) or "-", self.config.slots, self.config.data_dir)
+        self._dial()
+        self.loop.call_later(self.config.heartbeat_interval_s, self._heartbeat)
+        try:
+            self.loop.run()
+        finally:
+            signal.set_wakeup_fd(old)
+            rfd.close()
+            wfd.close()
+            if self.conn is not None:
+                self.conn.close("worker stopped")
+            logger.info("titan worker %s stopped", self.config.name)
+
+    def shutdown(self, grace_s: float = 2.0) -> None:
+        """Stop: terminate running attempts, then leave the loop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for job in list(self.jobs.values()):
+            self._terminate(job, "worker shutting down", grace_s=grace_s)
+        self._maybe_exit()
+
+    def _maybe_exit(self) -> None:
+        if self.stopping and not self.jobs:
+            self.loop.stop()
+
+    # ----- connection to the master --------------------------------------
+    def _dial(self) -> None:
+        if self.stopping:
+            return
+        host, port = self.config.master
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            self._retry_later(f"cannot resolve {host}: {exc}")
+            return
+        sock.setblocking(False)
+        err = sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            sock.close()
+            self._retry_later(os.strerror(err))
+            return
+        self.loop.register(sock, 2, lambda mask: self._connected(sock))
+
+    def _connected(self, sock: socket.socket) -> None:
+        self.loop.unregister(sock)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            self._retry_later(os.strerror(err))
+            return
+        self.conn = Connection(self.loop, sock, self)
+        self.last_rx = self.loop.clock()
+        self.handshake = ClientHandshake(role="worker", name=self.config.name, token=self.config.token,
+                                         extra=self._hello_extra())
+        self.conn.send(Op.HELLO, 1, self.handshake.hello())
+
+    def _hello_extra(self) -> Dict[str, Any]:
+        return {
+            "tags": sorted(self.config.tags), "slots": self.config.slots,
+            "dedicated": self.config.dedicated, "host": socket.gethostname(), "pid": os.getpid(),
+            "version": __version__,
+            "running": [list(k) for k in self.jobs],
+            "finished": [list(k) for k in self.unacked],
+        }
+
+    def _retry_later(self, why: str) -> None:
+        delay = self.backoff_s * (0.8 + 0.4 * random.random())
+        self.backoff_s = min(self.config.reconnect_max_s, self.backoff_s * 2)
+        logger.warning("cannot reach the master at %s (%s); retrying in %.1fs",
+                       format_address(self.config.master), why, delay)
+        self.loop.call_later(delay, self._dial)
+
+    def on_close(self, conn: Connection, reason: str) -> None:
+        if conn is not self.conn:
+            return
+        was_ready = self.handshake is not None and self.handshake.done
+        self.conn = None
+        self.handshake = None
+        self._resume_pipes()
+        if self.stopping:
+            return
+        if was_ready:
+            logger.warning("lost the master (%s); %d task(s) keep running", reason, len(self.jobs))
+        self._retry_later(reason)
+
+    def on_drain(self, conn: Connection) -> None:
+        self._resume_pipes()
+
+    def on_frame(self, conn: Connection, frame: Frame) -> None:
+        self.last_rx = self.loop.clock()
+        assert self.handshake is not None
+        if not self.handshake.done:
+            self._on_handshake(conn, frame)
+            return
+        body = frame.body if isinstance(frame.body, dict) else {}
+        if frame.opcode == Op.DISPATCH:
+            self._start(body)
+        elif frame.opcode == Op.KILL:
+            job = self.jobs.get((body.get("task"), body.get("attempt")))
+            if job is not None:
+                self._terminate(job, str(body.get("reason") or "cancelled"))
+        elif frame.opcode == Op.ACK:
+            self.unacked.pop((body.get("task"), body.get("attempt")), None)
+        elif frame.opcode == Op.ERROR:
+            logger.error("the master reported an error: %s", body.get("message", body))
+
+    def _on_handshake(self, conn: Connection, frame: Frame) -> None:
+        assert self.handshake is not None
+        try:
+            replies = self.handshake.on_frame(frame)
+        except AuthError as exc:
+            logger.error("%s", exc)
+            conn.close(str(exc))
+            return
+        for opcode, body in replies:
+            conn.send(opcode, 1, body)
+        if self.handshake.done:
+            self.backoff_s = 0.1
+            logger.info("registered with the master at %s as %s", conn.peer, self.config.name)
+            for opcode, body in self.outbox:
+                conn.send(opcode, 0, body)
+            self.outbox.clear()
+            self.outbox_bytes.clear()
+            for body in self.unacked.values():
+                if (body["task"], body["attempt"]) not in self.outboxed:
+                    conn.send(Op.FINISHED, 0, body)
+            self.outboxed.clear()
+
+    def _heartbeat(self) -> None:
+        conn = self.conn
+        if conn is not None and self.handshake is not None and self.handshake.done:
+            if self.loop.clock() - self.last_rx > self.config.master_timeout_s:
+                conn.close(f"the master was silent for {self.config.master_timeout_s:g}s")
+            else:
+                conn.send(Op.HEARTBEAT, 0, {"running": len(self.jobs), "slots": self.config.slots})
+        self.loop.call_later(self.config.heartbeat_interval_s, self._heartbeat)
+
+    def _ready(self) -> Optional[Connection]:
+        if self.conn is not None and self.handshake is not None and self.handshake.done:
+            return self.conn
+        return None
+
+    def _report(self, opcode: int, body: Dict[str, Any], key: Key) -> None:
+        conn = self._ready()
+        if conn is not None:
+            conn.send(opcode, 0, body)
+            if conn.out_bytes > self.config.high_water_bytes:
+                self._pause_pipes()
+            return
+        if opcode == Op.OUTPUT:
+            used = self.outbox_bytes.get(key, 0)
+            if used + len(body["data"]) > self.config.offline_output_bytes:
+                self.dropped[key] = self.dropped.get(key, 0) + len(body["data"])
+                return
+            self.outbox_bytes[key] = used + len(body["data"])
+        else:
+            self.outboxed.add(key)
+        self.outbox.append((opcode, body))
+
+    # ----- attempts ------------------------------------------------------
+    def _start(self, body: Dict[str, Any]) -> None:
+        key = (str(body["task"]), int(body["attempt"]))
+        if key in self.jobs or key in self.unacked:
+            return
+        run = str(body.get("run") or key[0])
+        workspace = self.work_root / f"{quote(key[0], safe='')}.{key[1]}"
+        shared = self.shared_root / quote(run, safe="")
+        env = self._env(body, key, run, workspace, shared)
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+            shared.mkdir(parents=True, exist_ok=True)
+            spawned = self.procs.spawn(body["argv"], cwd=str(workspace), env=env)
+        except OSError as exc:
+            argv0 = body["argv"][0] if body.get("argv") else "?"
+            self._finish_now(key, 127, f"cannot start {argv0!r}: {exc.strerror or exc}", workspace)
+            return
+        job = Job(key, run, spawned, workspace, shared)
+        self.jobs[key] = job
+        self._watch(job)
+        timeout_s = body.get("timeout_s")
+        grace = float(body.get("kill_grace_s") or 0.0)
+        if timeout_s:
+            job.timers.append(self.loop.call_later(
+                float(timeout_s), lambda: self._terminate(job, f"timed out after {timeout_s:g}s", grace)))
+        self.grace_of[key] = grace
+
+    def _env(self, body: Dict[str, Any], key: Key, run: str, workspace: Path, shared: Path) -> Dict[str, str]:
+        env = dict(os.environ)
+        env.update({k: v for k, v in (body.get("env") or {}).items() if isinstance(v, str)})
+        env.update({
+            "TITAN_MASTER": format_address(self.config.master), "TITAN_RUN": run,
+            "TITAN_TASK": key[0], "TITAN_ATTEMPT": str(key[1]), "TITAN_SHARED": str(shared),
+            "TITAN_WORKSPACE": str(workspace), "TITAN_NODE": self.config.name,
+        })
+        if self.config.token:
+            env["TITAN_TOKEN"] = self.config.token
+        return env
+
+    def _watch(self, job: Job) -> None:
+        sp = job.spawned
+        for fd in (sp.stdout_fd, sp.stderr_fd):
+            self.loop.register(fd, 1, lambda mask, fd=fd: self._readable(job, fd))
+        if sp.pidfd is not None:
+            self.loop.register(sp.pidfd, 1, lambda mask: self._exited(job))
+        else:
+            self._poll_exit(job)
+        if self.paused:
+            self._pause_job(job)
+
+    def _poll_exit(self, job: Job) -> None:
+        if self.procs.poll(job.spawned) is not None:
+            self._exited(job)
+        elif job.key in self.jobs:
+            job.timers.append(self.loop.call_later(0.05, lambda: self._poll_exit(job)))
+
+    def _readable(self, job: Job, fd: int) -> None:
+        data = self.procs.read(fd)
+        if data is None:
+            return
+        if not data:
+            self._close_fd(job, fd)
+            return
+        key = job.key
+        self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": job.open_fds[fd],
+                                 "data": data}, key)
+
+    def _close_fd(self, job: Job, fd: int) -> None:
+        self.loop.unregister(fd)
+        job.open_fds.pop(fd, None)
+        self._maybe_done(job)
+
+    def _exited(self, job: Job) -> None:
+        if job.exit_code is not None:
+            return
+        if job.spawned.pidfd is not None:
+            self.loop.unregister(job.spawned.pidfd)
+        # The leader is a zombie until polled, so its group id cannot be reused yet:
+        # kill whatever it left behind, then reap it.
+        self.procs.kill_group(job.spawned.pid, signal.SIGKILL)
+        code = self.procs.poll(job.spawned)
+        job.exit_code = code if code is not None else -signal.SIGKILL
+        if job.open_fds:
+            job.timers.append(self.loop.call_later(self.config.exit_linger_s, lambda: self._force_close(job)))
+        self._maybe_done(job)
+
+    def _force_close(self, job: Job) -> None:
+        for fd in list(job.open_fds):
+            self._drain_fd(job, fd)
+            self.loop.unregister(fd)
+            job.open_fds.pop(fd, None)
+        self._maybe_done(job)
+
+    def _drain_fd(self, job: Job, fd: int) -> None:
+        for _ in range(64):
+            data = self.procs.read(fd)
+            if not data:
+                return
+            key = job.key
+            self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": job.open_fds[fd],
+                                     "data": data}, key)
+
+    def _maybe_done(self, job: Job) -> None:
+        if job.exit_code is None or job.open_fds or job.key not in self.jobs:
+            return
+        del self.jobs[job.key]
+        self.grace_of.pop(job.key, None)
+        for timer in job.timers:
+            timer.cancel()
+        self.procs.release(job.spawned)
+        reason = job.reason or _describe_exit(job.exit_code)
+        self._finish_now(job.key, job.exit_code, reason, job.workspace, started_at=job.started_at)
+        if job.cleanup_shared:
+            shutil.rmtree(job.shared, ignore_errors=True)
+        self._maybe_exit()
+
+    def _finish_now(self, key: Key, exit_code: int, reason: str, workspace: Path,
+                    started_at: Optional[float] = None) -> None:
+        dropped = self.dropped.pop(key, 0)
+        if dropped:
+            note = f"\n[titan: {dropped} bytes of output dropped while the master was unreachable]\n"
+            self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": "err",
+                                     "data": note.encode()}, key)
+        self.outbox_bytes.pop(key, None)
+        body = {"task": key[0], "attempt": key[1], "exit_code": exit_code, "reason": reason,
+                "started_at": started_at, "finished_at": time.time()}
+        self.unacked[key] = body
+        self._report(Op.FINISHED, body, key)
+        shutil.rmtree(workspace, ignore_errors=True)
+
+    def _terminate(self, job: Job, reason: str, grace_s: Optional[float] = None) -> None:
+        """TERM the attempt's process group, then KILL it after the grace period."""
+        if job.terminating or job.exit_code is not None:
+            return
+        job.terminating = True
+        job.reason = reason
+        grace = self.grace_of.get(job.key, 5.0) if grace_s is None else grace_s
+        logger.info("stopping %s attempt %d: %s", job.key[0], job.key[1], reason)
+        self.procs.kill_group(job.spawned.pid, signal.SIGTERM)
+        job.timers.append(self.loop.call_later(
+            grace, lambda: self.procs.kill_group(job.spawned.pid, signal.SIGKILL)))
+
+    # ----- back-pressure -------------------------------------------------
+    def _pause_pipes(self) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        for job in self.jobs.values():
+            self._pause_job(job)
+
+    def _pause_job(self, job: Job) -> None:
+        for fd in job.open_fds:
+            self.loop.unregister(fd)
+
+    def _resume_pipes(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        for job in self.jobs.values():
+            for fd in job.open_fds:
+                self.loop.register(fd, 1, lambda mask, fd=fd, job=job: self._readable(job, fd))
+
+
+def _describe_exit(code: int) -> str:
+    if code == 0:
+        return ""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

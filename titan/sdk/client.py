@@ -1,0 +1,379 @@
+"""The Python SDK: a blocking client for the master, with future-like tasks.
+
+    c = titan.connect()                 # TITAN_MASTER / TITAN_TOKEN or 127.0.0.1:9090
+    t = c.submit("echo hi")             # -> Task (the master pushes its result)
+    r = t.result(timeout=30)            # -> TaskResult(state, exit_code, output, node, ...)
+
+One socket, many requests in flight (request ids).  There is no background
+thread: whoever waits reads frames and hands each to the request it answers,
+so a result costs no thread switch.  A lock makes one Client safe to share.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from titan.errors import ConnectionLost, RemoteError, TitanError, UnknownTask, UsageError
+from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
+from titan.wire.handshake import ClientHandshake
+
+__all__ = ["connect", "Client", "Task", "TaskResult", "DEFAULT_MASTER"]
+
+DEFAULT_MASTER = "127.0.0.1:9090"
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "DEAD", "CANCELLED", "SKIPPED"})
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How a task ended, as the master saw it."""
+
+    id: str
+    state: str
+    exit_code: Optional[int]
+    output: str
+    node: Optional[str]
+    reason: str = ""
+    attempts: List[Dict[str, Any]] = field(default_factory=list)
+    output_bytes: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "SUCCEEDED"
+
+    @classmethod
+    def from_wire(cls, body: Dict[str, Any]) -> "TaskResult":
+        raw = body.get("output") or b""
+        return cls(id=body["id"], state=body["state"], exit_code=body.get("exit_code"),
+                   output=raw.decode("utf-8", "replace"), node=body.get("node"),
+                   reason=body.get("reason") or "", attempts=list(body.get("attempts") or []),
+                   output_bytes=raw)
+
+
+class _Pending:
+    """A request in flight: its reply, its events, whether more will come."""
+
+    __slots__ = ("reply", "events", "done", "on_event")
+
+    def __init__(self, on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+        self.reply: Optional[Frame] = None
+        self.events: List[Dict[str, Any]] = []
+        self.done = False
+        self.on_event = on_event
+
+
+class Task:
+    """A handle on one submitted task; behaves like a future."""
+
+    def __init__(self, client: "Client", task_id: str, req_id: Optional[int] = None) -> None:
+        self.client = client
+        self.id = task_id
+        self._req_id = req_id
+        self._result: Optional[TaskResult] = None
+
+    def __repr__(self) -> str:
+        return f"<titan.Task {self.id}>"
+
+    def done(self) -> bool:
+        """True once the task has ended; never blocks."""
+        if self._result is None:
+            self.client._poll(0.0)
+            self._collect()
+        return self._result is not None
+
+    def result(self, timeout: Optional[float] = None) -> TaskResult:
+        """Block until the task ends (or raise TimeoutError) and return its result."""
+        if self._result is None:
+            if self._req_id is None:
+                self._req_id = self.client._send(Op.WAIT, {"task": self.id})
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self.client._wait_for(self._req_id, deadline, final_event="result")
+            self._collect()
+        assert self._result is not None
+        return self._result
+
+    def _collect(self) -> None:
+        if self._req_id is None:
+            return
+        pending = self.client._pending.get(self._req_id)
+        if pending is None:
+            return
+        for event in pending.events:
+            if event.get("kind") == "result":
+                self._result = TaskResult.from_wire(event["result"])
+                self.client._forget(self._req_id)
+                return
+
+    def wait(self, timeout: Optional[float] = None) -> TaskResult:
+        return self.result(timeout)
+
+    def status(self) -> Dict[str, Any]:
+        return self.client.status(self.id)
+
+    def cancel(self) -> Dict[str, Any]:
+        return self.client.cancel(self.id)
+
+    def logs(self) -> str:
+        """Everything the latest attempt printed so far."""
+        return b"".join(self.client.logs(self.id)).decode("utf-8", "replace")
+
+
+class Client:
+    """A connection to the master; use :func:`connect` to make one."""
+
+    def __init__(self, address: Optional[str] = None, *, token: Optional[str] = None,
+                 timeout: float = 10.0, name: Optional[str] = None) -> None:
+        self.address = address or os.environ.get("TITAN_MASTER") or DEFAULT_MASTER
+        self.token = token if token is not None else os.environ.get("TITAN_TOKEN") or None
+        self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
+        self._lock = threading.RLock()
+        self._pending: Dict[int, _Pending] = {}
+        self._next_id = 1
+        self._decoder = FrameDecoder()
+        self._sock = self._open(timeout)
+        self.master_name = ""
+
+    # ----- connection ----------------------------------------------------
+    def _open(self, timeout: float) -> socket.socket:
+        host, port = _split(self.address)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot reach the master at {self.address}: {exc.strerror or exc}; "
+                                 f"is `titan master` running? (set --master or TITAN_MASTER)") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        try:
+            self._handshake(timeout)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock
+
+    def _handshake(self, timeout: float) -> None:
+        hs = ClientHandshake(role="client", name=self.name, token=self.token)
+        self._sock.sendall(pack(Op.HELLO, 0, hs.hello()))
+        deadline = time.monotonic() + timeout
+        while not hs.done:
+            for frame in self._read_frames(deadline):
+                for opcode, body in hs.on_frame(frame):
+                    self._sock.sendall(pack(opcode, 0, body))
+        self.master_name = hs.welcome.get("name", "")
+
+    def _read_frames(self, deadline: Optional[float]) -> List[Frame]:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([self._sock], [], [], wait)
+        if not ready:
+            raise TimeoutError("timed out waiting for the master")
+        try:
+            data = self._sock.recv(1 << 20)
+        except OSError as exc:
+            raise ConnectionLost(f"connection to the master at {self.address} failed: {exc}") from None
+        if not data:
+            raise ConnectionLost(f"the master at {self.address} closed the connection")
+        return self._decoder.feed(data)
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- request plumbing ----------------------------------------------
+    def _send(self, opcode: int, body: Dict[str, Any],
+              on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> int:
+        with self._lock:
+            req_id = self._next_id
+            self._next_id = self._next_id % 0xFFFFFFFF + 1
+            self._pending[req_id] = _Pending(on_event)
+            try:
+                self._sock.sendall(pack(opcode, req_id, body))
+            except OSError as exc:
+                raise ConnectionLost(f"cannot send to the master at {self.address}: {exc}") from None
+            return req_id
+
+    def _forget(self, req_id: int) -> None:
+        self._pending.pop(req_id, None)
+
+    def _dispatch(self, frame: Frame) -> None:
+        pending = self._pending.get(frame.req_id)
+        if pending is None:
+            return
+        if frame.opcode == Op.EVENT:
+            event = frame.body if isinstance(frame.body, dict) else {}
+            if pending.on_event is not None and event.get("kind") != "result":
+                pending.on_event(event)
+            else:
+                pending.events.append(event)
+            if not frame.flags & FLAG_MORE:
+                pending.done = True
+        else:
+            pending.reply = frame
+            if not frame.flags & FLAG_MORE:
+                pending.done = True
+
+    def _poll(self, timeout: float) -> None:
+        with self._lock:
+            try:
+                for frame in self._read_frames(time.monotonic() + timeout):
+                    self._dispatch(frame)
+            except TimeoutError:
+                pass
+
+    def _wait_for(self, req_id: int, deadline: Optional[float], final_event: str = "") -> _Pending:
+        with self._lock:
+            pending = self._pending[req_id]
+            while not self._satisfied(pending, final_event):
+                for frame in self._read_frames(deadline):
+                    self._dispatch(frame)
+            self._raise_error(pending)
+            return pending
+
+    @staticmethod
+    def _satisfied(pending: _Pending, final_event: str) -> bool:
+        if pending.reply is not None and pending.reply.opcode == Op.ERROR:
+            return True
+        if final_event:
+            return any(e.get("kind") == final_event for e in pending.events)
+        return pending.reply is not None
+
+    def _raise_error(self, pending: _Pending) -> None:
+        reply = pending.reply
+        if reply is None or reply.opcode != Op.ERROR:
+            return
+        body = reply.body if isinstance(reply.body, dict) else {}
+        code, message = str(body.get("code", "error")), str(body.get("message", body))
+        if code == "unknown_task":
+            raise UnknownTask(code, message)
+        raise RemoteError(code, message)
+
+    def _call(self, opcode: int, body: Dict[str, Any], timeout: Optional[float] = 30.0) -> Dict[str, Any]:
+        req_id = self._send(opcode, body)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            pending = self._wait_for(req_id, deadline)
+        finally:
+            if self._pending.get(req_id) is not None and self._pending[req_id].done:
+                self._forget(req_id)
+        assert pending.reply is not None
+        return pending.reply.body if isinstance(pending.reply.body, dict) else {}
+
+    # ----- the API -------------------------------------------------------
+    def submit(self, command: Union[str, Sequence[str]], *, requires: Optional[Iterable[str]] = None,
+               timeout_s: Optional[float] = None, name: Optional[str] = None, priority: int = 0,
+               env: Optional[Dict[str, str]] = None, node: Optional[str] = None, retries: int = 0,
+               retry_backoff_s: float = 1.0, kill_grace_s: float = 5.0, watch: bool = True,
+               on_output: Optional[Callable[[str, bytes], None]] = None) -> Task:
+        """Queue a command (a str runs in ``/bin/sh -c``, a list is argv); return its Task.
+
+        ``on_output(stream, data)`` is called with the task's output as it
+        arrives while you wait on the task.
+        """
+        body = _submit_body(command, requires, timeout_s, name, priority, env, node, retries,
+                            retry_backoff_s, kill_grace_s)
+        body["watch"] = watch
+        body["follow"] = on_output is not None
+        handler = None
+        if on_output is not None:
+            handler = lambda ev: on_output(str(ev.get("stream", "out")), ev.get("data") or b"")
+        req_id = self._send(Op.SUBMIT, body, handler)
+        with self._lock:
+            pending = self._pending[req_id]
+            while pending.reply is None:
+                for frame in self._read_frames(time.monotonic() + 30.0):
+                    self._dispatch(frame)
+            self._raise_error(pending)
+        task_id = pending.reply.body["id"]
+        if not watch:
+            self._forget(req_id)
+        return Task(self, task_id, req_id if watch else None)
+
+    def task(self, task_id: str) -> Task:
+        """A handle on a task submitted earlier (by anyone)."""
+        return Task(self, task_id)
+
+    def status(self, task_id: str) -> Dict[str, Any]:
+        return self._call(Op.STATUS, {"task": task_id})
+
+    def cancel(self, task_id: str) -> Dict[str, Any]:
+        return self._call(Op.CANCEL, {"task": task_id})
+
+    def retry(self, task_id: str) -> Dict[str, Any]:
+        return self._call(Op.RETRY, {"task": task_id})
+
+    def nodes(self) -> List[Dict[str, Any]]:
+        return list(self._call(Op.NODES, {}).get("nodes", []))
+
+    def tasks(self, *, state: Optional[str] = None, limit: int = 50) -> List[Dict[str, Any]]:
+        return list(self._call(Op.TASKS, {"state": state, "limit": limit}).get("tasks", []))
+
+    def ping(self) -> float:
+        start = time.perf_counter()
+        self._call(Op.PING, {})
+        return time.perf_counter() - start
+
+    def logs(self, task_id: str, *, attempt: Optional[int] = None, follow: bool = False,
+             timeout: Optional[float] = None) -> Iterator[bytes]:
+        """Yield the attempt's output in chunks; with ``follow``, until it ends."""
+        chunks: List[bytes] = []
+        req_id = self._send(Op.LOGS, {"task": task_id, "attempt": attempt, "follow": follow},
+                            lambda ev: chunks.append(ev.get("data") or b""))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                with self._lock:
+                    pending = self._pending[req_id]
+                    if not chunks and pending.reply is None:
+                        for frame in self._read_frames(deadline):
+                            self._dispatch(frame)
+                    self._raise_error(pending)
+                while chunks:
+                    yield chunks.pop(0)
+                if pending.reply is not None:
+                    return
+        finally:
+            self._forget(req_id)
+
+
+def _split(address: str) -> Tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, 9090
+    if not port.isdigit():
+        raise UsageError(f"bad master address {address!r}: use HOST:PORT, e.g. 127.0.0.1:9090")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _submit_body(command: Union[str, Sequence[str]], requires: Optional[Iterable[str]],
+                 timeout_s: Optional[float], name: Optional[str], priority: int,
+                 env: Optional[Dict[str, str]], node: Optional[str], retries: int,
+                 retry_backoff_s: float, kill_grace_s: float) -> Dict[str, Any]:
+    if isinstance(command, str):
+        if not command.strip():
+            raise UsageError("empty command: give a shell string or an argv list")
+        wire_command: Union[str, List[str]] = command
+    else:
+        wire_command = [str(a) for a in command]
+        if not wire_command or not wire_command[0]:
+            raise UsageError("empty command: give a shell string or an argv list")
+    return {"command": wire_command, "requires": sorted(set(requires or ())), "timeout_s": timeout_s,
+            "name": name, "priority": priority, "env": dict(env or {}), "node": node,
+            "retries": retries, "retry_backoff_s": retry_backoff_s, "kill_grace_s": kill_grace_s}
+
+
+def connect(address: Optional[str] = None, *, token: Optional[str] = None,
+            timeout: float = 10.0) -> Client:
+    """Connect to a master (default: $TITAN_MASTER, else 127.0.0.1:9090)."""
+    return Client(address, token=token, timeout=timeout)

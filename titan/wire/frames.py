@@ -1,0 +1,242 @@
+"""TITAN_PROTO framing: the 12-byte header, opcodes, and an incremental decoder.
+
+This module owns how frames sit on a byte stream.  It is pure: it never
+touches a socket.  The event loop reads bytes and feeds them in; complete
+frames come out::
+
+    socket bytes --> FrameDecoder.feed() --> [Frame, ...] --> role handler
+    role reply   --> pack(opcode, req_id, body) --> socket
+
+Every frame is a header followed by a body encoded by :mod:`titan.wire.codec`::
+
+    version u8 | opcode u8 | flags u16 | request id u32 | body length u32 | body
+
+The decoder checks the version and the body length as soon as the 12 header
+bytes are in, before it buffers the body, so a hostile length cannot make it
+allocate.  It does not judge opcodes: the role answers an unknown opcode
+itself (ERROR ``unknown_opcode``) and keeps the connection.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+from typing import List, NamedTuple, Optional
+
+from titan.errors import CodecError, ProtocolError
+from titan.wire.codec import DEFAULT_MAX_DEPTH, decode, encode
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "HEADER",
+    "DEFAULT_MAX_BODY_BYTES",
+    "FLAG_MORE",
+    "Op",
+    "Frame",
+    "pack",
+    "FrameDecoder",
+    "error_body",
+]
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">BBHII")  # version, opcode, flags, request id, body length
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+FLAG_MORE = 0x0001  # more EVENT frames follow on this request id
+
+_U8_MAX = 0xFF
+_U16_MAX = 0xFFFF
+_U32_MAX = 0xFFFFFFFF
+
+
+class Op(enum.IntEnum):
+    """Frame opcodes.  0x01-0x09 any peer, 0x10-0x1f client->master, 0x20-0x2f master<->worker."""
+
+    HELLO = 0x01
+    CHALLENGE = 0x02
+    AUTH = 0x03
+    WELCOME = 0x04
+    OK = 0x05
+    ERROR = 0x06
+    EVENT = 0x07
+    PING = 0x08
+    PONG = 0x09
+    SUBMIT = 0x10
+    STATUS = 0x11
+    CANCEL = 0x12
+    NODES = 0x13
+    LOGS = 0x14
+    WAIT = 0x15
+    TASKS = 0x16
+    SHUTDOWN = 0x17
+    RETRY = 0x18
+    HEARTBEAT = 0x20
+    DISPATCH = 0x21
+    OUTPUT = 0x22
+    FINISHED = 0x23
+    KILL = 0x24
+    ACK = 0x25
+    STARTED = 0x26
+
+
+class Frame(NamedTuple):
+    """One decoded frame; ``opcode`` is a plain int (compare it with :class:`Op`)."""
+
+    opcode: int
+    flags: int
+    req_id: int
+    body: object
+
+
+def pack(
+    opcode: int,
+    req_id: int,
+    body: object = None,
+    flags: int = 0,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> bytes:
+    """Return the bytes of one frame: header + ``encode(body)``.
+
+    Raises :class:`CodecError` if ``body`` cannot be encoded,
+    :class:`ProtocolError` ``frame_too_large`` if the encoded body exceeds
+    ``max_body_bytes``, and ValueError if opcode, flags or req_id do not fit
+    their header fields.
+    """
+    _check_field("opcode", opcode, _U8_MAX)
+    _check_field("flags", flags, _U16_MAX)
+    _check_field("request id", req_id, _U32_MAX)
+    data = encode(body)
+    if len(data) > max_body_bytes:
+        raise ProtocolError(
+            "frame_too_large",
+            f"frame body of {len(data)} bytes exceeds the {max_body_bytes}-byte limit "
+            f"(opcode 0x{opcode:02x}, request {req_id})",
+            req_id=req_id,
+        )
+    return HEADER.pack(PROTOCOL_VERSION, opcode, flags, req_id, len(data)) + data
+
+
+def _check_field(name: str, value: int, maximum: int) -> None:
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{name} {value!r} does not fit its header field (0..{maximum})")
+
+
+def error_body(code: str, message: str) -> dict:
+    """The body of an ERROR frame: ``{"code": code, "message": message}``."""
+    return {"code": code, "message": message}
+
+
+class _Header(NamedTuple):
+    opcode: int
+    flags: int
+    req_id: int
+    body_len: int
+
+
+class FrameDecoder:
+    """Turns a byte stream, split anywhere, into :class:`Frame` objects.
+
+    ``feed()`` returns every frame the bytes complete, in order.  Any split of
+    the stream (even one byte at a time) yields the same frames.  Bytes are
+    kept in one bytearray and read at an offset; the consumed prefix is
+    dropped once per ``feed()`` call, so a chunk of many small frames costs
+    linear time.
+
+    A malformed frame raises :class:`ProtocolError` (``bad_version``,
+    ``frame_too_large``, or ``bad_body`` as a :class:`CodecError` carrying the
+    frame's request id).  The stream cannot be resynchronised after that, so
+    the decoder is then unusable: every later ``feed()`` raises the same
+    error, and the caller should answer ERROR and close the connection.
+    Frames completed earlier in the same ``feed()`` call as the bad one are
+    dropped with it.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self._max_body_bytes = max_body_bytes
+        self._max_depth = max_depth
+        self._buf = bytearray()
+        self._header: Optional[_Header] = None  # parsed header of the frame in progress
+        self._error: Optional[ProtocolError] = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held while waiting for the rest of a frame."""
+        return len(self._buf)
+
+    @property
+    def mid_frame(self) -> bool:
+        """True when part of a frame is buffered (EOF now would cut a frame)."""
+        return len(self._buf) > 0
+
+    def feed(self, data: bytes) -> List[Frame]:
+        """Add ``data`` from the stream; return the frames it completes."""
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        frames: List[Frame] = []
+        pos = 0
+        try:
+            pos = self._parse(buf, frames)
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        finally:
+            del buf[:pos]  # drop consumed bytes once per call
+        return frames
+
+    def _parse(self, buf: bytearray, frames: List[Frame]) -> int:
+        """Append every complete frame in ``buf`` to ``frames``; return bytes used."""
+        pos = 0
+        end = len(buf)
+        header = self._header
+        while True:
+            if header is None:
+                if end - pos < HEADER.size:
+                    break
+                header = self._read_header(buf, pos)
+            body_start = pos + HEADER.size
+            body_end = body_start + header.body_len
+            if body_end > end:
+                break
+            body = self._decode_body(buf, body_start, body_end, header)
+            frames.append(Frame(header.opcode, header.flags, header.req_id, body))
+            pos = body_end
+            header = None
+        self._header = header
+        return pos
+
+    def _read_header(self, buf: bytearray, pos: int) -> _Header:
+        """Parse and check the header at ``pos`` before any of its body is kept."""
+        version, opcode, flags, req_id, body_len = HEADER.unpack_from(buf, pos)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                "bad_version",
+                f"protocol version {version} is not supported "
+                f"(this peer speaks {PROTOCOL_VERSION})",
+            )  # req_id stays 0: another version may lay the header out differently
+        if body_len > self._max_body_bytes:
+            raise ProtocolError(
+                "frame_too_large",
+                f"frame body of {body_len} bytes exceeds the "
+                f"{self._max_body_bytes}-byte limit (opcode 0x{opcode:02x}, request {req_id})",
+                req_id=req_id,
+            )
+        return _Header(opcode, flags, req_id, body_len)
+
+    def _decode_body(self, buf: bytearray, start: int, stop: int, header: _Header) -> object:
+        with memoryview(buf) as view:
+            body = view[start:stop].tobytes()  # one copy, then the view is released
+        try:
+            return decode(body, max_depth=self._max_depth)
+        except CodecError as exc:
+            raise CodecError(
+                f"bad body in frame opcode 0x{header.opcode:02x}, request "
+                f"{header.req_id}: {exc.message}",
+                req_id=header.req_id,
+            ) from None
