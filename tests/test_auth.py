@@ -7,7 +7,7 @@ import hmac
 import pytest
 
 from titan.errors import AuthError
-from titan.wire.auth import NONCE_BYTES, client_proof, new_nonce, proofs_equal, server_proof
+from titan.wire.auth import MIN_NONCE_BYTES, NONCE_BYTES, client_proof, new_nonce, proofs_equal, server_proof
 
 SERVER_NONCE = bytes(range(32))
 CLIENT_NONCE = bytes(range(32, 64))
@@ -66,12 +66,22 @@ def test_proofs_equal() -> None:
     assert not proofs_equal(None, proof())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("nonce", [b"", b"x" * 31, b"x" * 33])
-def test_wrong_sized_nonce_is_an_auth_error(nonce: bytes) -> None:
-    with pytest.raises(AuthError, match=f"must be 32 bytes, got {len(nonce)} bytes"):
+@pytest.mark.parametrize("nonce", [b"", b"x" * 15])
+def test_short_nonce_is_an_auth_error(nonce: bytes) -> None:
+    with pytest.raises(AuthError, match=f"server nonce must be at least 16 bytes, got {len(nonce)}"):
         proof(server_nonce=nonce)
     with pytest.raises(AuthError, match="client nonce"):
         server_proof("t", server_nonce=SERVER_NONCE, client_nonce=nonce)
+
+
+def test_non_bytes_nonce_is_an_auth_error() -> None:
+    with pytest.raises(AuthError, match="client nonce must be bytes, got str"):
+        proof(client_nonce="x" * 32)  # type: ignore[arg-type]
+
+
+def test_nonces_of_other_lengths_are_accepted() -> None:
+    assert MIN_NONCE_BYTES == 16
+    assert proof(client_nonce=b"c" * 16) != proof(client_nonce=b"c" * 64)
 
 
 def test_role_with_nul_is_rejected() -> None:

@@ -127,6 +127,13 @@ def test_subclasses_encode_as_their_base_type() -> None:
     assert type(got["k"][0]) is int and type(got["k"][1]) is str  # type: ignore[index]
 
 
+def test_many_distinct_keys_round_trip_and_encode_identically_twice() -> None:
+    body = {f"key-{i}": i for i in range(3000)}
+    first = encode(body)
+    assert encode(body) == first and decode(first) == body
+    assert len(codec._KEY_CACHE) <= codec._KEY_CACHE_SIZE  # the key cache stays bounded
+
+
 def test_decode_accepts_bytearray_and_memoryview() -> None:
     data = encode({"a": [1, "x"]})
     assert decode(bytearray(data)) == decode(memoryview(data)) == {"a": [1, "x"]}
@@ -163,7 +170,7 @@ def test_unsupported_type_names_the_type_and_path() -> None:
 
 
 def test_non_str_dict_key_names_the_key() -> None:
-    with pytest.raises(CodecError, match=r"dict key 42 is a int; keys must be str") as info:
+    with pytest.raises(CodecError, match=r"dict key 42 has type int; keys must be str") as info:
         encode({"outer": {42: "x"}})
     assert info.value.code == "bad_body"
     assert isinstance(info.value, ProtocolError)
@@ -223,7 +230,9 @@ def test_huge_count_fails_fast_without_allocating() -> None:
     "body, kind",
     [(b"\x06\x00\x00\x00\x05abc", "str"), (b"\x07\xff\xff\xff\xffab", "bytes"),
      (b"\x04\x00\x00\x00\x09\x01", "big int"),
-     (b"\x09\x00\x00\x00\x01\x06\x00\x00\x01\x00k\x00", "str")],
+     (b"\x09\x00\x00\x00\x01\x06\x00\x00\x01\x00k\x00", "dict key"),
+     (b"\x09\x00\x00\x00\x01\x06\x00\x00\x00\x01k\x06\x00\x00\x00\x09", "str"),
+     (b"\x08\x00\x00\x00\x01\x06\x00\x00\x00\x09ab", "str")],
 )
 def test_length_beyond_remaining_bytes(body: bytes, kind: str) -> None:
     with pytest.raises(CodecError, match=rf"{kind} at byte \d+ claims \d+ bytes but only \d+ remain"):

@@ -78,7 +78,7 @@ def transition(record: "TaskRecord", new: TaskState) -> TaskState:
     return old
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # used with fullmatch: "$" would allow a trailing "\n"
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     """Build a :class:`TaskSpec` from a SUBMIT body; raise UsageError on bad input."""
     argv, shell = _argv_from_wire(body.get("command"))
     name = body.get("name") or default_task_name(argv, shell)
-    _want(isinstance(name, str) and bool(_NAME_RE.match(name)),
+    _want(isinstance(name, str) and bool(_NAME_RE.fullmatch(name)),
           f"bad task name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
     requires = body.get("requires") or []
     _want(isinstance(requires, list) and all(isinstance(t, str) and t for t in requires),
@@ -163,7 +163,7 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     priority = body.get("priority", 0)
     _want(isinstance(priority, int) and not isinstance(priority, bool), f"priority must be an integer, not {priority!r}")
     retries = body.get("retries", 0)
-    _want(isinstance(retries, int) and 0 <= retries <= 1000, f"retries must be an integer 0..1000, not {retries!r}")
+    _want(isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= 1000, f"retries must be an integer 0..1000, not {retries!r}")
     timeout_s = _number(body, "timeout_s", None)
     _want(timeout_s is None or timeout_s > 0, "timeout_s must be greater than 0")
     return TaskSpec(

@@ -23,10 +23,12 @@ from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 from titan.core.model import Attempt, TaskRecord, TaskSpec, TaskState, TERMINAL, transition
 from titan.core.placement import WorkerView, choose_worker, eligible
+from titan.errors import InvalidTransition
 
 __all__ = ["Scheduler", "Dispatch", "Kill", "Ended", "Disconnect", "Note", "Action"]
 
 S = TaskState
+RETRYABLE = frozenset({S.FAILED, S.DEAD, S.CANCELLED, S.SKIPPED})
 ClassKey = Tuple[FrozenSet[str], Optional[str]]
 
 
@@ -83,6 +85,7 @@ class Scheduler:
         self._rr = 0
         self._worker_order = 0
         self._lost: Dict[str, float] = {}  # task_id -> when its worker was lost
+        self._retry_base: Dict[str, int] = {}  # task_id -> attempts made before its last manual retry
 
     # ----- queries -------------------------------------------------------
     def queued_count(self) -> int:
@@ -129,7 +132,12 @@ class Scheduler:
     def retry(self, task_id: str, now: float) -> List[Action]:
         """Re-queue a FAILED, DEAD, CANCELLED or SKIPPED task."""
         record = self.tasks[task_id]
-        transition(record, S.QUEUED)  # FAILED|DEAD|CANCELLED|SKIPPED -> QUEUED; live tasks raise
+        if record.state not in RETRYABLE:   # RUNNING -> QUEUED is legal, but only for a lost worker
+            raise InvalidTransition(f"task {task_id!r} cannot move from {record.state.value} to "
+                                    f"{S.QUEUED.value} by retry; only FAILED, DEAD, CANCELLED "
+                                    f"or SKIPPED tasks can be retried")
+        transition(record, S.QUEUED)  # FAILED|DEAD|CANCELLED|SKIPPED -> QUEUED
+        self._retry_base[task_id] = len(record.attempts)   # a manual retry gets the full retries again
         record.finished_at = None
         record.cancel_requested = False
         self._push(record, now)
@@ -161,7 +169,8 @@ class Scheduler:
 
     def _failed(self, record: TaskRecord, now: float) -> List[Action]:
         transition(record, S.FAILED)  # RUNNING -> FAILED
-        failures = sum(1 for a in record.attempts if a.state is S.FAILED)
+        since = self._retry_base.get(record.id, 0)
+        failures = sum(1 for a in record.attempts[since:] if a.state is S.FAILED)
         if failures <= record.spec.retries:
             # FAILED -> QUEUED, after exponential backoff
             backoff = min(self.max_backoff_s, record.spec.retry_backoff_s * 2 ** (failures - 1))
@@ -267,10 +276,13 @@ class Scheduler:
                 continue
             key = (record.id, att.number)
             if key in held or key in done:
+                still_running = key in held
                 held.discard(key)
                 w.running += 1
                 if self._lost.pop(record.id, None) is not None:
                     actions.append(Note(f"worker {w.name} came back with {record.id}; adopted"))
+                if record.cancel_requested and still_running:   # the first KILL may have been lost
+                    actions.append(Kill(w.name, record.id, att.number, "cancelled"))
             else:
                 w.running += 1      # released again by _end_lost_attempt
                 actions += self._end_lost_attempt(record, now, f"worker {w.name} no longer had it")
@@ -326,7 +338,7 @@ class Scheduler:
         """Expire heartbeats and grace periods, release delayed tasks, dispatch."""
         actions: List[Action] = []
         for w in list(self.workers.values()):
-            if w.connected and now - w.last_seen > self.heartbeat_timeout_s:
+            if w.connected and now - w.last_seen >= self.heartbeat_timeout_s:
                 actions.append(Disconnect(w.name, f"no heartbeat for {now - w.last_seen:.1f}s"))
                 actions += self.worker_left(w.name, now)
         for task_id, lost_at in list(self._lost.items()):
@@ -337,6 +349,6 @@ class Scheduler:
         while self._delayed and self._delayed[0][0] <= now:
             _, _, task_id = heapq.heappop(self._delayed)
             record = self.tasks.get(task_id)
-            if record is not None and record.state is S.QUEUED:
-                self._push(record, now)
+            if record is not None and record.state is S.QUEUED and record.ready_at <= now:
+                self._push(record, now)     # else a stale entry: the task waits for a later ready_at
         return actions + self._dispatch(now)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
+import shutil
 import sys
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["Spawned", "OsProcesses", "titan_command", "titan_env", "process_start_time"]
 
@@ -24,47 +24,74 @@ __all__ = ["Spawned", "OsProcesses", "titan_command", "titan_env", "process_star
 class Spawned:
     """A started process: its pid (= process group id) and its pipes."""
 
-    __slots__ = ("popen", "pid", "stdout_fd", "stderr_fd", "pidfd")
+    __slots__ = ("pid", "stdout_fd", "stderr_fd", "pidfd", "returncode")
 
-    def __init__(self, popen: "subprocess.Popen[bytes]", pidfd: Optional[int]) -> None:
-        self.popen = popen
-        self.pid = popen.pid
-        assert popen.stdout is not None and popen.stderr is not None
-        self.stdout_fd = popen.stdout.fileno()
-        self.stderr_fd = popen.stderr.fileno()
+    def __init__(self, pid: int, stdout_fd: int, stderr_fd: int, pidfd: Optional[int]) -> None:
+        self.pid = pid
+        self.stdout_fd = stdout_fd
+        self.stderr_fd = stderr_fd
         self.pidfd = pidfd
+        self.returncode: Optional[int] = None
 
 
 class OsProcesses:
-    """Real processes (the seam tests replace)."""
+    """Real processes (the seam tests replace).
+
+    Spawning uses ``posix_spawn`` (a vfork under the hood: cheap even from a
+    large parent) with ``setsid``; the working directory is set by a brief
+    ``chdir`` around the call, which is safe because each role runs its loop
+    on one thread.
+    """
+
+    def __init__(self) -> None:
+        self.home = os.getcwd()
 
     def spawn(self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str]) -> Spawned:
         """Start ``argv`` in its own session with piped, non-blocking output.
 
         Raises OSError (for example FileNotFoundError) if it cannot start.
         """
-        popen = subprocess.Popen(
-            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )
-        assert popen.stdout is not None and popen.stderr is not None
-        os.set_blocking(popen.stdout.fileno(), False)
-        os.set_blocking(popen.stderr.fileno(), False)
-        return Spawned(popen, _pidfd(popen.pid))
+        program = _resolve(argv[0], env.get("PATH", os.defpath))
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+        try:
+            os.chdir(cwd)
+            try:
+                pid = os.posix_spawn(program, list(argv), env, file_actions=actions, setsid=True)
+            finally:
+                os.chdir(self.home)
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        return Spawned(pid, out_r, err_r, _pidfd(pid))
 
     def kill_group(self, pgid: int, sig: int) -> bool:
         """Signal every process in group ``pgid``; False if none is left."""
         try:
             os.killpg(pgid, sig)
             return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
+        except (ProcessLookupError, PermissionError):
             return False
 
     def poll(self, spawned: Spawned) -> Optional[int]:
-        """The exit status once the process has exited (negative: signal)."""
-        return spawned.popen.poll()
+        """Reap the process if it has exited: its exit status (negative: signal)."""
+        if spawned.returncode is None:
+            try:
+                pid, status = os.waitpid(spawned.pid, os.WNOHANG)
+            except ChildProcessError:
+                spawned.returncode = -signal.SIGKILL
+                return spawned.returncode
+            if pid:
+                spawned.returncode = os.waitstatus_to_exitcode(status)
+        return spawned.returncode
 
     def read(self, fd: int, max_bytes: int = 65536) -> Optional[bytes]:
         """Read what is there: bytes, b"" at end of file, None if nothing yet."""
@@ -79,12 +106,38 @@ class OsProcesses:
 
     def release(self, spawned: Spawned) -> None:
         """Close the pipes and the pidfd of a finished process."""
-        for stream in (spawned.popen.stdout, spawned.popen.stderr):
-            if stream is not None:
-                stream.close()
-        if spawned.pidfd is not None:
-            os.close(spawned.pidfd)
-            spawned.pidfd = None
+        for fd in (spawned.stdout_fd, spawned.stderr_fd, spawned.pidfd):
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        spawned.stdout_fd = spawned.stderr_fd = -1
+        spawned.pidfd = None
+
+
+_FOUND: Dict[Tuple[str, str], str] = {}
+
+
+def _resolve(program: str, path: str) -> str:
+    """Find ``program`` on ``path`` the way execvp would (the task's PATH).
+
+    Hits are remembered while the file is still there; a miss is looked up
+    again every time, so a program installed later is found.
+    """
+    if "/" in program:
+        return program
+    key = (program, path)
+    found = _FOUND.get(key)
+    if found is not None and os.access(found, os.X_OK):
+        return found
+    found = shutil.which(program, path=path)
+    if found is None:
+        _FOUND.pop(key, None)
+        raise FileNotFoundError(errno.ENOENT, "not found on PATH", program)
+    if len(_FOUND) < 1024:
+        _FOUND[key] = found
+    return found
 
 
 def _pidfd(pid: int) -> Optional[int]:

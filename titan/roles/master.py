@@ -274,12 +274,14 @@ class Master(Handler):
         })
 
     def result_body(self, record: TaskRecord) -> Dict[str, Any]:
-        body = record.to_wire()
+        """What a waiting client receives when a task ends (status has the detail)."""
+        last = record.current
         tail = self._tails.pop(record.id, None)
-        if tail is None and record.current is not None:
-            tail = self.logs.tail(record.id, record.current.number)
-        body["output"] = tail or b""
-        return body
+        if tail is None and last is not None:
+            tail = self.logs.tail(record.id, last.number)
+        return {"id": record.id, "state": record.state.value, "exit_code": record.exit_code,
+                "node": record.node, "reason": last.reason if last else "",
+                "attempts": len(record.attempts), "output": tail or b""}
 
     def _ended(self, task_id: str) -> None:
         record = self.sched.tasks[task_id]

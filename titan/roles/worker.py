@@ -22,7 +22,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import quote
 
 from titan import __version__
@@ -99,10 +99,15 @@ class Worker(Handler):
         self.last_rx = 0.0
         self.backoff_s = 0.1
         self.stopping = False
-        self.work_root = config.data_dir / "work"
-        self.shared_root = config.data_dir / "shared"
-        self.work_root.mkdir(parents=True, exist_ok=True)
+        data_dir = config.data_dir.resolve()
+        self.spaces = WorkspacePool(data_dir / "work", keep=2 * config.slots + 2)
+        self.shared_root = data_dir / "shared"
         self.shared_root.mkdir(parents=True, exist_ok=True)
+        self.base_env = dict(os.environ)
+        self.base_env["TITAN_MASTER"] = format_address(config.master)
+        self.base_env["TITAN_NODE"] = config.name
+        if config.token:
+            self.base_env["TITAN_TOKEN"] = config.token
 
     # ----- lifecycle -----------------------------------------------------
     def serve_forever(self) -> None:
@@ -282,16 +287,19 @@ class Worker(Handler):
         if key in self.jobs or key in self.unacked:
             return
         run = str(body.get("run") or key[0])
-        workspace = self.work_root / f"{quote(key[0], safe='')}.{key[1]}"
-        shared = self.shared_root / quote(run, safe="")
-        env = self._env(body, key, run, workspace, shared)
+        workspace = shared = None
         try:
-            workspace.mkdir(parents=True, exist_ok=True)
-            shared.mkdir(parents=True, exist_ok=True)
+            workspace = self.spaces.acquire()
+            shared = self.spaces.acquire() if run == key[0] else self._run_dir(run)
+            env = self._env(body, key, run, workspace, shared)
             spawned = self.procs.spawn(body["argv"], cwd=str(workspace), env=env)
         except OSError as exc:
             argv0 = body["argv"][0] if body.get("argv") else "?"
-            self._finish_now(key, 127, f"cannot start {argv0!r}: {exc.strerror or exc}", workspace)
+            self._finish_now(key, 127, f"cannot start {argv0!r}: {exc.strerror or exc}")
+            if workspace is not None:
+                self.spaces.release(workspace)
+            if shared is not None and run == key[0]:
+                self.spaces.release(shared)
             return
         job = Job(key, run, spawned, workspace, shared)
         self.jobs[key] = job
@@ -303,16 +311,21 @@ class Worker(Handler):
                 float(timeout_s), lambda: self._terminate(job, f"timed out after {timeout_s:g}s", grace)))
         self.grace_of[key] = grace
 
+    def _run_dir(self, run: str) -> Path:
+        path = self.shared_root / quote(run, safe="")
+        path.mkdir(exist_ok=True)
+        return path
+
     def _env(self, body: Dict[str, Any], key: Key, run: str, workspace: Path, shared: Path) -> Dict[str, str]:
-        env = dict(os.environ)
-        env.update({k: v for k, v in (body.get("env") or {}).items() if isinstance(v, str)})
-        env.update({
-            "TITAN_MASTER": format_address(self.config.master), "TITAN_RUN": run,
-            "TITAN_TASK": key[0], "TITAN_ATTEMPT": str(key[1]), "TITAN_SHARED": str(shared),
-            "TITAN_WORKSPACE": str(workspace), "TITAN_NODE": self.config.name,
-        })
-        if self.config.token:
-            env["TITAN_TOKEN"] = self.config.token
+        env = self.base_env.copy()
+        extra = body.get("env")
+        if extra:
+            env.update({k: v for k, v in extra.items() if isinstance(v, str)})
+        env["TITAN_RUN"] = run
+        env["TITAN_TASK"] = key[0]
+        env["TITAN_ATTEMPT"] = str(key[1])
+        env["TITAN_SHARED"] = str(shared)
+        env["TITAN_WORKSPACE"] = str(workspace)
         return env
 
     def _watch(self, job: Job) -> None:
@@ -387,13 +400,13 @@ class Worker(Handler):
             timer.cancel()
         self.procs.release(job.spawned)
         reason = job.reason or _describe_exit(job.exit_code)
-        self._finish_now(job.key, job.exit_code, reason, job.workspace, started_at=job.started_at)
+        self._finish_now(job.key, job.exit_code, reason, started_at=job.started_at)
+        self.spaces.release(job.workspace)
         if job.cleanup_shared:
-            shutil.rmtree(job.shared, ignore_errors=True)
+            self.spaces.release(job.shared)
         self._maybe_exit()
 
-    def _finish_now(self, key: Key, exit_code: int, reason: str, workspace: Path,
-                    started_at: Optional[float] = None) -> None:
+    def _finish_now(self, key: Key, exit_code: int, reason: str, started_at: Optional[float] = None) -> None:
         dropped = self.dropped.pop(key, 0)
         if dropped:
             note = f"\n[titan: {dropped} bytes of output dropped while the master was unreachable]\n"
@@ -404,7 +417,6 @@ class Worker(Handler):
                 "started_at": started_at, "finished_at": time.time()}
         self.unacked[key] = body
         self._report(Op.FINISHED, body, key)
-        shutil.rmtree(workspace, ignore_errors=True)
 
     def _terminate(self, job: Job, reason: str, grace_s: Optional[float] = None) -> None:
         """TERM the attempt's process group, then KILL it after the grace period."""
@@ -437,6 +449,45 @@ class Worker(Handler):
         for job in self.jobs.values():
             for fd in job.open_fds:
                 self.loop.register(fd, 1, lambda mask, fd=fd, job=job: self._readable(job, fd))
+
+
+class WorkspacePool:
+    """Empty directories for attempts, reused so a quiet task costs no mkdir/rmdir.
+
+    An attempt gets a fresh-looking empty directory; when it ends, an empty
+    directory goes back to the pool and one with files in it is removed.
+    """
+
+    def __init__(self, root: Path, *, keep: int) -> None:
+        self.root = root
+        self.keep = keep
+        self.free: List[Path] = []
+        self.count = 0
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+
+    def acquire(self) -> Path:
+        if self.free:
+            return self.free.pop()
+        while True:
+            self.count += 1
+            path = self.root / f"ws-{self.count}"
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+
+    def release(self, path: Path) -> None:
+        try:
+            with os.scandir(path) as entries:
+                empty = next(entries, None) is None
+        except OSError:
+            return
+        if empty and len(self.free) < self.keep:
+            self.free.append(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _describe_exit(code: int) -> str:

@@ -15,10 +15,10 @@ import select
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from titan.errors import ConnectionLost, RemoteError, TitanError, UnknownTask, UsageError
+from titan.errors import ConnectionLost, RemoteError, UnknownTask, UsageError
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
 from titan.wire.handshake import ClientHandshake
 
@@ -38,7 +38,7 @@ class TaskResult:
     output: str
     node: Optional[str]
     reason: str = ""
-    attempts: List[Dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
     output_bytes: bytes = b""
 
     @property
@@ -50,7 +50,7 @@ class TaskResult:
         raw = body.get("output") or b""
         return cls(id=body["id"], state=body["state"], exit_code=body.get("exit_code"),
                    output=raw.decode("utf-8", "replace"), node=body.get("node"),
-                   reason=body.get("reason") or "", attempts=list(body.get("attempts") or []),
+                   reason=body.get("reason") or "", attempts=int(body.get("attempts") or 0),
                    output_bytes=raw)
 
 
@@ -69,14 +69,24 @@ class _Pending:
 class Task:
     """A handle on one submitted task; behaves like a future."""
 
-    def __init__(self, client: "Client", task_id: str, req_id: Optional[int] = None) -> None:
+    def __init__(self, client: "Client", task_id: Optional[str], req_id: Optional[int] = None) -> None:
         self.client = client
-        self.id = task_id
+        self._id = task_id
         self._req_id = req_id
         self._result: Optional[TaskResult] = None
 
     def __repr__(self) -> str:
-        return f"<titan.Task {self.id}>"
+        return f"<titan.Task {self._id or '(submitting)'}>"
+
+    @property
+    def id(self) -> str:
+        """The task's id, e.g. ``echo#3``; waits for the master's reply if needed."""
+        if self._id is None:
+            assert self._req_id is not None
+            pending = self.client._wait_for(self._req_id, time.monotonic() + 30.0)
+            assert pending.reply is not None
+            self._id = str(pending.reply.body["id"])
+        return self._id
 
     def done(self) -> bool:
         """True once the task has ended; never blocks."""
@@ -91,7 +101,9 @@ class Task:
             if self._req_id is None:
                 self._req_id = self.client._send(Op.WAIT, {"task": self.id})
             deadline = None if timeout is None else time.monotonic() + timeout
-            self.client._wait_for(self._req_id, deadline, final_event="result")
+            pending = self.client._wait_for(self._req_id, deadline, final_event="result")
+            if self._id is None and pending.reply is not None and pending.reply.opcode == Op.OK:
+                self._id = str(pending.reply.body["id"])
             self._collect()
         assert self._result is not None
         return self._result
@@ -283,22 +295,21 @@ class Client:
         """
         body = _submit_body(command, requires, timeout_s, name, priority, env, node, retries,
                             retry_backoff_s, kill_grace_s)
-        body["watch"] = watch
-        body["follow"] = on_output is not None
+        if not watch:
+            body["watch"] = False
+        if on_output is not None:
+            body["follow"] = True
         handler = None
         if on_output is not None:
             handler = lambda ev: on_output(str(ev.get("stream", "out")), ev.get("data") or b"")
         req_id = self._send(Op.SUBMIT, body, handler)
-        with self._lock:
-            pending = self._pending[req_id]
-            while pending.reply is None:
-                for frame in self._read_frames(time.monotonic() + 30.0):
-                    self._dispatch(frame)
-            self._raise_error(pending)
-        task_id = pending.reply.body["id"]
+        self._poll(0.0)        # take in whatever has arrived, so replies never pile up
+        task = Task(self, None, req_id)
         if not watch:
+            task.id            # the reply is all that will come
             self._forget(req_id)
-        return Task(self, task_id, req_id if watch else None)
+            task._req_id = None
+        return task
 
     def task(self, task_id: str) -> Task:
         """A handle on a task submitted earlier (by anyone)."""
@@ -368,9 +379,18 @@ def _submit_body(command: Union[str, Sequence[str]], requires: Optional[Iterable
         wire_command = [str(a) for a in command]
         if not wire_command or not wire_command[0]:
             raise UsageError("empty command: give a shell string or an argv list")
-    return {"command": wire_command, "requires": sorted(set(requires or ())), "timeout_s": timeout_s,
-            "name": name, "priority": priority, "env": dict(env or {}), "node": node,
-            "retries": retries, "retry_backoff_s": retry_backoff_s, "kill_grace_s": kill_grace_s}
+    body: Dict[str, Any] = {"command": wire_command}
+    optional = {"requires": sorted(set(requires or ())), "timeout_s": timeout_s, "name": name,
+                "priority": priority, "env": dict(env or {}), "node": node, "retries": retries,
+                "retry_backoff_s": retry_backoff_s, "kill_grace_s": kill_grace_s}
+    for key, value in optional.items():
+        if value != _SUBMIT_DEFAULTS.get(key):
+            body[key] = value
+    return body
+
+
+_SUBMIT_DEFAULTS: Dict[str, Any] = {"requires": [], "timeout_s": None, "name": None, "priority": 0, "env": {},
+                                    "node": None, "retries": 0, "retry_backoff_s": 1.0, "kill_grace_s": 5.0}
 
 
 def connect(address: Optional[str] = None, *, token: Optional[str] = None,

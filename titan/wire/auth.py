@@ -25,13 +25,15 @@ from titan.errors import AuthError
 
 __all__ = [
     "NONCE_BYTES",
+    "MIN_NONCE_BYTES",
     "new_nonce",
     "client_proof",
     "server_proof",
     "proofs_equal",
 ]
 
-NONCE_BYTES = 32
+NONCE_BYTES = 32  # what new_nonce() makes
+MIN_NONCE_BYTES = 16  # the least a proof accepts from a peer
 
 _CLIENT_LABEL = b"titan-client\0"
 _SERVER_LABEL = b"titan-server\0"
@@ -48,8 +50,9 @@ def client_proof(
     """The client's proof that it knows ``token``, bound to both nonces and its identity.
 
     HMAC-SHA256(token, "titan-client\\0" + server_nonce + client_nonce + role + "\\0" + name).
-    Raises :class:`AuthError` if a nonce is not NONCE_BYTES long or ``role``
-    contains NUL (either would make the signed message ambiguous).
+    Raises :class:`AuthError` if a nonce is not bytes of at least
+    MIN_NONCE_BYTES (too easy to guess) or ``role`` contains NUL (which would
+    make the role/name split ambiguous).
     """
     _check_nonce("server nonce", server_nonce)
     _check_nonce("client nonce", client_nonce)
@@ -65,7 +68,7 @@ def server_proof(token: str, *, server_nonce: bytes, client_nonce: bytes) -> byt
     """The server's proof that it knows ``token``, bound to both nonces.
 
     HMAC-SHA256(token, "titan-server\\0" + client_nonce + server_nonce).
-    Raises :class:`AuthError` if a nonce is not NONCE_BYTES long.
+    Raises :class:`AuthError` if a nonce is not bytes of at least MIN_NONCE_BYTES.
     """
     _check_nonce("server nonce", server_nonce)
     _check_nonce("client nonce", client_nonce)
@@ -88,6 +91,7 @@ def _hmac(token: str, message: bytes) -> bytes:
 
 
 def _check_nonce(name: str, nonce: bytes) -> None:
-    if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != NONCE_BYTES:
-        shown = f"{len(nonce)} bytes" if isinstance(nonce, (bytes, bytearray)) else type(nonce).__name__
-        raise AuthError(f"{name} must be {NONCE_BYTES} bytes, got {shown}")
+    if not isinstance(nonce, (bytes, bytearray)):
+        raise AuthError(f"{name} must be bytes, got {type(nonce).__name__}")
+    if len(nonce) < MIN_NONCE_BYTES:
+        raise AuthError(f"{name} must be at least {MIN_NONCE_BYTES} bytes, got {len(nonce)}")

@@ -23,7 +23,7 @@ message names the byte offset, e.g. ``unknown type tag 0x7f at byte 12``.
 from __future__ import annotations
 
 import struct
-from typing import Any, List, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from titan.errors import CodecError
 
@@ -75,6 +75,11 @@ _B_NONE = bytes([TAG_NONE])
 _B_FALSE = bytes([TAG_FALSE])
 _B_TRUE = bytes([TAG_TRUE])
 
+# Encoded dict keys: protocol bodies reuse a few keys ("id", "cmd", ...) in
+# every message.  Bounded, so keys taken from user data cannot grow it forever.
+_KEY_CACHE: Dict[str, bytes] = {}
+_KEY_CACHE_SIZE = 1024
+
 # Smallest encoding of one list item (a 1-byte tag) and of one dict pair
 # (an empty str key, 5 bytes, plus a 1-byte value).
 _MIN_ITEM_BYTES = 1
@@ -86,6 +91,9 @@ Buffer = Union[bytes, bytearray, memoryview]
 # --------------------------------------------------------------------------
 # Encoding
 # --------------------------------------------------------------------------
+
+_TOO_DEEP = "too deep"  # _EncodeFailure reason; encode() adds the limit
+
 
 class _EncodeFailure(Exception):
     """Internal: carries an encode error up while containers add the path."""
@@ -109,8 +117,11 @@ def encode(value: object, *, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
         _encode_value(value, parts, max_depth)
     except (_EncodeFailure, UnicodeEncodeError) as exc:
         failure = _as_failure(exc)
+        reason = failure.reason
+        if reason == _TOO_DEEP:
+            reason = f"containers nest deeper than max_depth={max_depth}"
         where = "".join(reversed(failure.path)) or " (the top-level value)"
-        raise CodecError(f"cannot encode body: {failure.reason} at value{where}") from None
+        raise CodecError(f"cannot encode body: {reason} at value{where}") from None
     except RecursionError:
         raise CodecError(f"cannot encode body: nesting too deep for max_depth={max_depth}") from None
     return b"".join(parts)
@@ -184,7 +195,7 @@ def _encode_int(value: int, out: List[Any]) -> None:
 
 def _encode_list(value: Union[list, tuple], out: List[Any], depth: int) -> None:
     if depth <= 0:
-        raise _EncodeFailure("nesting deeper than max_depth")
+        raise _EncodeFailure(_TOO_DEEP)
     append = out.append
     append(_pack_len(TAG_LIST, len(value)))
     depth -= 1
@@ -205,18 +216,17 @@ def _encode_list(value: Union[list, tuple], out: List[Any], depth: int) -> None:
 
 def _encode_dict(value: dict, out: List[Any], depth: int) -> None:
     if depth <= 0:
-        raise _EncodeFailure("nesting deeper than max_depth")
+        raise _EncodeFailure(_TOO_DEEP)
     append = out.append
     append(_pack_len(TAG_DICT, len(value)))
     depth -= 1
     key: object = None
     try:
         for key, item in value.items():
-            if type(key) is not str:
-                key = _plain_key(key)
-            data = key.encode("utf-8")  # type: ignore[attr-defined]
-            append(_pack_len(TAG_STR, len(data)))
-            append(data)
+            encoded_key = _KEY_CACHE.get(key)  # type: ignore[call-overload]
+            if encoded_key is None or type(key) is not str:
+                encoded_key = _encode_key(key)
+            append(encoded_key)
             if type(item) is str:  # inlined: the common case
                 data = item.encode("utf-8")
                 append(_pack_len(TAG_STR, len(data)))
@@ -229,11 +239,17 @@ def _encode_dict(value: dict, out: List[Any], depth: int) -> None:
         raise failure from None
 
 
-def _plain_key(key: object) -> str:
-    """Return a str-subclass key as a plain str; reject any other key type."""
-    if isinstance(key, str):
-        return str.__str__(key)
-    raise _EncodeFailure(f"dict key {_short_repr(key)} is a {type(key).__qualname__}; keys must be str")
+def _encode_key(key: object) -> bytes:
+    """Tag, length and UTF-8 of a dict key; remembered for the next message."""
+    if not isinstance(key, str):
+        raise _EncodeFailure(
+            f"dict key {_short_repr(key)} has type {type(key).__qualname__}; keys must be str"
+        )
+    data = str.encode(key, "utf-8")
+    encoded = _pack_len(TAG_STR, len(data)) + data
+    if type(key) is str and len(_KEY_CACHE) < _KEY_CACHE_SIZE and len(data) <= 64:
+        _KEY_CACHE[key] = encoded
+    return encoded
 
 
 def _as_failure(exc: Exception) -> _EncodeFailure:
@@ -362,11 +378,17 @@ def _decode_list(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[lis
     cursor = pos + 5
     items = []
     append = items.append
+    end = len(data)
     for _ in range(count):
-        if data[cursor] == TAG_STR:  # inlined: the common case
+        if data[cursor] == TAG_STR:  # inlined _str_at: the common case
             start = cursor + 5
             cursor = start + _unpack_u32(data, cursor + 1)[0]
-            append(_str_at(data, start, cursor))
+            if cursor > end:
+                raise _overrun("str", start - 5, data)
+            try:
+                append(data[start:cursor].decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise _bad_utf8(exc, start) from None
         else:
             item, cursor = _decode_value(data, cursor, depth, max_items)
             append(item)
@@ -378,18 +400,26 @@ def _decode_dict(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[dic
     depth -= 1
     cursor = pos + 5
     result = {}
+    end = len(data)
     for _ in range(count):
         if data[cursor] != TAG_STR:
             raise _bad_key(data, cursor)
         start = cursor + 5
         cursor = start + _unpack_u32(data, cursor + 1)[0]
-        key = _str_at(data, start, cursor)
-        if data[cursor] == TAG_STR:  # inlined: the common case
-            start = cursor + 5
-            cursor = start + _unpack_u32(data, cursor + 1)[0]
-            result[key] = _str_at(data, start, cursor)
-        else:
-            result[key], cursor = _decode_value(data, cursor, depth, max_items)
+        if cursor > end:
+            raise _overrun("dict key", start - 5, data)
+        try:
+            key = data[start:cursor].decode("utf-8")
+            if data[cursor] == TAG_STR:  # inlined _str_at: the common case
+                start = cursor + 5
+                cursor = start + _unpack_u32(data, cursor + 1)[0]
+                if cursor > end:
+                    raise _overrun("str", start - 5, data)
+                result[key] = data[start:cursor].decode("utf-8")
+            else:
+                result[key], cursor = _decode_value(data, cursor, depth, max_items)
+        except UnicodeDecodeError as exc:
+            raise _bad_utf8(exc, start) from None
     return result, cursor
 
 

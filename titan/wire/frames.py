@@ -102,9 +102,6 @@ def pack(
     ``max_body_bytes``, and ValueError if opcode, flags or req_id do not fit
     their header fields.
     """
-    _check_field("opcode", opcode, _U8_MAX)
-    _check_field("flags", flags, _U16_MAX)
-    _check_field("request id", req_id, _U32_MAX)
     data = encode(body)
     if len(data) > max_body_bytes:
         raise ProtocolError(
@@ -113,11 +110,19 @@ def pack(
             f"(opcode 0x{opcode:02x}, request {req_id})",
             req_id=req_id,
         )
-    return HEADER.pack(PROTOCOL_VERSION, opcode, flags, req_id, len(data)) + data
+    try:
+        header = HEADER.pack(PROTOCOL_VERSION, opcode, flags, req_id, len(data))
+    except struct.error:
+        _check_field("opcode", opcode, _U8_MAX)
+        _check_field("flags", flags, _U16_MAX)
+        _check_field("request id", req_id, _U32_MAX)
+        raise
+    return header + data
 
 
 def _check_field(name: str, value: int, maximum: int) -> None:
-    if not 0 <= value <= maximum:
+    """Raise ValueError naming ``name`` if ``value`` is not an int in 0..maximum."""
+    if not isinstance(value, int) or not 0 <= value <= maximum:
         raise ValueError(f"{name} {value!r} does not fit its header field (0..{maximum})")
 
 
@@ -195,19 +200,20 @@ class FrameDecoder:
         pos = 0
         end = len(buf)
         header = self._header
-        while True:
-            if header is None:
-                if end - pos < HEADER.size:
+        with memoryview(buf) as view:  # released before feed() trims buf
+            while True:
+                if header is None:
+                    if end - pos < HEADER.size:
+                        break
+                    header = self._read_header(buf, pos)
+                body_start = pos + HEADER.size
+                body_end = body_start + header.body_len
+                if body_end > end:
                     break
-                header = self._read_header(buf, pos)
-            body_start = pos + HEADER.size
-            body_end = body_start + header.body_len
-            if body_end > end:
-                break
-            body = self._decode_body(buf, body_start, body_end, header)
-            frames.append(Frame(header.opcode, header.flags, header.req_id, body))
-            pos = body_end
-            header = None
+                body = self._decode_body(view[body_start:body_end].tobytes(), header)
+                frames.append(Frame(header.opcode, header.flags, header.req_id, body))
+                pos = body_end
+                header = None
         self._header = header
         return pos
 
@@ -229,9 +235,7 @@ class FrameDecoder:
             )
         return _Header(opcode, flags, req_id, body_len)
 
-    def _decode_body(self, buf: bytearray, start: int, stop: int, header: _Header) -> object:
-        with memoryview(buf) as view:
-            body = view[start:stop].tobytes()  # one copy, then the view is released
+    def _decode_body(self, body: bytes, header: _Header) -> object:
         try:
             return decode(body, max_depth=self._max_depth)
         except CodecError as exc:

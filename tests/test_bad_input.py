@@ -1,0 +1,298 @@
+"""Hostile and broken input against a real master, over raw sockets.
+
+One master (``--frame-timeout 1 --handshake-timeout 2``) and one worker serve
+the whole module.  Each test sends one kind of bad input, reads the master's
+ERROR frames with the real :class:`FrameDecoder`, checks the error ``code``
+and that the message names the problem, and then checks that the master
+still serves a normal SDK client whose task runs on the worker.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import pytest
+
+from conftest import StandaloneMaster, TitanProcs, _log_dirs, run_cli
+from titan.errors import UnknownTask, UsageError
+from titan.sdk.client import Client
+from titan.wire.frames import HEADER, PROTOCOL_VERSION, Frame, FrameDecoder, Op, pack
+from titan.wire.handshake import ClientHandshake
+
+FRAME_TIMEOUT_S = 1.0
+HANDSHAKE_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Served:
+    procs: TitanProcs
+    master: StandaloneMaster
+
+
+@pytest.fixture(scope="module")
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    procs = TitanProcs(tmp_path_factory.mktemp("bad-input"))
+    _log_dirs(request.node).append(procs.base_dir)
+    try:
+        master = procs.start_master("--frame-timeout", f"{FRAME_TIMEOUT_S:g}",
+                                    "--handshake-timeout", f"{HANDSHAKE_TIMEOUT_S:g}")
+        procs.start_worker(master.address, "w1", slots=2)
+        procs.wait_ready(master.address, ["w1"])
+        yield Served(procs, master)
+    finally:
+        procs.cleanup()
+
+
+class Raw:
+    """A bare TCP connection to the master that speaks frames by hand."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=READ_TIMEOUT_S)
+        self.decoder = FrameDecoder()
+        self.frames: List[Frame] = []
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_frame(self, opcode: int, req_id: int, body: object = None) -> None:
+        self.send(pack(opcode, req_id, body))
+
+    def hello(self, **overrides: Any) -> Optional[Frame]:
+        body = ClientHandshake(role="client", name="raw-test", token=None).hello()
+        body.update(overrides)
+        self.send_frame(Op.HELLO, 1, body)
+        if overrides:
+            return None
+        welcome = self.read_frame()
+        assert welcome.opcode == Op.WELCOME, welcome
+        return welcome
+
+    def read_frame(self, timeout_s: float = READ_TIMEOUT_S) -> Frame:
+        deadline = time.monotonic() + timeout_s
+        while not self.frames:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError(f"no frame from the master within {timeout_s:g}s") from None
+            assert data, "the master closed the connection without a reply"
+            self.frames.extend(self.decoder.feed(data))
+        return self.frames.pop(0)
+
+    def expect_error(self, code: str, *words: str, req_id: Optional[int] = None,
+                     timeout_s: float = READ_TIMEOUT_S) -> str:
+        """Read one frame: an ERROR with ``code`` whose message holds ``words``; return the message."""
+        frame = self.read_frame(timeout_s)
+        assert frame.opcode == Op.ERROR, frame
+        body = frame.body
+        assert isinstance(body, dict) and body.get("code") == code, body
+        message = body.get("message")
+        assert isinstance(message, str)
+        for word in words:
+            assert word in message, (word, message)
+        if req_id is not None:
+            assert frame.req_id == req_id, frame
+        return message
+
+    def expect_closed(self, timeout_s: float = READ_TIMEOUT_S) -> None:
+        """The master closes the connection (EOF or reset) within ``timeout_s``."""
+        assert not self.frames, f"unexpected frames before the close: {self.frames}"
+        self.sock.settimeout(timeout_s)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            return
+        except socket.timeout:
+            raise AssertionError(f"the master kept the connection open for {timeout_s:g}s") from None
+        assert data == b"", f"expected the connection to close, got {data!r}"
+
+    def ping(self, req_id: int) -> None:
+        self.send_frame(Op.PING, req_id, {})
+        pong = self.read_frame()
+        assert (pong.opcode, pong.req_id) == (Op.PONG, req_id), pong
+
+
+@pytest.fixture
+def raw(served: Served) -> Iterator[Raw]:
+    conn = Raw(served.master.address)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def assert_still_serving(served: Served) -> None:
+    """A normal client connects and a task runs on the worker."""
+    assert served.master.proc.poll() is None, f"the master died\n{served.procs.logs()}"
+    with Client(served.master.address, token="", timeout=5) as c:
+        result = c.submit(["echo", "still here"]).result(timeout=20)
+    assert (result.state, result.node, result.output) == ("SUCCEEDED", "w1", "still here\n"), result
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+# ----- framing ---------------------------------------------------------------
+def test_garbage_bytes_get_bad_version_and_are_closed(served: Served, raw: Raw) -> None:
+    # When a peer speaks HTTP to the master
+    raw.send(b"GET / HTTP/1.1\r\nHost: titan\r\n\r\n")
+    # Then it gets ERROR bad_version naming the version byte it sent ('G' = 71), then EOF
+    raw.expect_error("bad_version", "protocol version 71 is not supported", req_id=0)
+    raw.expect_closed()
+    assert_still_serving(served)
+
+
+def test_wrong_protocol_version_in_a_well_formed_header(served: Served, raw: Raw) -> None:
+    body = pack(Op.HELLO, 7, ClientHandshake(role="client", name="v2", token=None).hello())[HEADER.size:]
+    raw.send(HEADER.pack(PROTOCOL_VERSION + 1, Op.HELLO, 0, 7, len(body)) + body)
+    raw.expect_error("bad_version", f"protocol version {PROTOCOL_VERSION + 1} is not supported",
+                     f"speaks {PROTOCOL_VERSION}")
+    raw.expect_closed()
+    assert_still_serving(served)
+
+
+def test_undecodable_body_gets_bad_body(served: Served, raw: Raw) -> None:
+    raw.hello()
+    raw.send(HEADER.pack(PROTOCOL_VERSION, Op.STATUS, 0, 4, 1) + b"\x7f")
+    raw.expect_error("bad_body", "unknown type tag 0x7f", "request 4", req_id=4)
+    raw.expect_closed()
+    assert_still_serving(served)
+
+
+def test_unknown_opcode_after_hello_gets_an_error_and_the_connection_stays(served: Served, raw: Raw) -> None:
+    # Given a client past HELLO
+    raw.hello()
+    # When it sends an opcode nobody defined, and one only workers may send
+    raw.send_frame(0x7E, 5, {})
+    raw.send_frame(Op.DISPATCH, 6, {})
+    # Then each gets ERROR unknown_opcode on its own request id
+    raw.expect_error("unknown_opcode", "unknown opcode 0x7e", req_id=5)
+    raw.expect_error("unknown_opcode", "DISPATCH", "client", req_id=6)
+    # And the connection still answers
+    raw.ping(7)
+    assert_still_serving(served)
+
+
+def test_a_4_gib_length_is_refused_before_anything_is_allocated(served: Served, raw: Raw) -> None:
+    pid = served.master.proc.pid
+    before = rss_bytes(pid)
+    raw.hello()
+    raw.send(HEADER.pack(PROTOCOL_VERSION, Op.SUBMIT, 0, 9, 0xFFFFFFFF))
+    raw.expect_error("frame_too_large", "4294967295", "limit", req_id=9)
+    raw.expect_closed()
+    assert rss_bytes(pid) - before < 32 * 1024 * 1024, (before, rss_bytes(pid))
+    assert_still_serving(served)
+
+
+def test_a_client_that_disconnects_mid_frame(served: Served) -> None:
+    # A partial header before HELLO, and a partial body after it
+    early = Raw(served.master.address)
+    early.send(HEADER.pack(PROTOCOL_VERSION, Op.HELLO, 0, 1, 50)[:7])
+    early.close()
+    late = Raw(served.master.address)
+    late.hello()
+    late.send(HEADER.pack(PROTOCOL_VERSION, Op.SUBMIT, 0, 2, 100) + b"\x09\x00\x00")
+    late.close()
+    assert_still_serving(served)
+
+
+def test_a_frame_that_never_completes_is_closed_after_the_frame_timeout(served: Served, raw: Raw) -> None:
+    raw.hello()
+    raw.send(HEADER.pack(PROTOCOL_VERSION, Op.SUBMIT, 0, 3, 100) + b"\x09\x00")
+    sent_at = time.monotonic()
+    raw.expect_error("frame_timeout", "incomplete frame", f"{FRAME_TIMEOUT_S:g}s",
+                     timeout_s=FRAME_TIMEOUT_S + 3)
+    waited = time.monotonic() - sent_at
+    raw.expect_closed()
+    assert FRAME_TIMEOUT_S - 0.1 <= waited <= FRAME_TIMEOUT_S + 2.5, waited
+    assert_still_serving(served)
+
+
+# ----- handshake -------------------------------------------------------------
+def test_a_connection_that_never_says_hello_is_closed_after_the_handshake_timeout(served: Served,
+                                                                                 raw: Raw) -> None:
+    opened_at = time.monotonic()
+    raw.expect_error("handshake_timeout", f"within {HANDSHAKE_TIMEOUT_S:g}s", timeout_s=HANDSHAKE_TIMEOUT_S + 3)
+    waited = time.monotonic() - opened_at
+    raw.expect_closed()
+    assert HANDSHAKE_TIMEOUT_S - 0.1 <= waited <= HANDSHAKE_TIMEOUT_S + 2.5, waited
+    assert_still_serving(served)
+
+
+def test_a_first_frame_that_is_not_hello(served: Served, raw: Raw) -> None:
+    raw.send_frame(Op.PING, 3, {})
+    raw.expect_error("bad_hello", "first frame must be HELLO", "0x08", req_id=3)
+    raw.expect_closed()
+    assert_still_serving(served)
+
+
+def test_hello_with_a_wrong_protocol_version(served: Served, raw: Raw) -> None:
+    raw.hello(proto=99)
+    raw.expect_error("bad_proto", "protocol version 99 is not supported", req_id=1)
+    raw.expect_closed()
+    assert_still_serving(served)
+
+
+# ----- requests --------------------------------------------------------------
+@pytest.mark.parametrize("opcode", [Op.STATUS, Op.CANCEL, Op.LOGS, Op.WAIT])
+def test_unknown_task_ids_get_unknown_task(served: Served, raw: Raw, opcode: Op) -> None:
+    # Given a client past HELLO
+    raw.hello()
+    # When it names tasks the master never had (a plausible id, a number, none at all)
+    raw.send_frame(opcode, 10, {"task": "nosuch#1"})
+    raw.send_frame(opcode, 11, {"task": 42})
+    raw.send_frame(opcode, 12, {})
+    # Then each gets ERROR unknown_task naming the id, and the connection stays usable
+    raw.expect_error("unknown_task", "'nosuch#1'", req_id=10)
+    raw.expect_error("unknown_task", "42", req_id=11)
+    raw.expect_error("unknown_task", "None", req_id=12)
+    raw.ping(13)
+    # And the SDK raises UnknownTask for the same id
+    with Client(served.master.address, token="") as c, pytest.raises(UnknownTask, match="nosuch#1"):
+        if opcode == Op.STATUS:
+            c.status("nosuch#1")
+        elif opcode == Op.CANCEL:
+            c.cancel("nosuch#1")
+        elif opcode == Op.LOGS:
+            list(c.logs("nosuch#1"))
+        else:
+            c.task("nosuch#1").result(timeout=5)
+    assert_still_serving(served)
+
+
+@pytest.mark.parametrize("command, words", [
+    ("", "empty command"), ("   ", "empty command"), ([], "empty command"),
+    ([""], "(argv[0]) is empty"), (None, "must be a string or a list"), ([1, 2], "must be a string"),
+])
+def test_empty_or_malformed_commands_are_refused(served: Served, raw: Raw, command: object, words: str) -> None:
+    # Given a client past HELLO
+    raw.hello()
+    # When it submits a command that cannot run
+    raw.send_frame(Op.SUBMIT, 20, {"command": command})
+    # Then it gets ERROR bad_request saying why, and the connection stays usable
+    raw.expect_error("bad_request", words, req_id=20)
+    raw.ping(21)
+    assert_still_serving(served)
+
+
+def test_the_sdk_and_cli_refuse_empty_commands_before_sending(served: Served) -> None:
+    with Client(served.master.address, token="") as c:
+        for command in ("", " ", []):
+            with pytest.raises(UsageError, match="empty command"):
+                c.submit(command)  # type: ignore[arg-type]
+    out = run_cli("--master", served.master.address, "run", "--")
+    assert out.code == 2, out
+    assert "no command given" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert_still_serving(served)

@@ -1,0 +1,334 @@
+"""End-to-end: a real master and real workers, driven through the SDK and the CLI.
+
+Each test starts its own processes on 127.0.0.1 (see ``conftest.py``) and
+asserts what a user sees: results, output, exit codes, which node ran what,
+and that killed tasks leave no process behind.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import pytest
+
+from conftest import (TitanProcs, child_env, cli_argv, dump_logs, free_port, pid_gone, run_cli,
+                      wait_until)
+from titan.errors import AuthError
+from titan.roles.local import LocalCluster
+from titan.sdk.client import Client
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULT_TIMEOUT_S = 30.0
+
+Cluster = Callable[..., LocalCluster]
+
+
+# ----- helpers ---------------------------------------------------------------
+def pid_script(directory: Path) -> str:
+    """A shell script that records its pid and its background child's pid, then waits."""
+    d = shlex.quote(str(directory))
+    return f"echo $$ > {d}/pid.tmp && mv {d}/pid.tmp {d}/pid; " \
+           f"sleep 300 & echo $! > {d}/child.tmp && mv {d}/child.tmp {d}/child; wait"
+
+
+def read_pids(directory: Path) -> List[int]:
+    return [int((directory / name).read_text()) for name in ("pid", "child")]
+
+
+def pids_written(directory: Path) -> bool:
+    return (directory / "pid").exists() and (directory / "child").exists()
+
+
+def assert_all_gone(pids: List[int], logs: Callable[[], str]) -> None:
+    wait_until(lambda: all(pid_gone(p) for p in pids), 5.0,
+               lambda: f"pids {pids} to exit; alive: {[p for p in pids if not pid_gone(p)]}\n{logs()}")
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got {text!r}"
+    return lines[0]
+
+
+# ----- 1. throughput and spread ----------------------------------------------
+def test_200_pipelined_tasks_all_succeed_on_both_workers(cluster: Cluster) -> None:
+    # Given a master and two workers with two slots each
+    local = cluster(workers=2, slots=2)
+    # When one client submits 200 tasks before it collects any result
+    with local.client() as c:
+        tasks = [(n, c.submit(["true"] if n % 2 else ["echo", str(n)])) for n in range(200)]
+        results = [(n, t.result(timeout=60)) for n, t in tasks]
+    # Then every task succeeded with its own output, and both workers ran some
+    failed = [(n, r.state, r.reason) for n, r in results if r.state != "SUCCEEDED"]
+    assert not failed, failed
+    for n, r in results:
+        assert r.exit_code == 0
+        assert r.output == ("" if n % 2 else f"{n}\n"), (n, r.output)
+    nodes = [r.node for _, r in results]
+    assert set(nodes) == {"local-1", "local-2"}, {n: nodes.count(n) for n in set(nodes)}
+    assert len({r.id for _, r in results}) == 200
+
+
+# ----- 2. capability routing -------------------------------------------------
+def test_gpu_tasks_run_only_on_the_gpu_worker(cluster: Cluster) -> None:
+    # Given a plain worker and a gpu worker
+    local = cluster(workers=1)
+    local.start_worker("gpu-1", extra=["--tags", "gpu"])
+    local.wait_for_workers(2, time.monotonic() + 30)
+    # When gpu tasks are submitted next to plain ones
+    with local.client() as c:
+        gpu = [c.submit(["sh", "-c", "sleep 0.2; echo $TITAN_NODE"], requires={"gpu"}) for _ in range(6)]
+        plain = [c.submit(["sh", "-c", "sleep 0.2"]) for _ in range(6)]
+        gpu_results = [t.result(timeout=RESULT_TIMEOUT_S) for t in gpu]
+        plain_results = [t.result(timeout=RESULT_TIMEOUT_S) for t in plain]
+    # Then every gpu task ran on gpu-1, and said so itself
+    for r in gpu_results:
+        assert (r.state, r.node, r.output) == ("SUCCEEDED", "gpu-1", "gpu-1\n"), r
+    assert all(r.ok for r in plain_results)
+    assert "local-1" in {r.node for r in plain_results}
+    # And the CLI's JSON status names the node, with --json before or after the verb
+    for argv in (["--json", "status", gpu_results[0].id], ["status", gpu_results[0].id, "--json"]):
+        out = run_cli("--master", local.address, *argv)
+        assert out.code == 0, out
+        status = json.loads(out.stdout)
+        assert (status["id"], status["state"], status["node"]) == (gpu_results[0].id, "SUCCEEDED", "gpu-1")
+        assert status["requires"] == ["gpu"]
+
+
+# ----- 3 and 4. killing the whole process group ------------------------------
+def test_timeout_kills_the_task_and_its_grandchild(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a task that starts a background child and waits on it
+    local = cluster(workers=1)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # When it outlives its timeout
+    with local.client() as c:
+        started = time.monotonic()
+        result = c.submit(["sh", "-c", pid_script(pids)], timeout_s=1, kill_grace_s=1).result(RESULT_TIMEOUT_S)
+        elapsed = time.monotonic() - started
+    # Then it failed for the timeout, soon after it
+    assert result.state == "FAILED", result
+    assert "timed out after 1s" in result.reason
+    assert elapsed < 10, elapsed
+    # And neither the shell nor its background sleep is left
+    assert pids_written(pids), "the task never started"
+    assert_all_gone(read_pids(pids), lambda: dump_logs(local.data_dir))
+
+
+def test_cancel_kills_a_running_task_and_its_grandchild(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a running task with a background child
+    local = cluster(workers=1)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    with local.client() as c:
+        task = c.submit(["sh", "-c", pid_script(pids)], kill_grace_s=1)
+        wait_until(lambda: pids_written(pids), 15, "the task to write its pids")
+        shell, child = read_pids(pids)
+        assert not pid_gone(shell) and not pid_gone(child)
+        # When a user cancels it from the CLI
+        out = run_cli("--master", local.address, "cancel", task.id)
+        result = task.result(RESULT_TIMEOUT_S)
+    # Then the CLI says so, the task is CANCELLED, and both processes are gone
+    assert out.code == 0, out
+    assert task.id in out.stdout and "cancelling" in out.stdout
+    assert result.state == "CANCELLED", result
+    assert_all_gone([shell, child], lambda: dump_logs(local.data_dir))
+
+
+# ----- 5. the CLI ------------------------------------------------------------
+def test_cli_run_prints_output_and_exits_with_the_task_code(cluster: Cluster) -> None:
+    local = cluster(workers=1)
+    m = ["--master", local.address]
+    hi = run_cli(*m, "run", "--", "python3", "-c", 'print("hi")')
+    assert (hi.code, hi.stdout) == (0, "hi\n"), hi
+    three = run_cli(*m, "run", "--", "sh", "-c", "exit 3")
+    assert three.code == 3, three
+    assert "FAILED" in three.stderr and "exit code 3" in three.stderr
+    timed_out = run_cli(*m, "run", "--timeout", "1", "--", "sleep", "30", timeout_s=20)
+    assert timed_out.code == 124, timed_out
+    assert "timed out" in timed_out.stderr
+
+
+def test_cli_status_nodes_and_logs(cluster: Cluster) -> None:
+    # Given a finished task that printed two lines
+    local = cluster(workers=2)
+    m = ["--master", local.address]
+    with local.client() as c:
+        result = c.submit(["sh", "-c", "echo first; echo second >&2"]).result(RESULT_TIMEOUT_S)
+    assert result.ok, result
+    # When a user asks for its status, the nodes and its logs
+    before, after = run_cli(*m, "--json", "status", result.id), run_cli(*m, "status", result.id, "--json")
+    nodes = run_cli(*m, "nodes", "--json")
+    logs = run_cli(*m, "logs", result.id)
+    plain = run_cli(*m, "status", result.id)
+    # Then each answer is there and names the node that ran it
+    for out in (before, after):
+        assert out.code == 0, out
+        status = json.loads(out.stdout)
+        assert (status["state"], status["node"]) == ("SUCCEEDED", result.node)
+        assert status["attempts"][0]["node"] == result.node
+    assert nodes.code == 0, nodes
+    listed = {n["name"]: n for n in json.loads(nodes.stdout)}
+    assert set(listed) == {"local-1", "local-2"}
+    assert all(n["state"] == "ready" and n["slots"] == 2 for n in listed.values())
+    assert logs.code == 0, logs
+    assert sorted(logs.stdout.splitlines()) == ["first", "second"]
+    assert plain.code == 0 and result.id in plain.stdout and f"on {result.node}" in plain.stdout, plain
+
+
+def test_cli_logs_follow_prints_lines_as_they_come(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a running task that printed one line and waits for a gate file
+    local = cluster(workers=1)
+    gate = tmp_path / "gate"
+    script = f"echo one; while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done; echo two"
+    detached = run_cli("--master", local.address, "run", "--detach", "--", "sh", "-c", script)
+    assert detached.code == 0, detached
+    task_id = detached.stdout.strip()
+    # When a user follows its logs
+    follow = subprocess.Popen(cli_argv("--master", local.address, "logs", "-f", task_id),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=child_env(), start_new_session=True)
+    lines: "queue.Queue[bytes]" = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in follow.stdout], daemon=True)
+    reader.start()
+    try:
+        # Then the first line shows up while the task still runs
+        assert lines.get(timeout=15) == b"one\n"
+        assert follow.poll() is None, "logs -f returned before the task ended"
+        # And when the task ends, the rest is printed and logs -f returns
+        gate.touch()
+        assert follow.wait(15) == 0, follow.stderr.read() if follow.stderr else ""
+        reader.join(5)
+        assert lines.get(timeout=5) == b"two\n"
+        assert lines.empty()
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+        follow.wait(10)
+        follow.stdout.close()
+        follow.stderr.close()
+
+
+def test_cli_unknown_task_exits_4_with_one_line(cluster: Cluster) -> None:
+    local = cluster(workers=1)
+    for verb in ("status", "logs", "cancel", "wait"):
+        out = run_cli("--master", local.address, verb, "nosuch#9")
+        assert out.code == 4, out
+        line = one_line(out.stderr)
+        assert line.startswith("titan: ") and "nosuch#9" in line, line
+        assert "Traceback" not in out.stderr
+
+
+def test_cli_exits_3_when_no_master_listens() -> None:
+    port = free_port()
+    for argv in (["nodes"], ["run", "--", "true"], ["status", "x#1"]):
+        out = run_cli("--master", f"127.0.0.1:{port}", *argv)
+        assert out.code == 3, out
+        line = one_line(out.stderr)
+        assert f"cannot reach the master at 127.0.0.1:{port}" in line, line
+
+
+# ----- 6. master restart -----------------------------------------------------
+def test_workers_reconnect_after_the_master_is_killed_and_restarted(titan_procs: TitanProcs) -> None:
+    # Given a master and two workers
+    master = titan_procs.start_master()
+    workers = [titan_procs.start_worker(master.address, name) for name in ("w1", "w2")]
+    titan_procs.wait_ready(master.address, ["w1", "w2"])
+    # When the master is killed with SIGKILL and started again on the same port and data directory
+    master = titan_procs.restart_master(master)
+    # Then the same worker processes register again by themselves
+    titan_procs.wait_ready(master.address, ["w1", "w2"], timeout_s=15)
+    assert all(w.poll() is None for w in workers)
+    out = run_cli("--master", master.address, "nodes", "--json")
+    assert out.code == 0, out
+    assert {n["name"]: n["state"] for n in json.loads(out.stdout)} == {"w1": "ready", "w2": "ready"}
+    # And they take new work
+    with Client(master.address, token="") as c:
+        results = [c.submit(["echo", "again"]) for _ in range(4)]
+        for r in [t.result(RESULT_TIMEOUT_S) for t in results]:
+            assert (r.state, r.output) == ("SUCCEEDED", "again\n"), r
+            assert r.node in ("w1", "w2")
+
+
+# ----- 7. token authentication ----------------------------------------------
+def test_token_admits_the_right_client_and_refuses_others(cluster: Cluster,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TITAN_TOKEN", raising=False)
+    # Given a cluster with a token (its workers got it through TITAN_TOKEN)
+    local = cluster(workers=1, token="s3cret-token")
+    # Then a client with the token runs a task
+    with Client(local.address, token="s3cret-token") as c:
+        assert c.submit(["echo", "in"]).result(RESULT_TIMEOUT_S).output == "in\n"
+    # And clients with a wrong token or none are refused with AuthError
+    with pytest.raises(AuthError, match="wrong cluster token"):
+        Client(local.address, token="wrong", timeout=5)
+    with pytest.raises(AuthError, match="requires a cluster token"):
+        Client(local.address, token="", timeout=5)
+    # And the CLI exits 5 with one line and the token nowhere in it
+    right = run_cli("--master", local.address, "nodes", token="s3cret-token")
+    assert right.code == 0 and "local-1" in right.stdout, right
+    wrong = run_cli("--master", local.address, "--token", "wrong", "nodes")
+    none = run_cli("--master", local.address, "nodes")
+    for out, words in ((wrong, "wrong cluster token"), (none, "TITAN_TOKEN")):
+        assert out.code == 5, out
+        line = one_line(out.stderr)
+        assert words in line and "s3cret" not in line, line
+
+
+# ----- 8. titan up and the zipapp --------------------------------------------
+def test_titan_up_runs_a_command_and_exits_with_its_code(tmp_path: Path) -> None:
+    hello = run_cli("up", "--", "echo", "hello", cwd=tmp_path)
+    assert (hello.code, hello.stdout) == (0, "hello\n"), hello
+    seven = run_cli("up", "--", "sh", "-c", "exit 7", cwd=tmp_path)
+    assert seven.code == 7, seven
+    assert list(tmp_path.iterdir()) == [], "titan up left files in the working directory"
+
+
+def test_zipapp_alone_in_an_empty_directory_runs_up(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        import zipapp_build
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+    built = zipapp_build.build(tmp_path / "build" / "titan.pyz")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(str(built), str(alone / "titan.pyz"))
+    env = {k: v for k, v in child_env().items() if k != "PYTHONPATH"}
+    out = run_cli(argv=[sys.executable, "titan.pyz", "up", "--", "echo", "hello"], cwd=alone, env=env)
+    assert (out.code, out.stdout) == (0, "hello\n"), out
+
+
+# ----- 9. a worker outlives its master ---------------------------------------
+def test_a_running_task_survives_the_master_being_killed(titan_procs: TitanProcs, tmp_path: Path) -> None:
+    # Given a one-slot worker running a task that takes two seconds
+    master = titan_procs.start_master()
+    worker = titan_procs.start_worker(master.address, "w1", slots=1)
+    titan_procs.wait_ready(master.address, ["w1"])
+    out = tmp_path / "out"
+    out.mkdir()
+    d = shlex.quote(str(out))
+    script = f"echo $$ > {d}/pid; sleep 2; echo done > {d}/end"
+    with Client(master.address, token="") as c:
+        c.submit(["sh", "-c", script], watch=False)
+    wait_until(lambda: (out / "pid").exists(), 15, "the task to start")
+    # When the master is killed and restarted while it runs
+    master = titan_procs.restart_master(master)
+    # Then the task is not killed: it runs to its end
+    wait_until(lambda: (out / "end").exists(), 10, lambda: "the task to finish\n" + titan_procs.logs())
+    assert (out / "end").read_text() == "done\n"
+    # And the same worker reconnects and, its slot free again, takes new work
+    assert worker.poll() is None
+    titan_procs.wait_ready(master.address, ["w1"], timeout_s=15)
+    with Client(master.address, token="") as c:
+        result = c.submit(["echo", "next"]).result(RESULT_TIMEOUT_S)
+    assert (result.state, result.node, result.output) == ("SUCCEEDED", "w1", "next\n"), result
+    assert "lost the master" in (titan_procs.base_dir / "w1.log").read_text()
