@@ -104,12 +104,13 @@ def dump_logs(*dirs: Path) -> str:
     return "\n".join(parts) or "(no log files)"
 
 
-def _log_dirs(node: Any) -> List[Path]:
+def register_logs(node: Any, directory: Path) -> None:
+    """Attach the *.log files in ``directory`` to the report of a failed test under ``node``."""
     dirs = getattr(node, "_titan_log_dirs", None)
     if dirs is None:
         dirs = []
         setattr(node, "_titan_log_dirs", dirs)
-    return dirs
+    dirs.append(directory)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -239,7 +240,7 @@ class TitanProcs:
 @pytest.fixture
 def titan_procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TitanProcs]:
     procs = TitanProcs(tmp_path / "procs")
-    _log_dirs(request.node).append(procs.base_dir)
+    register_logs(request.node, procs.base_dir)
     try:
         yield procs
     finally:
@@ -264,7 +265,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable
                              bind="127.0.0.1:0", master_args=[*FAST_MASTER_ARGS, *master_args],
                              worker_args=[*FAST_WORKER_ARGS, *worker_args], worker_tags=worker_tags)
         made.append(local)
-        _log_dirs(request.node).append(data_dir)
+        register_logs(request.node, data_dir)
         local.start(timeout_s)
         return local
 

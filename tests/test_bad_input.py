@@ -12,12 +12,12 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from conftest import StandaloneMaster, TitanProcs, _log_dirs, run_cli
-from titan.errors import UnknownTask, UsageError
+from conftest import StandaloneMaster, TitanProcs, register_logs, run_cli
+from titan.errors import RemoteError, UnknownTask, UsageError
 from titan.sdk.client import Client
 from titan.wire.frames import HEADER, PROTOCOL_VERSION, Frame, FrameDecoder, Op, pack
 from titan.wire.handshake import ClientHandshake
@@ -36,7 +36,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     procs = TitanProcs(tmp_path_factory.mktemp("bad-input"))
-    _log_dirs(request.node).append(procs.base_dir)
+    register_logs(request.node, procs.base_dir)
     try:
         master = procs.start_master("--frame-timeout", f"{FRAME_TIMEOUT_S:g}",
                                     "--handshake-timeout", f"{HANDSHAKE_TIMEOUT_S:g}")
@@ -284,6 +284,47 @@ def test_empty_or_malformed_commands_are_refused(served: Served, raw: Raw, comma
     # Then it gets ERROR bad_request saying why, and the connection stays usable
     raw.expect_error("bad_request", words, req_id=20)
     raw.ping(21)
+    assert_still_serving(served)
+
+
+@pytest.mark.parametrize("command, env, words", [
+    (["echo", "a\x00b"], None, "NUL byte"),
+    (["echo", "x"], {"A\x00": "1"}, "bad environment variable name"),
+    (["echo", "x"], {"A": "1\x00"}, "contains a NUL byte"),
+    (["echo", "x"], {"A=B": "1"}, "bad environment variable name"),
+])
+def test_a_command_no_program_could_receive_is_refused_at_submit(
+        served: Served, command: List[str], env: Optional[Dict[str, str]], words: str) -> None:
+    # Given the worker's current connection to the master
+    with Client(served.master.address, token="") as c:
+        before = {n["name"]: n["address"] for n in c.nodes()}
+        # When a task's argv or env holds what exec cannot take
+        with pytest.raises(RemoteError) as caught:
+            c.submit(command, env=env).result(timeout=20)
+        after = {n["name"]: n["address"] for n in c.nodes()}
+    # Then the master refuses it with a reason naming the problem
+    assert caught.value.code == "bad_request" and words in caught.value.message, caught.value
+    # And the worker kept its connection (it did not drop and dial again)
+    assert after == before
+    assert_still_serving(served)
+
+
+def test_a_frame_trickled_a_byte_at_a_time_is_closed_after_the_frame_timeout(served: Served, raw: Raw) -> None:
+    # Given a client that keeps one frame open by sending a byte now and then
+    raw.hello()
+    trickle = HEADER.pack(PROTOCOL_VERSION, Op.SUBMIT, 0, 4, 100) + b"\x09" * 20
+    started = time.monotonic()
+    for byte in trickle:
+        if time.monotonic() - started > 2 * FRAME_TIMEOUT_S + 1:
+            break
+        try:
+            raw.send(bytes([byte]))
+        except OSError:          # the master already closed it
+            break
+        time.sleep(FRAME_TIMEOUT_S / 5)
+    # Then progress alone does not keep it open: the frame must be whole in time
+    raw.expect_error("frame_timeout", "not completed within", timeout_s=FRAME_TIMEOUT_S + 3)
+    raw.expect_closed()
     assert_still_serving(served)
 
 

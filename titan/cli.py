@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a lost worker's tasks wait before they are re-queued")
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--frame-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="close a connection whose frame makes no progress for this long")
+                   help="close a connection whose frame is not complete this long after its first byte")
     p.add_argument("--max-connections", type=int, default=1024)
     p.add_argument("--max-frame-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--log-max-bytes", type=int, default=64 * 1024 * 1024, help="cap per attempt log")

@@ -158,6 +158,11 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     env = body.get("env") or {}
     _want(isinstance(env, dict) and all(isinstance(v, str) for v in env.values()),
           "env must map names to string values")
+    for key, value in env.items():
+        _want(bool(key) and "=" not in key and "\0" not in key,
+              f"bad environment variable name {key!r}: it must be non-empty without '=' or NUL")
+        _want("\0" not in value, f"environment variable {key!r} contains a NUL byte")
+    _want(all("\0" not in a for a in argv), "the command contains a NUL byte, which no program can receive")
     node = body.get("node")
     _want(node is None or (isinstance(node, str) and bool(node)), f"node must be a worker name, not {node!r}")
     priority = body.get("priority", 0)

@@ -183,6 +183,7 @@ class Connection:
         self.close_reason = ""
         self.last_progress = loop.clock()
         self.opened_at = self.last_progress
+        self.frame_started_at = 0.0     # when the partial frame now buffered began
         self.state: Any = None          # the role's per-connection state
         try:
             self.peer = format_address(sock.getpeername())
@@ -276,12 +277,15 @@ class Connection:
                 reason += f" in the middle of a frame ({self.decoder.buffered_bytes} bytes buffered)"
             self.close(reason)
             return
-        self.last_progress = self.loop.clock()
+        now = self.last_progress = self.loop.clock()
+        was_mid = self.decoder.mid_frame
         try:
             frames = self.decoder.feed(data)
         except ProtocolError as exc:
             self.fail(exc.req_id, exc.code, exc.message)
             return
+        if self.decoder.mid_frame and (frames or not was_mid):
+            self.frame_started_at = now
         for frame in frames:
             if self.closed:
                 return

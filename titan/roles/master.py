@@ -164,9 +164,9 @@ class Master(Handler):
             if not peer.handshake.done and now - conn.opened_at > self.config.handshake_timeout_s:
                 conn.fail(0, "handshake_timeout",
                           f"handshake not completed within {self.config.handshake_timeout_s:g}s")
-            elif conn.decoder.mid_frame and now - conn.last_progress > self.config.frame_timeout_s:
+            elif conn.decoder.mid_frame and now - conn.frame_started_at > self.config.frame_timeout_s:
                 conn.fail(0, "frame_timeout",
-                          f"incomplete frame: no progress for {self.config.frame_timeout_s:g}s")
+                          f"incomplete frame: not completed within {self.config.frame_timeout_s:g}s")
         self.loop.call_later(1.0, self._housekeeping)
 
     def _schedule_tick(self) -> None:
@@ -225,10 +225,13 @@ class Master(Handler):
         if peer.handshake.done:
             hello = peer.handshake.hello
             peer.role, peer.name = hello["role"], hello["name"]
-            if peer.role == "worker" and not self._admit_worker(conn, peer, hello):
+            if peer.role == "worker" and not self._name_free(conn, peer):
                 return
         for opcode, body in replies:
             conn.send(opcode, frame.req_id, body)
+        if peer.handshake.done and peer.role == "worker":
+            # After WELCOME: joining may dispatch work on this connection at once.
+            self._admit_worker(conn, peer, peer.handshake.hello)
 
     def on_close(self, conn: Connection, reason: str) -> None:
         self.conns.discard(conn)
@@ -292,12 +295,15 @@ class Master(Handler):
             conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code})
 
     # ----- worker requests -----------------------------------------------
-    def _admit_worker(self, conn: Connection, peer: Peer, hello: Dict[str, Any]) -> bool:
+    def _name_free(self, conn: Connection, peer: Peer) -> bool:
         other = self.worker_conns.get(peer.name)
         if other is not None:
             conn.fail(0, "name_taken", f"a worker named {peer.name!r} is already connected from {other.peer}; "
                                        f"start this one with a different --name")
             return False
+        return True
+
+    def _admit_worker(self, conn: Connection, peer: Peer, hello: Dict[str, Any]) -> None:
         tags = [t for t in hello.get("tags") or [] if isinstance(t, str)]
         slots = hello.get("slots") if isinstance(hello.get("slots"), int) else 1
         running = [(t, a) for t, a in _pairs(hello.get("running"))]
@@ -309,7 +315,6 @@ class Master(Handler):
         self.apply(self.sched.worker_joined(peer.name, tags, slots, self.clock(),
                                             dedicated=bool(hello.get("dedicated")),
                                             running=running, finished=finished, info=info))
-        return True
 
     def _w_heartbeat(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         peer: Peer = conn.state

@@ -293,9 +293,9 @@ class Worker(Handler):
             shared = self.spaces.acquire() if run == key[0] else self._run_dir(run)
             env = self._env(body, key, run, workspace, shared)
             spawned = self.procs.spawn(body["argv"], cwd=str(workspace), env=env)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:    # ValueError: a NUL byte in argv/env, '=' in an env name
             argv0 = body["argv"][0] if body.get("argv") else "?"
-            self._finish_now(key, 127, f"cannot start {argv0!r}: {exc.strerror or exc}")
+            self._finish_now(key, 127, f"cannot start {argv0!r}: {getattr(exc, 'strerror', None) or exc}")
             if workspace is not None:
                 self.spaces.release(workspace)
             if shared is not None and run == key[0]:
