@@ -51,7 +51,15 @@ class OsProcesses:
 
         Raises OSError (for example FileNotFoundError) if it cannot start.
         """
-        program = _resolve(argv[0], env.get("PATH", os.defpath))
+        path = env.get("PATH", os.defpath)
+        try:
+            return self._spawn(_resolve(argv[0], path), argv, cwd, env)
+        except FileNotFoundError:
+            if _FOUND.pop((argv[0], path), None) is None:
+                raise
+            return self._spawn(_resolve(argv[0], path), argv, cwd, env)   # the cached path went away
+
+    def _spawn(self, program: str, argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> Spawned:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -69,8 +77,8 @@ class OsProcesses:
         finally:
             os.close(out_w)
             os.close(err_w)
-        os.set_blocking(out_r, False)
-        os.set_blocking(err_r, False)
+        # The read ends stay blocking: the loop reads them only when they are
+        # readable.  ``read_available`` switches them to non-blocking first.
         return Spawned(pid, out_r, err_r, _pidfd(pid))
 
     def kill_group(self, pgid: int, sig: int) -> bool:
@@ -93,8 +101,16 @@ class OsProcesses:
                 spawned.returncode = os.waitstatus_to_exitcode(status)
         return spawned.returncode
 
+    def read_available(self, fd: int, max_bytes: int = 65536) -> Optional[bytes]:
+        """Like :meth:`read`, but never blocks, whatever the loop said about ``fd``."""
+        os.set_blocking(fd, False)
+        return self.read(fd, max_bytes)
+
     def read(self, fd: int, max_bytes: int = 65536) -> Optional[bytes]:
-        """Read what is there: bytes, b"" at end of file, None if nothing yet."""
+        """Read what is there: bytes, b"" at end of file, None if nothing yet.
+
+        Call it when the loop reports ``fd`` readable (or use read_available).
+        """
         try:
             return os.read(fd, max_bytes)
         except BlockingIOError:
@@ -122,14 +138,14 @@ _FOUND: Dict[Tuple[str, str], str] = {}
 def _resolve(program: str, path: str) -> str:
     """Find ``program`` on ``path`` the way execvp would (the task's PATH).
 
-    Hits are remembered while the file is still there; a miss is looked up
-    again every time, so a program installed later is found.
+    Hits are remembered (``spawn`` forgets one that fails); a miss is looked
+    up again every time, so a program installed later is found.
     """
     if "/" in program:
         return program
     key = (program, path)
     found = _FOUND.get(key)
-    if found is not None and os.access(found, os.X_OK):
+    if found is not None:
         return found
     found = shutil.which(program, path=path)
     if found is None:

@@ -108,7 +108,9 @@ class Master(Handler):
         self._tick_timer: Optional[Timer] = None
         self._tick_at: Optional[float] = None
         self._tails: Dict[str, bytes] = {}
+        self._acks: Dict[Connection, List[List[Any]]] = {}
         self.loop.add_pass_hook(self._schedule_tick)
+        self.loop.add_pass_hook(self._send_acks)
 
     # ----- lifecycle -----------------------------------------------------
     def start(self) -> Tuple[str, int]:
@@ -180,6 +182,13 @@ class Master(Handler):
         if deadline is not None:
             delay = max(0.0, deadline - self.clock()) + 0.001
             self._tick_timer = self.loop.call_later(delay, self._tick)
+
+    def _send_acks(self) -> None:
+        """One ACK per worker per pass, listing every FINISHED it covers."""
+        if self._acks:
+            for conn, items in self._acks.items():
+                conn.send(Op.ACK, 0, {"items": items})
+            self._acks.clear()
 
     def _tick(self) -> None:
         self._tick_at = None
@@ -345,7 +354,7 @@ class Master(Handler):
         actions = self.sched.attempt_finished(peer.name, task_id, attempt,
                                               exit_code if isinstance(exit_code, int) else None,
                                               str(body.get("reason") or ""), self.clock())
-        conn.send(Op.ACK, 0, {"task": task_id, "attempt": attempt})
+        self._acks.setdefault(conn, []).append([task_id, attempt])
         self.apply(actions)
         self._tails.pop(task_id, None)
 

@@ -62,7 +62,7 @@ class Job:
     """One attempt running on this worker."""
 
     __slots__ = ("key", "run", "spawned", "started_at", "timers", "exit_code", "open_fds",
-                 "reason", "terminating", "workspace", "shared", "cleanup_shared")
+                 "reason", "terminating", "workspace", "shared")
 
     def __init__(self, key: Key, run: str, spawned: Spawned, workspace: Path, shared: Path) -> None:
         self.key = key
@@ -76,7 +76,6 @@ class Job:
         self.terminating = False
         self.workspace = workspace
         self.shared = shared
-        self.cleanup_shared = run == key[0]
 
 
 class Worker(Handler):
@@ -224,7 +223,8 @@ class Worker(Handler):
             if job is not None:
                 self._terminate(job, str(body.get("reason") or "cancelled"))
         elif frame.opcode == Op.ACK:
-            self.unacked.pop((body.get("task"), body.get("attempt")), None)
+            for task_id, attempt in body.get("items") or ():
+                self.unacked.pop((task_id, attempt), None)
         elif frame.opcode == Op.ERROR:
             logger.error("the master reported an error: %s", body.get("message", body))
 
@@ -290,7 +290,7 @@ class Worker(Handler):
         workspace = shared = None
         try:
             workspace = self.spaces.acquire()
-            shared = self.spaces.acquire() if run == key[0] else self._run_dir(run)
+            shared = workspace if run == key[0] else self._run_dir(run)   # a one-task run shares with itself
             env = self._env(body, key, run, workspace, shared)
             spawned = self.procs.spawn(body["argv"], cwd=str(workspace), env=env)
         except (OSError, ValueError) as exc:    # ValueError: a NUL byte in argv/env, '=' in an env name
@@ -298,8 +298,6 @@ class Worker(Handler):
             self._finish_now(key, 127, f"cannot start {argv0!r}: {getattr(exc, 'strerror', None) or exc}")
             if workspace is not None:
                 self.spaces.release(workspace)
-            if shared is not None and run == key[0]:
-                self.spaces.release(shared)
             return
         job = Job(key, run, spawned, workspace, shared)
         self.jobs[key] = job
@@ -384,7 +382,7 @@ class Worker(Handler):
 
     def _drain_fd(self, job: Job, fd: int) -> None:
         for _ in range(64):
-            data = self.procs.read(fd)
+            data = self.procs.read_available(fd)
             if not data:
                 return
             key = job.key
@@ -402,8 +400,6 @@ class Worker(Handler):
         reason = job.reason or _describe_exit(job.exit_code)
         self._finish_now(job.key, job.exit_code, reason, started_at=job.started_at)
         self.spaces.release(job.workspace)
-        if job.cleanup_shared:
-            self.spaces.release(job.shared)
         self._maybe_exit()
 
     def _finish_now(self, key: Key, exit_code: int, reason: str, started_at: Optional[float] = None) -> None:
