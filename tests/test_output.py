@@ -1,0 +1,99 @@
+"""Task output end to end: streams kept apart, big output delivered whole, logs capped.
+
+Also `titan up` without a command: it serves until interrupted, then stops
+everything it started.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from conftest import child_env, cli_argv, pid_gone, run_cli, wait_until
+from titan.roles.local import LocalCluster
+from titan.sdk.client import Client
+
+# Prints SIZE bytes of a deterministic pattern to stdout as fast as it can.
+PRINTER = ("import sys; n = int(sys.argv[1]); chunk = bytes(range(256)) * 256\n"
+           "while n > 0:\n"
+           "    sys.stdout.buffer.write(chunk[:n]); n -= len(chunk)\n")
+
+
+def pattern(size: int) -> bytes:
+    chunk = bytes(range(256)) * 256
+    return (chunk * (size // len(chunk) + 1))[:size]
+
+
+def test_stdout_and_stderr_reach_the_terminal_on_their_own_streams(cluster: Callable[..., LocalCluster]) -> None:
+    # Given a cluster
+    local = cluster(workers=1)
+    # When `titan run` runs a command that writes to both streams
+    res = run_cli("--master", local.address, "run", "--", "sh", "-c", "echo to-out; echo to-err >&2")
+    # Then each line lands on the stream it was written to
+    assert res.code == 0, res
+    assert res.stdout == "to-out\n"
+    assert "to-err" in res.stderr and "to-err" not in res.stdout
+
+
+def test_output_larger_than_the_socket_buffers_arrives_whole_and_in_order(
+        cluster: Callable[..., LocalCluster]) -> None:
+    # Given a cluster and a task that prints 6 MiB as fast as it can
+    local = cluster(workers=1)
+    size = 6 * 1024 * 1024
+    with local.client() as c:
+        task = c.submit([sys.executable, "-c", PRINTER, str(size)])
+        result = task.result(timeout=60)
+        # When its output is read back
+        logged = b"".join(c.logs(task.id))
+    # Then every byte is there, in order: the result carries the last 1 MiB
+    assert result.state == "SUCCEEDED", result
+    assert hashlib.sha256(logged).hexdigest() == hashlib.sha256(pattern(size)).hexdigest()
+    assert result.output_bytes == pattern(size)[-1024 * 1024:]
+
+
+def test_a_chatty_task_cannot_grow_its_log_past_the_cap(cluster: Callable[..., LocalCluster]) -> None:
+    # Given a master that keeps at most 100 kB of log per attempt
+    cap = 100_000
+    local = cluster(workers=1, master_args=["--log-max-bytes", str(cap)])
+    with local.client() as c:
+        # When a task prints 5 MB
+        task = c.submit([sys.executable, "-c", PRINTER, str(5_000_000)])
+        result = task.result(timeout=60)
+        logged = b"".join(c.logs(task.id))
+    # Then the task still succeeds, and its log holds the first 100 kB plus one marker line
+    assert result.state == "SUCCEEDED", result
+    assert logged[:cap] == pattern(cap)
+    assert b"log reached its 100000-byte cap" in logged[cap:]
+    assert len(logged) < cap + 200
+    files = list((local.data_dir / "master" / "logs").rglob("*.log"))
+    assert len(files) == 1 and files[0].stat().st_size == len(logged)
+
+
+def test_up_without_a_command_serves_until_interrupted(tmp_path: Path) -> None:
+    # Given `titan up` started with no command
+    proc = subprocess.Popen(cli_argv("up", "--workers", "1", "--data", str(tmp_path / "up")),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=child_env(), start_new_session=True)
+    try:
+        line = proc.stderr.readline().decode()
+        match = re.search(r"master (\S+:\d+)", line)
+        assert match, line
+        # When a client uses the cluster it announced
+        with Client(match.group(1), token="") as c:
+            assert c.submit("echo served").result(timeout=30).output == "served\n"
+            worker_pid = c.nodes()[0]["pid"]
+        # And the user presses Ctrl-C
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Then it exits 0 and the worker it started is gone
+    assert code == 0
+    wait_until(lambda: pid_gone(worker_pid), 10, "the local worker to exit")
