@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -22,7 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import titan
 from titan.errors import AuthError, ConnectionLost, RemoteError, TitanError, UnknownTask, UsageError
+from titan.io.tls import server_context
 from titan.sdk.client import DEFAULT_MASTER, Client, TaskResult
+from titan.sdk.tls import client_context
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_NOT_FOUND",
            "EXIT_AUTH", "EXIT_TIMEOUT", "EXIT_CANCELLED"]
@@ -45,6 +48,14 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--token", default=default, help="cluster token (env TITAN_TOKEN)")
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
                         help="print machine-readable JSON")
+    parser.add_argument("--tls", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="dial the master over TLS (env TITAN_TLS=1)")
+    parser.add_argument("--tls-ca", default=default, metavar="FILE",
+                        help="CA that signs the peer's certificate (env TITAN_TLS_CA); implies --tls")
+    parser.add_argument("--tls-cert", default=default, metavar="FILE",
+                        help="this process's certificate (env TITAN_TLS_CERT)")
+    parser.add_argument("--tls-key", default=default, metavar="FILE",
+                        help="its private key, if not in the certificate file (env TITAN_TLS_KEY)")
 
 
 def _sub(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -151,7 +162,23 @@ def _tags(text: str) -> List[str]:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.master, token=args.token)
+    return Client(args.master, token=args.token, tls=_client_tls(args))
+
+
+def _client_tls(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """The dialling side's TLS context, or None for plain TCP."""
+    if not (args.tls or args.tls_ca):
+        return None
+    return client_context(args.tls_ca, args.tls_cert, args.tls_key)
+
+
+def _server_tls(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """The master's TLS context when it has a certificate; --tls-ca then requires client certificates."""
+    if not args.tls_cert:
+        if args.tls or args.tls_ca:
+            raise UsageError("a TLS master needs its certificate: pass --tls-cert FILE (and --tls-key FILE)")
+        return None
+    return server_context(args.tls_cert, args.tls_key, args.tls_ca)
 
 
 def _print_json(value: Any) -> None:
@@ -201,7 +228,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         insecure=args.insecure, name=args.name, heartbeat_timeout_s=args.heartbeat_timeout,
         lost_grace_s=args.lost_grace, handshake_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout, max_connections=args.max_connections,
-        max_body_bytes=args.max_frame_bytes, log_max_bytes=args.log_max_bytes)
+        max_body_bytes=args.max_frame_bytes, log_max_bytes=args.log_max_bytes, tls=_server_tls(args))
     master = Master(config)
     try:
         master.start()
@@ -224,7 +251,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = WorkerConfig(master=parse_address(args.master or DEFAULT_MASTER), name=name, data_dir=data,
                           tags=frozenset(_tags(args.tags)), slots=slots, token=args.token,
                           dedicated=args.dedicated, heartbeat_interval_s=args.heartbeat_interval,
-                          master_timeout_s=args.master_timeout)
+                          master_timeout_s=args.master_timeout, tls=_client_tls(args))
     try:
         Worker(config).serve_forever()
     finally:
@@ -395,6 +422,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     args.master = args.master or os.environ.get("TITAN_MASTER") or DEFAULT_MASTER
     args.token = args.token if args.token is not None else (os.environ.get("TITAN_TOKEN") or None)
+    env = os.environ
+    args.tls_ca = args.tls_ca or env.get("TITAN_TLS_CA") or None
+    args.tls_cert = args.tls_cert or env.get("TITAN_TLS_CERT") or None
+    args.tls_key = args.tls_key or env.get("TITAN_TLS_KEY") or None
+    args.tls = args.tls or env.get("TITAN_TLS", "") not in ("", "0")
     try:
         return VERBS[args.verb](args)
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ import itertools
 import logging
 import selectors
 import socket
+import ssl
 import time
 from typing import Any, Callable, List, Tuple
 
@@ -179,6 +180,8 @@ class Connection:
         self._out_bytes = 0
         self._events = selectors.EVENT_READ
         self._reading = True
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._handshaking = self._tls      # TLS: no frames move until the handshake is done
         self.closed = False
         self.close_reason = ""
         self.last_progress = loop.clock()
@@ -193,6 +196,8 @@ class Connection:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop.register(sock, self._events, self._on_events)
+        if self._handshaking:
+            self._tls_handshake()     # a client sends its hello now; a server waits for one
 
     # ----- outbound ------------------------------------------------------
     @property
@@ -215,12 +220,12 @@ class Connection:
         self.send(Op.ERROR, req_id, error_body(code, message))
 
     def flush(self) -> None:
-        if self.closed or not self._out:
+        if self.closed or not self._out or self._handshaking:
             return
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         try:
             sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             sent = 0
         except OSError as exc:
             self.close(f"send failed: {exc}")
@@ -258,15 +263,46 @@ class Connection:
 
     # ----- inbound -------------------------------------------------------
     def _on_events(self, mask: int) -> None:
+        if self._handshaking:
+            self._tls_handshake()
+            return
         if mask & selectors.EVENT_WRITE:
             self.flush()
         if mask & selectors.EVENT_READ and not self.closed:
             self._read()
 
+    def _tls_handshake(self) -> None:
+        assert isinstance(self.sock, ssl.SSLSocket)
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_events(selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_events(selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            logger.warning("TLS handshake with %s failed: %s", self.peer, exc)
+            self.close(f"TLS handshake failed: {exc}")
+            return
+        self._handshaking = False
+        self._want_write(bool(self._out))
+        self.flush()
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(RECV_BYTES)
+        if self._tls and data:
+            # Decrypted bytes already buffered by ssl never wake the selector.
+            pending = self.sock.pending()  # type: ignore[attr-defined]
+            while pending:
+                data += self.sock.recv(pending)
+                pending = self.sock.pending()  # type: ignore[attr-defined]
+        return data
+
     def _read(self) -> None:
         try:
-            data = self.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+            data = self._recv()
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
             self.close(f"receive failed: {exc}")

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,12 +56,13 @@ class MasterConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_max_bytes: int = 64 * 1024 * 1024
     log_tail_bytes: int = 1024 * 1024
+    tls: Optional[ssl.SSLContext] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def check_exposure(config: MasterConfig) -> None:
     """Refuse a tokenless master on a non-loopback address unless --insecure."""
-    if config.token or config.insecure:
+    if config.token or config.insecure or (config.tls is not None and config.tls.verify_mode == ssl.CERT_REQUIRED):
         return
     host = config.bind[0]
     try:
@@ -70,7 +72,8 @@ def check_exposure(config: MasterConfig) -> None:
     if not loopback:
         raise UsageError(
             f"refusing to serve on {host} without a cluster token: set TITAN_TOKEN "
-            f"(or --token), or pass --insecure if this network is trusted")
+            f"(or --token), require client certificates (--tls-ca), or pass --insecure "
+            f"if this network is trusted")
 
 
 class Peer:
@@ -151,6 +154,8 @@ class Master(Handler):
         logger.info("titan master stopped")
 
     def _accept(self, sock: socket.socket) -> None:
+        if self.config.tls is not None:
+            sock = self.config.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = Connection(self.loop, sock, self, max_body_bytes=self.config.max_body_bytes)
         if len(self.conns) >= self.config.max_connections:
             conn.fail(0, "too_many_connections",

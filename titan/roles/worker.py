@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class WorkerConfig:
     offline_output_bytes: int = 8 * 1024 * 1024
     high_water_bytes: int = 4 * 1024 * 1024
     exit_linger_s: float = 1.0
+    tls: Optional[ssl.SSLContext] = None
 
 
 class Job:
@@ -171,6 +173,14 @@ class Worker(Handler):
             sock.close()
             self._retry_later(os.strerror(err))
             return
+        if self.config.tls is not None:
+            try:
+                sock = self.config.tls.wrap_socket(sock, server_hostname=self.config.master[0],
+                                                   do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                self._retry_later(f"TLS setup failed: {exc}")
+                return
         self.conn = Connection(self.loop, sock, self)
         self.last_rx = self.loop.clock()
         self.handshake = ClientHandshake(role="worker", name=self.config.name, token=self.config.token,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from titan.errors import ConnectionLost, RemoteError, UnknownTask, UsageError
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
+from titan.sdk.tls import client_context
 from titan.wire.handshake import ClientHandshake
 
 __all__ = ["connect", "Client", "Task", "TaskResult", "DEFAULT_MASTER"]
@@ -138,9 +140,11 @@ class Client:
     """A connection to the master; use :func:`connect` to make one."""
 
     def __init__(self, address: Optional[str] = None, *, token: Optional[str] = None,
-                 timeout: float = 10.0, name: Optional[str] = None) -> None:
+                 timeout: float = 10.0, name: Optional[str] = None,
+                 tls: Union[None, bool, ssl.SSLContext] = None) -> None:
         self.address = address or os.environ.get("TITAN_MASTER") or DEFAULT_MASTER
         self.token = token if token is not None else os.environ.get("TITAN_TOKEN") or None
+        self.tls = _tls_context(tls)
         self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
         self._lock = threading.RLock()
         self._pending: Dict[int, _Pending] = {}
@@ -158,6 +162,12 @@ class Client:
             raise ConnectionLost(f"cannot reach the master at {self.address}: {exc.strerror or exc}; "
                                  f"is `titan master` running? (set --master or TITAN_MASTER)") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_hostname=host)
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                raise ConnectionLost(f"TLS handshake with the master at {self.address} failed: {exc}") from None
         self._sock = sock
         try:
             self._handshake(timeout)
@@ -179,9 +189,11 @@ class Client:
 
     def _read_frames(self, deadline: Optional[float]) -> List[Frame]:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, _, _ = select.select([self._sock], [], [], wait)
-        if not ready:
-            raise TimeoutError("timed out waiting for the master")
+        buffered = self.tls is not None and self._sock.pending() > 0  # type: ignore[attr-defined]
+        if not buffered:
+            ready, _, _ = select.select([self._sock], [], [], wait)
+            if not ready:
+                raise TimeoutError("timed out waiting for the master")
         try:
             data = self._sock.recv(1 << 20)
         except OSError as exc:
@@ -393,7 +405,24 @@ _SUBMIT_DEFAULTS: Dict[str, Any] = {"requires": [], "timeout_s": None, "name": N
                                     "node": None, "retries": 0, "retry_backoff_s": 1.0, "kill_grace_s": 5.0}
 
 
+def _tls_context(tls: Union[None, bool, ssl.SSLContext]) -> Optional[ssl.SSLContext]:
+    """The TLS context to dial with: given, built from $TITAN_TLS_*, or none."""
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    env = os.environ
+    if tls is None:
+        tls = bool(env.get("TITAN_TLS_CA") or env.get("TITAN_TLS", "") not in ("", "0"))
+    if not tls:
+        return None
+    return client_context(env.get("TITAN_TLS_CA") or None, env.get("TITAN_TLS_CERT") or None,
+                          env.get("TITAN_TLS_KEY") or None)
+
+
 def connect(address: Optional[str] = None, *, token: Optional[str] = None,
-            timeout: float = 10.0) -> Client:
-    """Connect to a master (default: $TITAN_MASTER, else 127.0.0.1:9090)."""
-    return Client(address, token=token, timeout=timeout)
+            timeout: float = 10.0, tls: Union[None, bool, ssl.SSLContext] = None) -> Client:
+    """Connect to a master (default: $TITAN_MASTER, else 127.0.0.1:9090).
+
+    ``tls``: an ``ssl.SSLContext``, True (verify with the system CAs or
+    $TITAN_TLS_CA), or None (TLS when $TITAN_TLS_CA or $TITAN_TLS=1 is set).
+    """
+    return Client(address, token=token, timeout=timeout, tls=tls)
