@@ -33,6 +33,7 @@ __all__ = [
     "Attempt",
     "spec_from_wire",
     "spec_to_wire",
+    "SpecCache",
     "default_task_name",
 ]
 
@@ -178,6 +179,44 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
         retry_backoff_s=_number(body, "retry_backoff_s", 1.0) or 0.0,
         env=tuple(sorted(env.items())), shell=shell,
     )
+
+
+_SPEC_KEYS = frozenset({"command", "name", "requires", "node", "timeout_s", "kill_grace_s", "priority",
+                        "retries", "retry_backoff_s", "env"})
+
+
+def _frozen(value: Any) -> Any:
+    if type(value) is list:
+        return tuple(_frozen(v) for v in value)
+    if type(value) is dict:
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    return value
+
+
+class SpecCache:
+    """Builds specs like :func:`spec_from_wire`, sharing one among identical bodies.
+
+    A fan-out of a thousand identical tasks then costs one validation and
+    one spec object.  Bounded: it forgets everything when it fills up.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._specs: Dict[Any, TaskSpec] = {}
+
+    def get(self, body: Mapping[str, Any]) -> TaskSpec:
+        try:
+            key = tuple(sorted((k, _frozen(v)) for k, v in body.items() if k in _SPEC_KEYS))
+            hash(key)
+        except TypeError:            # odd value types: validate without caching
+            return spec_from_wire(body)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = spec_from_wire(body)
+            if len(self._specs) >= self.max_entries:
+                self._specs.clear()
+            self._specs[key] = spec
+        return spec
 
 
 def spec_to_wire(spec: TaskSpec) -> Dict[str, Any]:

@@ -18,11 +18,12 @@ import errno
 import heapq
 import itertools
 import logging
+import select
 import selectors
 import socket
 import ssl
 import time
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from titan.errors import ProtocolError
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
@@ -71,16 +72,102 @@ class Timer:
         self.cancelled = True
 
 
+def _fd(fileobj: Any) -> int:
+    return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+
+
+class _EpollPoller:
+    """``selectors``' register/modify/unregister/select over a bare epoll.
+
+    The loop spends most of its passes here, so it skips the selectors
+    module's key objects; readiness is reported with the same EVENT_READ /
+    EVENT_WRITE masks (an error or hang-up reports both, as selectors does).
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._entries: Dict[int, Tuple[Any, int, Callable[[int], None]]] = {}
+
+    @staticmethod
+    def _bits(events: int) -> int:
+        return (select.EPOLLIN if events & selectors.EVENT_READ else 0) | \
+               (select.EPOLLOUT if events & selectors.EVENT_WRITE else 0)
+
+    def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
+        fd = _fd(fileobj)
+        if fd in self._entries:
+            raise KeyError(f"{fileobj!r} (fd {fd}) is already registered")
+        self._epoll.register(fd, self._bits(events))
+        self._entries[fd] = (fileobj, events, callback)
+
+    def modify(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
+        fd = _fd(fileobj)
+        self._epoll.modify(fd, self._bits(events))
+        self._entries[fd] = (fileobj, events, callback)
+
+    def unregister(self, fileobj: Any) -> None:
+        fd = _fd(fileobj)
+        if fd < 0:   # closed already: find it by identity
+            fd = next((k for k, v in self._entries.items() if v[0] is fileobj), -1)
+        if self._entries.pop(fd, None) is None:
+            return
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def select(self, timeout: float) -> List[Tuple[Callable[[int], None], int]]:
+        ready = []
+        entries = self._entries
+        for fd, bits in self._epoll.poll(timeout):
+            entry = entries.get(fd)
+            if entry is None:
+                continue
+            mask = (selectors.EVENT_WRITE if bits & ~select.EPOLLIN else 0) | \
+                   (selectors.EVENT_READ if bits & ~select.EPOLLOUT else 0)
+            ready.append((entry[2], mask & entry[1]))
+        return ready
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+class _SelectorPoller:
+    """The portable poller: the selectors module, for systems without epoll."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+
+    def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
+        self._selector.register(fileobj, events, callback)
+
+    def modify(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
+        self._selector.modify(fileobj, events, callback)
+
+    def unregister(self, fileobj: Any) -> None:
+        try:
+            self._selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def select(self, timeout: float) -> List[Tuple[Callable[[int], None], int]]:
+        return [(key.data, mask) for key, mask in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        self._selector.close()
+
+
 class Loop:
-    """A selectors loop with timers and end-of-pass hooks."""
+    """A selectors-style loop with timers and end-of-pass hooks."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.selector = selectors.DefaultSelector()
+        self.selector = _EpollPoller() if hasattr(select, "epoll") else _SelectorPoller()
         self.clock = clock
         self._timers: List[Tuple[float, int, Timer]] = []
         self._count = itertools.count()
         self._hooks: List[Callable[[], None]] = []
         self._dirty: "set[Connection]" = set()
+        self._urgent: "list[Connection]" = []   # flushed first: frames on someone's critical path
         self.running = False
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
@@ -102,13 +189,13 @@ class Loop:
         self.selector.modify(fileobj, events, callback)
 
     def unregister(self, fileobj: Any) -> None:
-        try:
-            self.selector.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
+        self.selector.unregister(fileobj)
 
-    def mark_dirty(self, conn: "Connection") -> None:
-        self._dirty.add(conn)
+    def mark_dirty(self, conn: "Connection", urgent: bool = False) -> None:
+        if urgent:
+            self._urgent.append(conn)
+        else:
+            self._dirty.add(conn)
 
     def stop(self) -> None:
         self.running = False
@@ -122,16 +209,23 @@ class Loop:
         timeout = max_wait_s
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - self.clock()))
-        if self._dirty:
+        if self._dirty or self._urgent:
             timeout = 0.0
-        for key, mask in self.selector.select(timeout):
-            key.data(mask)
+        for callback, mask in self.selector.select(timeout):
+            callback(mask)
         self._run_timers()
         for hook in self._hooks:
             hook()
         self.flush_dirty()
 
     def flush_dirty(self) -> None:
+        """Write every connection's queued frames: urgent ones first.
+
+        Writing to a local peer can hand it the CPU at once, so the frame
+        that starts work (a dispatch, a result) goes before the bookkeeping.
+        """
+        while self._urgent:
+            self._urgent.pop(0).flush()
         while self._dirty:
             conn = self._dirty.pop()
             conn.flush()
@@ -204,8 +298,9 @@ class Connection:
     def out_bytes(self) -> int:
         return self._out_bytes
 
-    def send(self, opcode: int, req_id: int, body: object = None, flags: int = 0) -> None:
-        """Queue one frame; it is written at the end of this loop pass."""
+    def send(self, opcode: int, req_id: int, body: object = None, flags: int = 0,
+             urgent: bool = False) -> None:
+        """Queue one frame; it is written at the end of this loop pass (urgent ones first)."""
         if self.closed:
             return
         data = pack(opcode, req_id, body, flags, max_body_bytes=self.max_body_bytes)
@@ -214,7 +309,7 @@ class Connection:
         if self._out_bytes > self.max_out_bytes:
             self.close(f"peer is not reading: more than {self.max_out_bytes} bytes queued")
             return
-        self.loop.mark_dirty(self)
+        self.loop.mark_dirty(self, urgent)
 
     def send_error(self, req_id: int, code: str, message: str) -> None:
         self.send(Op.ERROR, req_id, error_body(code, message))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from titan import __version__
-from titan.core.model import TERMINAL, TaskRecord, TaskState, spec_from_wire
+from titan.core.model import TERMINAL, SpecCache, TaskRecord, TaskState
 from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Scheduler
 from titan.errors import InvalidTransition, ProtocolError, UsageError
 from titan.io.logfiles import LogStore
@@ -107,6 +107,7 @@ class Master(Handler):
         self.watchers: Dict[str, List[Tuple[Connection, int]]] = {}
         self.followers: Dict[str, List[Tuple[Connection, int]]] = {}
         self.counters: Dict[str, int] = {}
+        self.specs = SpecCache()
         self.listener: Optional[Listener] = None
         self._tick_timer: Optional[Timer] = None
         self._tick_at: Optional[float] = None
@@ -284,7 +285,7 @@ class Master(Handler):
     def _send_dispatch(self, action: Dispatch) -> None:
         spec = action.spec
         conn = self.worker_conns[action.worker]
-        conn.send(Op.DISPATCH, 0, {
+        conn.send(Op.DISPATCH, 0, urgent=True, body={
             "task": action.task_id, "attempt": action.attempt, "run": action.task_id,
             "name": spec.name, "argv": list(spec.argv), "env": dict(spec.env),
             "timeout_s": spec.timeout_s, "kill_grace_s": spec.kill_grace_s,
@@ -304,7 +305,7 @@ class Master(Handler):
         record = self.sched.tasks[task_id]
         result = self.result_body(record)
         for conn, req_id in self.watchers.pop(task_id, []):
-            conn.send(Op.EVENT, req_id, {"kind": "result", "result": result})
+            conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
         for conn, req_id in self.followers.pop(task_id, []):
             conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code})
 
@@ -372,7 +373,7 @@ class Master(Handler):
         return record
 
     def _c_submit(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        spec = spec_from_wire(body)
+        spec = self.specs.get(body)
         n = self.counters.get(spec.name, 0) + 1
         self.counters[spec.name] = n
         task_id = f"{spec.name}#{n}"
