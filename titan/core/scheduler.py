@@ -85,7 +85,46 @@ class Scheduler:
         self._rr = 0
         self._worker_order = 0
         self._lost: Dict[str, float] = {}  # task_id -> when its worker was lost
-        self._retry_base: Dict[str, int] = {}  # task_id -> attempts made before its last manual retry
+        self.dirty: "set[str]" = set()      # ids of tasks changed since the owner last persisted them
+        self.workers_dirty: "set[str]" = set()
+
+    def _move(self, record: TaskRecord, new: TaskState) -> TaskState:
+        """Every state change goes through here, so the owner can persist it."""
+        self.dirty.add(record.id)
+        return transition(record, new)
+
+    # ----- persistence ---------------------------------------------------
+    def restore(self, records: Iterable[TaskRecord], now: float) -> None:
+        """Take back tasks read from durable storage after a restart.
+
+        QUEUED tasks queue again in their original order; RUNNING ones wait
+        ``lost_grace_s`` for their worker to come back and report them.
+        """
+        for record in sorted(records, key=lambda r: r.seq):
+            self.tasks[record.id] = record
+            self._seq = max(self._seq, record.seq)
+            if record.state is S.QUEUED:
+                self._enqueue(record, record.ready_at, now)
+            elif record.state is S.RUNNING:
+                self._lost[record.id] = now
+
+    def restore_worker(self, name: str, tags: Iterable[str], slots: int, *, dedicated: bool,
+                       last_seen: float, info: Optional[dict] = None) -> None:
+        """Remember a worker known before a restart; it counts as lost until it dials in."""
+        self._worker_order += 1
+        w = self.workers[name] = WorkerView(name, frozenset(tags), slots, dedicated=dedicated,
+                                            order=self._worker_order, now=last_seen)
+        w.connected = False
+        w.info = dict(info or {})
+
+    def forget_finished(self, before: float) -> List[str]:
+        """Drop terminal tasks that finished before ``before``; return their ids."""
+        gone = [r.id for r in self.tasks.values()
+                if r.state in TERMINAL and r.finished_at is not None and r.finished_at < before]
+        for task_id in gone:
+            del self.tasks[task_id]
+            self._gen.pop(task_id, None)
+        return gone
 
     # ----- queries -------------------------------------------------------
     def queued_count(self) -> int:
@@ -112,6 +151,7 @@ class Scheduler:
         self._seq += 1
         record = TaskRecord(task_id, spec, self._seq, now)
         self.tasks[task_id] = record
+        self.dirty.add(task_id)
         self._enqueue(record, now + delay_s, now)
         return self._dispatch(now)
 
@@ -123,6 +163,7 @@ class Scheduler:
         if record.state is not S.RUNNING:
             return self._finish(record, S.CANCELLED, now)
         record.cancel_requested = True
+        self.dirty.add(task_id)
         attempt = record.current
         assert attempt is not None
         if task_id in self._lost:          # its worker is gone; nothing to kill
@@ -136,8 +177,8 @@ class Scheduler:
             raise InvalidTransition(f"task {task_id!r} cannot move from {record.state.value} to "
                                     f"{S.QUEUED.value} by retry; only FAILED, DEAD, CANCELLED "
                                     f"or SKIPPED tasks can be retried")
-        transition(record, S.QUEUED)  # FAILED|DEAD|CANCELLED|SKIPPED -> QUEUED
-        self._retry_base[task_id] = len(record.attempts)   # a manual retry gets the full retries again
+        self._move(record, S.QUEUED)  # FAILED|DEAD|CANCELLED|SKIPPED -> QUEUED
+        record.retry_base = len(record.attempts)   # a manual retry gets the full retries again
         record.finished_at = None
         record.cancel_requested = False
         self._push(record, now)
@@ -168,22 +209,22 @@ class Scheduler:
         return self._failed(record, now) + self._dispatch(now)
 
     def _failed(self, record: TaskRecord, now: float) -> List[Action]:
-        transition(record, S.FAILED)  # RUNNING -> FAILED
-        since = self._retry_base.get(record.id, 0)
+        self._move(record, S.FAILED)  # RUNNING -> FAILED
+        since = record.retry_base
         failures = sum(1 for a in record.attempts[since:] if a.state is S.FAILED)
         if failures <= record.spec.retries:
             # FAILED -> QUEUED, after exponential backoff
             backoff = min(self.max_backoff_s, record.spec.retry_backoff_s * 2 ** (failures - 1))
-            transition(record, S.QUEUED)
+            self._move(record, S.QUEUED)
             self._enqueue(record, now + backoff, now)
             return [Note(f"task {record.id} failed; retry {failures}/{record.spec.retries} in {backoff:g}s")]
         record.finished_at = now
         if record.spec.retries > 0:
-            transition(record, S.DEAD)    # FAILED -> DEAD: retries used up
+            self._move(record, S.DEAD)    # FAILED -> DEAD: retries used up
         return [Ended(record.id, record.state)]
 
     def _finish(self, record: TaskRecord, state: TaskState, now: float) -> List[Action]:
-        transition(record, state)
+        self._move(record, state)
         record.finished_at = now
         return [Ended(record.id, state)]
 
@@ -236,7 +277,7 @@ class Scheduler:
         w = choose_worker(free, record.spec.requires, record.spec.node, self._rr)
         assert w is not None
         self._rr = w.order + 1
-        transition(record, S.RUNNING)  # QUEUED -> RUNNING
+        self._move(record, S.RUNNING)  # QUEUED -> RUNNING
         attempt = Attempt(len(record.attempts) + 1, w.name, now)
         record.attempts.append(attempt)
         self._gen.pop(record.id, None)
@@ -262,6 +303,7 @@ class Scheduler:
             w.tags, w.slots, w.dedicated = frozenset(tags), max(1, slots), dedicated
             w.connected, w.last_seen = True, now
         w.info = dict(info or {})
+        self.workers_dirty.add(name)
         held = set((t, int(a)) for t, a in running)
         done = set((t, int(a)) for t, a in finished)
         actions = self._reconcile(w, held, done, now)
@@ -299,6 +341,7 @@ class Scheduler:
         if w is None or not w.connected:
             return []
         w.connected = False
+        self.workers_dirty.add(name)
         held = [r for r in self.tasks.values()
                 if r.state is S.RUNNING and r.current is not None and r.current.worker == name]
         for record in held:
@@ -329,7 +372,7 @@ class Scheduler:
         if record.cancel_requested:
             att.state = S.CANCELLED
             return self._finish(record, S.CANCELLED, now)
-        transition(record, S.QUEUED)    # RUNNING -> QUEUED: no retry used
+        self._move(record, S.QUEUED)    # RUNNING -> QUEUED: no retry used
         self._push(record, now)
         return [Note(f"task {record.id} re-queued: {why}")]
 

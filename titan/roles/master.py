@@ -380,7 +380,7 @@ class Master(Handler):
         peer: Peer = conn.state
         watch = bool(body.get("watch", True))
         flags = FLAG_MORE if watch else 0
-        conn.send(Op.OK, req_id, {"id": task_id, "state": TaskState.QUEUED.value}, flags)
+        conn.send(Op.OK, req_id, {"id": task_id}, flags)
         if watch:
             self.watchers.setdefault(task_id, []).append((conn, req_id))
             peer.watching.append((task_id, req_id))

@@ -1,0 +1,104 @@
+"""How the master's state is laid out in its store: keys, and records as values.
+
+Every key the master owns starts with ``titan:``; users' keys (``titan kv``,
+``c.kv``) start with ``kv:``, so the two never meet::
+
+    titan:task:<id>      one task record (codec blob: spec, state, attempts)
+    titan:worker:<name>  one worker as last seen (tags, slots, info)
+    titan:counters       hash: task name -> last number used (ids never repeat)
+
+Values are TITAN_PROTO body encodings (``titan.wire.codec``), so a record
+reads back exactly, and every write is a plain ``SET``/``HSET`` a stock
+Redis understands.  Pure: this module builds commands and parses values;
+the master executes them.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional
+
+from titan.core.model import Attempt, SpecCache, TaskRecord, TaskState
+from titan.core.model import spec_to_wire
+from titan.wire.codec import decode, encode
+
+__all__ = ["TASK_PREFIX", "WORKER_PREFIX", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
+           "record_to_blob", "record_from_blob", "save_task", "save_worker", "worker_from_blob",
+           "save_counters", "Command"]
+
+Command = List[bytes]
+
+TASK_PREFIX = b"titan:task:"
+WORKER_PREFIX = b"titan:worker:"
+COUNTERS_KEY = b"titan:counters"
+USER_PREFIX = b"kv:"
+FORMAT = 1
+
+
+def task_key(task_id: str) -> bytes:
+    return TASK_PREFIX + task_id.encode()
+
+
+def worker_key(name: str) -> bytes:
+    return WORKER_PREFIX + name.encode()
+
+
+def _attempt_row(a: Attempt) -> List[Any]:
+    return [a.number, a.worker, a.started_at, a.finished_at, a.exit_code, a.reason, a.state.value]
+
+
+def record_to_blob(record: TaskRecord) -> bytes:
+    """The whole record, ready to be a store value."""
+    return encode({
+        "v": FORMAT, "id": record.id, "spec": spec_to_wire(record.spec), "state": record.state.value,
+        "seq": record.seq, "submitted_at": record.submitted_at, "finished_at": record.finished_at,
+        "ready_at": record.ready_at, "cancel": record.cancel_requested, "retry_base": record.retry_base,
+        "attempts": [_attempt_row(a) for a in record.attempts],
+    })
+
+
+def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
+    """Rebuild a record from :func:`record_to_blob`'s bytes (ValueError if unreadable)."""
+    body = decode(blob)
+    if not isinstance(body, dict) or body.get("v") != FORMAT:
+        raise ValueError("not a task record of this format")
+    record = TaskRecord(body["id"], specs.get(body["spec"]), int(body["seq"]), float(body["submitted_at"]))
+    record.state = TaskState(body["state"])
+    record.finished_at = body.get("finished_at")
+    record.ready_at = float(body.get("ready_at") or record.submitted_at)
+    record.cancel_requested = bool(body.get("cancel"))
+    record.retry_base = int(body.get("retry_base") or 0)
+    for number, worker, started, finished, code, reason, state in body.get("attempts") or []:
+        att = Attempt(int(number), str(worker), float(started))
+        att.finished_at, att.exit_code, att.reason, att.state = finished, code, reason, TaskState(state)
+        record.attempts.append(att)
+    return record
+
+
+def save_task(record: TaskRecord, *, terminal: bool, retention_s: float) -> Command:
+    """``SET titan:task:<id> <blob>``, expiring ``retention_s`` after a terminal state."""
+    command = [b"SET", task_key(record.id), record_to_blob(record)]
+    if terminal and record.finished_at is not None:
+        command += [b"PXAT", str(int((record.finished_at + retention_s) * 1000)).encode()]
+    return command
+
+
+def save_worker(name: str, tags: Iterable[str], slots: int, dedicated: bool, last_seen: float,
+                info: Dict[str, Any]) -> Command:
+    blob = encode({"v": FORMAT, "name": name, "tags": sorted(tags), "slots": slots,
+                   "dedicated": dedicated, "last_seen": last_seen,
+                   "info": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
+    return [b"SET", worker_key(name), blob]
+
+
+def worker_from_blob(blob: bytes) -> Optional[Dict[str, Any]]:
+    body = decode(blob)
+    if not isinstance(body, dict) or body.get("v") != FORMAT:
+        return None
+    return body
+
+
+def save_counters(counters: Dict[str, int]) -> Command:
+    """``HSET titan:counters name n ...`` for the names given."""
+    command = [b"HSET", COUNTERS_KEY]
+    for name, n in sorted(counters.items()):
+        command += [name.encode(), str(n).encode()]
+    return command
