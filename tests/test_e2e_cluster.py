@@ -353,10 +353,6 @@ def test_a_running_task_survives_the_master_being_killed(titan_procs: TitanProcs
     assert "lost the master" in (titan_procs.base_dir / "w1.log").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "task ids restart at NAME#1 when the master restarts (no durable id counter yet), and a worker "
-    "silently ignores a DISPATCH whose (task, attempt) it still runs from the master's previous life; "
-    "the new task then gets the orphan's result"))
 def test_a_new_task_is_not_confused_with_an_orphan_of_the_same_id(titan_procs: TitanProcs,
                                                                     tmp_path: Path) -> None:
     # Given a worker still running "job#1" from before a master restart
@@ -377,5 +373,9 @@ def test_a_new_task_is_not_confused_with_an_orphan_of_the_same_id(titan_procs: T
         wait_until(lambda: c.status(task.id)["state"] != "QUEUED", 10, "the new job to be dispatched")
         gate.touch()
         result = task.result(RESULT_TIMEOUT_S)
-    # Then its result is its own
-    assert (result.state, result.output) == ("SUCCEEDED", "new\n"), result
+    # Then its result is its own: ids survive the restart, so it is job#2
+    assert (task.id, result.state, result.output) == ("job#2", "SUCCEEDED", "new\n"), result
+    # And the first job, adopted across the restart, finished with its own output
+    with Client(master.address, token="") as c:
+        first = c.task("job#1").result(RESULT_TIMEOUT_S)
+    assert (first.state, first.output) == ("SUCCEEDED", "old\n"), first

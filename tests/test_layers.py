@@ -2,7 +2,8 @@
 
 The layers, bottom to top::
 
-    titan.errors, titan.wire, titan.core   pure: no I/O, no clock, no threads
+    titan.errors, titan.wire, titan.core,  pure: no I/O, no clock, no threads
+    titan.store
             |
     titan.io                               wraps the OS; below roles/sdk/cli
             |
@@ -16,7 +17,7 @@ The layers, bottom to top::
 Rules, as named in failure messages:
 
 (a) pure modules import none of OS_MODULES and no titan module outside
-    titan.wire, titan.core, titan.errors;
+    titan.wire, titan.core, titan.errors, titan.store;
 (b) titan.io imports no titan.roles, titan.sdk or titan.cli (nor the bare
     ``titan`` package, which is the SDK's facade);
 (c) a role imports no other role (``titan.roles.common`` excepted) and
@@ -45,7 +46,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = REPO_ROOT / "titan"
 
-PURE_PACKAGES = ("titan.wire", "titan.core", "titan.errors")
+PURE_PACKAGES = ("titan.wire", "titan.core", "titan.errors", "titan.store")
 SDK_ALLOWED = ("titan.wire", "titan.core", "titan.errors", "titan.sdk")
 OS_MODULES = frozenset(
     {
@@ -187,11 +188,11 @@ def rule_pure(module: str, target: str) -> Optional[str]:
         return None
     if target.split(".")[0] in OS_MODULES:
         return (
-            "(a): pure modules (titan.wire, titan.core, titan.errors) do no I/O; "
+            "(a): pure modules (titan.wire, titan.core, titan.errors, titan.store) do no I/O; "
             f"they may not import any of {', '.join(sorted(OS_MODULES))}"
         )
     if _is_titan(target) and not _within(target, *PURE_PACKAGES):
-        return "(a): pure modules may import only titan.wire, titan.core and titan.errors"
+        return "(a): pure modules may import only titan.wire, titan.core, titan.errors and titan.store"
     return None
 
 
@@ -322,6 +323,8 @@ BAD_MODULES: List[Tuple[str, bool, str, str, str]] = [
     ("titan.wire.codec", False, "from titan.io import loop\n", "(a)", "titan.io.loop"),
     ("titan.core.sched", False, "from ..io.loop import Loop\n", "(a)", "titan.io.loop"),
     ("titan.core.sched", False, "import titan\n", "(a)", "titan"),
+    ("titan.store.engine", False, "import time\n", "(a)", "time"),
+    ("titan.store.engine", False, "from titan.io import loop\n", "(a)", "titan.io.loop"),
     ("titan.io.loop", False, "from titan.roles import master\n", "(b)", "titan.roles.master"),
     ("titan.io.loop", False, "import titan.sdk\n", "(b)", "titan.sdk"),
     ("titan.roles.master", False, "from titan.roles.worker import W\n", "(c)", "titan.roles.worker"),
@@ -360,6 +363,7 @@ GOOD_MODULES: List[Tuple[str, bool, str]] = [
         "from titan.errors import UsageError\nfrom . import model\nfrom titan.wire import codec\n",
     ),
     ("titan.io.loop", False, "import selectors\nimport socket\nfrom titan.core import model\n"),
+    ("titan.store.engine", False, "from titan.store import keyspace\nfrom titan.errors import TitanError\n"),
     (
         "titan.roles.master",
         False,

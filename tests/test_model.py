@@ -7,7 +7,7 @@ from typing import Any, Dict
 import pytest
 
 from titan.core.model import (
-    TERMINAL, TRANSITIONS, TaskRecord, TaskSpec, TaskState, default_task_name,
+    TERMINAL, TRANSITIONS, TaskRecord, TaskState, default_task_name,
     spec_from_wire, spec_to_wire, transition,
 )
 from titan.errors import InvalidTransition, TitanError, UsageError

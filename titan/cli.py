@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=int, default=1024)
     p.add_argument("--max-frame-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--log-max-bytes", type=int, default=64 * 1024 * 1024, help="cap per attempt log")
+    p.add_argument("--appendfsync", choices=("always", "everysec", "no"), default="always",
+                   help="when the store's AOF is fsynced (default always: nothing is acknowledged before it is on disk)")
+    p.add_argument("--retention", type=float, default=7 * 86400.0, metavar="SECONDS",
+                   help="how long finished tasks are kept (default 7 days)")
 
     p = _sub(subs, "worker", "run tasks for a master")
     p.add_argument("--name", default=None, help="default: HOSTNAME-PID")
@@ -129,6 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "tasks", "list recent tasks")
     p.add_argument("--state", default=None)
     p.add_argument("--limit", type=int, default=50)
+    p = _sub(subs, "check", "validate job files; print every problem with its file and line")
+    p.add_argument("files", nargs="+", metavar="FILE")
+
+    p = _sub(subs, "store", "serve TitanStore, a Redis-compatible store with a durable AOF")
+    p.add_argument("--bind", default="127.0.0.1:6380", metavar="HOST:PORT")
+    p.add_argument("--dir", default="titan-store", metavar="DIR", help="AOF directory (default ./titan-store)")
+    p.add_argument("--appendfsync", choices=("always", "everysec", "no"), default="always")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind (the store has no auth)")
+    p.add_argument("--rewrite-percentage", type=int, default=100, metavar="PCT",
+                   help="rewrite the AOF when the incremental files outgrow the base by this much")
+    p.add_argument("--rewrite-min-bytes", type=int, default=64 * 1024 * 1024, metavar="N")
+    check = p.add_subparsers(dest="store_action", metavar="check").add_parser(
+        "check", help="validate an AOF directory", description="validate an AOF directory; --fix cuts a torn tail")
+    check.add_argument("check_dir", metavar="DIR")
+    check.add_argument("--fix", action="store_true", help="truncate a torn or corrupt tail of the last file")
+
+    p = _sub(subs, "cron", "cron expressions: when does a schedule fire")
+    p = p.add_subparsers(dest="cron_action", metavar="next").add_parser(
+        "next", help="print the next fire times", description="print the fire times strictly after --from")
+    _globals(p, suppress=True)
+    p.add_argument("expr", nargs="+", metavar="EXPR", help="5 fields or a nickname such as @daily (quote it)")
+    p.add_argument("--from", dest="start", default=None, metavar="ISO",
+                   help="start (default: now); without an offset it is wall time in --tz")
+    p.add_argument("--count", type=int, default=5, metavar="N", help="how many fire times (default 5)")
+    p.add_argument("--tz", default="UTC", metavar="ZONE", help="IANA time zone, e.g. Europe/Berlin (default UTC)")
     return parser
 
 
@@ -228,7 +257,8 @@ def cmd_master(args: argparse.Namespace) -> int:
         insecure=args.insecure, name=args.name, heartbeat_timeout_s=args.heartbeat_timeout,
         lost_grace_s=args.lost_grace, handshake_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout, max_connections=args.max_connections,
-        max_body_bytes=args.max_frame_bytes, log_max_bytes=args.log_max_bytes, tls=_server_tls(args))
+        max_body_bytes=args.max_frame_bytes, log_max_bytes=args.log_max_bytes, tls=_server_tls(args),
+        fsync=args.appendfsync, retention_s=args.retention)
     master = Master(config)
     try:
         master.start()
@@ -365,6 +395,28 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from titan.core.jobfile import JobFileError, check_files, parse
+    failed = False
+    for name in args.files:
+        path = Path(name)
+        try:
+            spec = parse(path.read_bytes().decode("utf-8"), filename=name)
+            problems = [str(p) for p in check_files(spec, lambda f: (path.parent / f).is_file())]
+        except OSError as exc:
+            problems = [f"{name}: cannot read: {exc.strerror or exc}"]
+        except UnicodeDecodeError as exc:
+            problems = [f"{name}: not UTF-8 text (byte offset {exc.start})"]
+        except JobFileError as exc:
+            problems = [str(p) for p in exc.problems]
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            print(f"{name}: ok ({spec.summary()})")
+        failed = failed or bool(problems)
+    return EXIT_USAGE if failed else EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     with _client(args) as c:
         for chunk in c.logs(args.task_id, attempt=args.attempt, follow=args.follow):
@@ -401,6 +453,57 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    if getattr(args, "store_action", None) == "check":
+        from titan.io.aofcheck import check
+        from titan.store.engine import Engine
+        report = check(Path(args.check_dir), fix=args.fix, engine=Engine(), now_ms=int(time.time() * 1000))
+        for entry in report.files:
+            print(entry.line())
+        for line in report.fixed:
+            print(f"fixed: {line}")
+        for line in report.problems:
+            print(f"titan: {line}", file=sys.stderr)
+        return EXIT_OK if report.ok else EXIT_FAILED
+    from titan.io.loop import parse_address
+    from titan.roles.store import StoreConfig, StoreServer
+    _setup_logging(args.log_level, "INFO")
+    try:
+        bind = parse_address(args.bind, 6380)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    config = StoreConfig(data_dir=Path(args.dir), bind=bind,
+                         appendfsync=args.appendfsync, insecure=args.insecure,
+                         rewrite_percentage=args.rewrite_percentage, rewrite_min_bytes=args.rewrite_min_bytes)
+    server = StoreServer(config)
+    server.start()
+    server.serve_forever()
+    return EXIT_OK
+
+
+def cmd_cron(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+    from titan.core.cron import CronError, load_zone, parse, parse_datetime
+    if getattr(args, "cron_action", None) != "next":
+        raise UsageError("use: titan cron next EXPR [--from ISO] [--count N] [--tz ZONE]")
+    expr = " ".join(args.expr)
+    try:
+        schedule = parse(expr)
+    except CronError as exc:
+        raise UsageError(f"bad cron expression {expr!r}: {exc}") from None
+    if args.count < 1:
+        raise UsageError(f"--count must be at least 1, not {args.count}")
+    zone = load_zone(args.tz)
+    start = parse_datetime(args.start, zone) if args.start else datetime.now(timezone.utc)
+    fires = [fire.isoformat() for _, fire in zip(range(args.count), schedule.iter_after(start, zone))]
+    if args.json:
+        _print_json(fires)
+    else:
+        for line in fires:
+            print(line)
+    return EXIT_OK
+
+
 def _print_table(rows: List[List[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -408,9 +511,11 @@ def _print_table(rows: List[List[str]]) -> None:
 
 
 VERBS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "check": cmd_check,
     "master": cmd_master, "worker": cmd_worker, "up": cmd_up, "run": cmd_run, "status": cmd_status,
     "wait": cmd_wait, "cancel": cmd_cancel, "retry": cmd_retry, "logs": cmd_logs, "nodes": cmd_nodes,
-    "tasks": cmd_tasks,
+    "tasks": cmd_tasks, "store": cmd_store,
+    "cron": cmd_cron,
 }
 
 

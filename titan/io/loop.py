@@ -20,10 +20,11 @@ import itertools
 import logging
 import select
 import selectors
+import signal
 import socket
 import ssl
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from titan.errors import ProtocolError
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
@@ -179,7 +180,8 @@ class Loop:
         return timer
 
     def add_pass_hook(self, hook: Callable[[], None]) -> None:
-        """Run ``hook`` at the end of every pass (after reads and timers)."""
+        """Run ``hook`` at the end of every pass: after reads, timers and urgent
+        writes, before the other writes (so an fsync there precedes the replies)."""
         self._hooks.append(hook)
 
     def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
@@ -205,6 +207,29 @@ class Loop:
         while self.running:
             self.run_once()
 
+    def run_until_signalled(self, on_signal: Optional[Callable[[], None]] = None) -> None:
+        """Run until :meth:`stop`; SIGTERM and SIGINT call ``on_signal`` (default: stop).
+
+        A wakeup fd makes a signal end the current ``select`` at once, so
+        shutdown never waits for a timer.
+        """
+        rfd, wfd = socket.socketpair()
+        rfd.setblocking(False)
+        wfd.setblocking(False)
+        old_fd = signal.set_wakeup_fd(wfd.fileno())
+        self.register(rfd, selectors.EVENT_READ, lambda mask: rfd.recv(4096))
+        handler = on_signal or self.stop
+        old = {sig: signal.signal(sig, lambda *_: handler()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.run()
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for sig, previous in old.items():
+                signal.signal(sig, previous)
+            self.unregister(rfd)
+            rfd.close()
+            wfd.close()
+
     def run_once(self, max_wait_s: float = 1.0) -> None:
         timeout = max_wait_s
         if self._timers:
@@ -214,18 +239,24 @@ class Loop:
         for callback, mask in self.selector.select(timeout):
             callback(mask)
         self._run_timers()
+        self._flush_urgent()
         for hook in self._hooks:
             hook()
         self.flush_dirty()
 
+    def _flush_urgent(self) -> None:
+        while self._urgent:
+            self._urgent.pop(0).flush()
+
     def flush_dirty(self) -> None:
         """Write every connection's queued frames: urgent ones first.
 
-        Writing to a local peer can hand it the CPU at once, so the frame
-        that starts work (a dispatch, a result) goes before the bookkeeping.
+        Urgent frames (a dispatch, a result: someone's critical path, and no
+        promise of durability) are written before the pass hooks run, so
+        before an fsync; the rest after them.  Writing to a local peer can
+        hand it the CPU at once, so the frame that starts work goes first.
         """
-        while self._urgent:
-            self._urgent.pop(0).flush()
+        self._flush_urgent()
         while self._dirty:
             conn = self._dirty.pop()
             conn.flush()

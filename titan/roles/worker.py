@@ -112,24 +112,14 @@ class Worker(Handler):
 
     # ----- lifecycle -----------------------------------------------------
     def serve_forever(self) -> None:
-        rfd, wfd = socket.socketpair()
-        rfd.setblocking(False)
-        wfd.setblocking(False)
-        old = signal.set_wakeup_fd(wfd.fileno())
-        self.loop.register(rfd, 1, lambda mask: rfd.recv(4096))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.shutdown())
         logger.info("titan worker %s %s starting: master %s, tags=%s, slots=%d, data in %s",
                     self.config.name, __version__, format_address(self.config.master),
                     ",".join(sorted(self.config.tags)) or "-", self.config.slots, self.config.data_dir)
         self._dial()
         self.loop.call_later(self.config.heartbeat_interval_s, self._heartbeat)
         try:
-            self.loop.run()
+            self.loop.run_until_signalled(self.shutdown)
         finally:
-            signal.set_wakeup_fd(old)
-            rfd.close()
-            wfd.close()
             if self.conn is not None:
                 self.conn.close("worker stopped")
             logger.info("titan worker %s stopped", self.config.name)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import ssl
 import time
@@ -28,6 +27,7 @@ from titan.core.model import TERMINAL, SpecCache, TaskRecord, TaskState
 from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Scheduler
 from titan.errors import InvalidTransition, ProtocolError, UsageError
 from titan.io.logfiles import LogStore
+from titan.roles.master.durable import Durable, SavedState
 from titan.io.loop import Connection, Handler, Listener, Loop, Timer, format_address
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, FLAG_MORE, Frame, Op
 from titan.wire.handshake import ServerHandshake
@@ -57,6 +57,9 @@ class MasterConfig:
     log_max_bytes: int = 64 * 1024 * 1024
     log_tail_bytes: int = 1024 * 1024
     tls: Optional[ssl.SSLContext] = None
+    fsync: str = "always"
+    retention_s: float = 7 * 86400.0
+    aof_rewrite_min_bytes: int = 64 * 1024 * 1024
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,8 +116,26 @@ class Master(Handler):
         self._tick_at: Optional[float] = None
         self._tails: Dict[str, bytes] = {}
         self._acks: Dict[Connection, List[List[Any]]] = {}
+        self._held: List[Tuple[Connection, int, int, Any, int, bool]] = []   # frames waiting for the fsync
+        self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
+                               rewrite_min_bytes=config.aof_rewrite_min_bytes)
+        self._restore(self.durable.open(self.clock(), self.specs))
+        self.loop.add_pass_hook(self._end_of_pass)
         self.loop.add_pass_hook(self._schedule_tick)
-        self.loop.add_pass_hook(self._send_acks)
+
+    def _restore(self, saved: SavedState) -> None:
+        """Take back what the store remembers: tasks, workers (as lost until they dial in), counters."""
+        now = self.clock()
+        for w in saved.workers:
+            self.sched.restore_worker(w["name"], w.get("tags") or [], int(w.get("slots") or 1),
+                                      dedicated=bool(w.get("dedicated")), last_seen=float(w.get("last_seen") or now),
+                                      info=w.get("info"))
+        self.sched.restore(saved.records, now)
+        self.counters.update(saved.counters)
+        running = sum(1 for r in saved.records if r.state is TaskState.RUNNING)
+        if saved.records:
+            logger.info("restored %d tasks (%d were running: they wait %gs for their workers to report)",
+                        len(saved.records), running, self.config.lost_grace_s)
 
     # ----- lifecycle -----------------------------------------------------
     def start(self) -> Tuple[str, int]:
@@ -130,20 +151,11 @@ class Master(Handler):
         return address
 
     def serve_forever(self) -> None:
-        rfd, wfd = socket.socketpair()
-        rfd.setblocking(False)
-        wfd.setblocking(False)
-        old = signal.set_wakeup_fd(wfd.fileno())
-        self.loop.register(rfd, 1, lambda mask: rfd.recv(4096))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.loop.stop())
+        """Serve until SIGTERM/SIGINT, then close everything (final fsync included)."""
         try:
-            self.loop.run()
+            self.loop.run_until_signalled()
         finally:
-            signal.set_wakeup_fd(old)
             self.close()
-            rfd.close()
-            wfd.close()
 
     def close(self) -> None:
         for conn in list(self.conns):
@@ -152,6 +164,7 @@ class Master(Handler):
             self.listener.close()
             self.listener = None
         self.logs.close()
+        self.durable.close()
         logger.info("titan master stopped")
 
     def _accept(self, sock: socket.socket) -> None:
@@ -175,7 +188,13 @@ class Master(Handler):
             elif conn.decoder.mid_frame and now - conn.frame_started_at > self.config.frame_timeout_s:
                 conn.fail(0, "frame_timeout",
                           f"incomplete frame: not completed within {self.config.frame_timeout_s:g}s")
+        self.durable.housekeeping(self.clock())
+        if now - self._purged_at > 60.0:
+            self._purged_at = now
+            self.sched.forget_finished(self.clock() - self.config.retention_s)
         self.loop.call_later(1.0, self._housekeeping)
+
+    _purged_at = 0.0
 
     def _schedule_tick(self) -> None:
         deadline = self.sched.next_deadline()
@@ -189,12 +208,34 @@ class Master(Handler):
             delay = max(0.0, deadline - self.clock()) + 0.001
             self._tick_timer = self.loop.call_later(delay, self._tick)
 
-    def _send_acks(self) -> None:
-        """One ACK per worker per pass, listing every FINISHED it covers."""
-        if self._acks:
-            for conn, items in self._acks.items():
-                conn.send(Op.ACK, 0, {"items": items})
-            self._acks.clear()
+    def _end_of_pass(self) -> None:
+        """Persist what changed, fsync once, then release the replies that promise it.
+
+        Until the store has the data, submissions get no OK and results no
+        ACK (a worker keeps an un-ACKed result and reports it again).
+        """
+        self.durable.persist(self.sched, self.clock())
+        if not (self._held or self._acks) and not self.durable.aof.pending_bytes:
+            return
+        if not self.durable.flush():
+            return
+        for conn, req_id, opcode, body, flags, urgent in self._held:
+            conn.send(opcode, req_id, body, flags, urgent)
+        self._held.clear()
+        for conn, items in self._acks.items():     # one ACK per worker per pass
+            conn.send(Op.ACK, 0, {"items": items})
+        self._acks.clear()
+
+    def hold(self, conn: Connection, req_id: int, opcode: int, body: Any, flags: int = 0,
+             urgent: bool = False) -> None:
+        """Send this frame once the pass's writes are on disk.
+
+        Held: OK to a submission, ACK of a result, and DISPATCH (a task runs
+        only once its RUNNING record is durable, so a restarted master never
+        starts it a second time).  Not held: results and output pushed to
+        clients, which a worker's un-ACKed report can always reproduce.
+        """
+        self._held.append((conn, req_id, opcode, body, flags, urgent))
 
     def _tick(self) -> None:
         self._tick_at = None
@@ -285,7 +326,7 @@ class Master(Handler):
     def _send_dispatch(self, action: Dispatch) -> None:
         spec = action.spec
         conn = self.worker_conns[action.worker]
-        conn.send(Op.DISPATCH, 0, urgent=True, body={
+        self.hold(conn, 0, Op.DISPATCH, urgent=True, body={
             "task": action.task_id, "attempt": action.attempt, "run": action.task_id,
             "name": spec.name, "argv": list(spec.argv), "env": dict(spec.env),
             "timeout_s": spec.timeout_s, "kill_grace_s": spec.kill_grace_s,
@@ -373,14 +414,21 @@ class Master(Handler):
         return record
 
     def _c_submit(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        broken = self.durable.broken
+        if broken is not None:
+            conn.send_error(req_id, "store_unavailable",
+                            f"not accepted: the master cannot write its state to disk "
+                            f"({broken.strerror or broken}); free space in {self.config.data_dir} and retry")
+            return
         spec = self.specs.get(body)
         n = self.counters.get(spec.name, 0) + 1
         self.counters[spec.name] = n
+        self.durable.counters_dirty[spec.name] = n
         task_id = f"{spec.name}#{n}"
         peer: Peer = conn.state
         watch = bool(body.get("watch", True))
         flags = FLAG_MORE if watch else 0
-        conn.send(Op.OK, req_id, {"id": task_id}, flags)
+        self.hold(conn, req_id, Op.OK, {"id": task_id}, flags)
         if watch:
             self.watchers.setdefault(task_id, []).append((conn, req_id))
             peer.watching.append((task_id, req_id))

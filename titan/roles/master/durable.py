@@ -1,0 +1,147 @@
+"""The master's durable state: an embedded TitanStore engine and its AOF.
+
+    scheduler.dirty ──persist()──▶ engine (SET titan:task:…) ──▶ AOF buffer
+                                                            ──flush()──▶ one write + fsync per pass
+    start-up: AOF ──replay──▶ engine ──load_state()──▶ records, workers, counters ──▶ scheduler
+
+What a client or worker is told is on disk first: the master holds the OK of
+a submission and the ACK of a result until :meth:`Durable.flush` succeeds.
+The store lives in ``DATA/store/`` in Redis 7's AOF layout, so a stock
+``redis-server --dir DATA/store --appendonly yes`` can read it too.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from titan.core.model import TERMINAL, SpecCache, TaskRecord
+from titan.core.scheduler import Scheduler
+from titan.core.state import (COUNTERS_KEY, TASK_PREFIX, WORKER_PREFIX, record_from_blob, save_counters,
+                              save_task, save_worker, worker_from_blob)
+from titan.io.aof import AppendOnlyFile
+from titan.store.engine import Engine
+from titan.store.reply import ErrorReply
+
+__all__ = ["Durable", "SavedState"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SavedState:
+    """What a restart reads back from the store."""
+
+    records: List[TaskRecord] = field(default_factory=list)
+    workers: List[Dict[str, Any]] = field(default_factory=list)
+    counters: Dict[str, int] = field(default_factory=dict)
+    unreadable: int = 0
+
+
+class Durable:
+    """Owns the engine and the AOF; the master calls it once per loop pass."""
+
+    def __init__(self, data_dir: Path, *, fsync: str = "always", retention_s: float = 7 * 86400.0,
+                 rewrite_min_bytes: int = 64 * 1024 * 1024) -> None:
+        self.engine = Engine(config={b"appendonly": b"yes", b"appendfsync": fsync.encode()})
+        self.aof = AppendOnlyFile(data_dir, fsync=fsync, rewrite_min_bytes=rewrite_min_bytes)
+        self.retention_s = retention_s
+        self.counters_dirty: Dict[str, int] = {}
+
+    # ----- start-up ------------------------------------------------------
+    def open(self, now: float, specs: SpecCache) -> SavedState:
+        """Lock the directory, replay the AOF and read the master's records back."""
+        self.aof.open()
+        report = self.aof.load(self.engine, _ms(now))
+        state = SavedState()
+        for key, blob in self._values(TASK_PREFIX, now):
+            try:
+                state.records.append(record_from_blob(blob, specs))
+            except (ValueError, KeyError, TypeError) as exc:
+                state.unreadable += 1
+                logger.error("cannot read the task record %r: %s; it is skipped", key, exc)
+        for _, blob in self._values(WORKER_PREFIX, now):
+            worker = worker_from_blob(blob)
+            if worker is not None:
+                state.workers.append(worker)
+        reply, _ = self.engine.execute([b"HGETALL", COUNTERS_KEY], _ms(now))
+        pairs = list(reply) if isinstance(reply, list) else []
+        for name, n in zip(pairs[::2], pairs[1::2]):
+            state.counters[name.decode()] = int(n)
+        logger.info("store: replayed %d commands from %d files: %d tasks, %d workers",
+                    report.commands, report.files, len(state.records), len(state.workers))
+        return state
+
+    def _values(self, prefix: bytes, now: float) -> Iterable[Tuple[bytes, bytes]]:
+        cursor = b"0"
+        while True:
+            reply, _ = self.engine.execute([b"SCAN", cursor, b"MATCH", prefix + b"*", b"COUNT", b"1000"],
+                                           _ms(now))
+            cursor, keys = reply  # type: ignore[misc]
+            for key in keys:
+                value, _ = self.engine.execute([b"GET", key], _ms(now))
+                if isinstance(value, bytes):
+                    yield key, value
+            if cursor == b"0":
+                return
+
+    # ----- each pass -----------------------------------------------------
+    def persist(self, sched: Scheduler, now: float) -> None:
+        """Write every record the scheduler changed since the last pass."""
+        now_ms = _ms(now)
+        out: List[List[bytes]] = []
+        for task_id in sched.dirty:
+            record = sched.tasks.get(task_id)
+            if record is not None:
+                out += self._run(save_task(record, terminal=record.state in TERMINAL,
+                                           retention_s=self.retention_s), now_ms)
+        sched.dirty.clear()
+        for name in sched.workers_dirty:
+            w = sched.workers.get(name)
+            if w is not None:
+                out += self._run(save_worker(w.name, w.tags, w.slots, w.dedicated, w.last_seen, w.info), now_ms)
+        sched.workers_dirty.clear()
+        if self.counters_dirty:
+            out += self._run(save_counters(self.counters_dirty), now_ms)
+            self.counters_dirty.clear()
+        if out:
+            self.aof.append(out)
+
+    def _run(self, command: List[bytes], now_ms: int) -> List[List[bytes]]:
+        reply, aof = self.engine.execute(command, now_ms)
+        if isinstance(reply, ErrorReply):
+            logger.error("store refused %r: %s", command[0], reply.message)
+        return aof
+
+    def execute(self, command: List[bytes], now: float) -> Any:
+        """Run a command for a user (kv); its AOF commands are buffered for this pass."""
+        reply, aof = self.engine.execute(command, _ms(now))
+        if aof:
+            self.aof.append(aof)
+        return reply
+
+    def flush(self) -> bool:
+        """Make this pass's writes durable; False while the disk refuses them."""
+        return self.aof.flush()
+
+    @property
+    def broken(self) -> Optional[OSError]:
+        return self.aof.error
+
+    def housekeeping(self, now: float) -> None:
+        """Active expiry and background compaction of the AOF."""
+        expired = self.engine.active_expire(_ms(now), 100)
+        if expired:
+            self.aof.append(expired)
+        self.aof.poll_rewrite()
+        if self.aof.rewrite_due():
+            self.aof.start_rewrite(self.engine, _ms(now))
+
+    def close(self) -> None:
+        self.aof.flush(force_fsync=True)
+        self.aof.close()
+
+
+def _ms(now: float) -> int:
+    return int(now * 1000)
