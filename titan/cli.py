@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
     p.add_argument("--attempt", type=int, default=None)
     _sub(subs, "nodes", "list workers")
+    p = _sub(subs, "kv", "the cluster's key-value store: get, set, del, keys")
+    kv = p.add_subparsers(dest="kv_action", metavar="ACTION")
+    kv.add_parser("get", help="print a value").add_argument("key")
+    q = kv.add_parser("set", help="store a value")
+    q.add_argument("key")
+    q.add_argument("value")
+    q.add_argument("--ttl", type=float, default=None, metavar="SECONDS", help="expire after this long")
+    kv.add_parser("del", help="delete keys").add_argument("keys", nargs="+")
+    kv.add_parser("keys", help="list keys").add_argument("pattern", nargs="?", default="*")
     p = _sub(subs, "tasks", "list recent tasks")
     p.add_argument("--state", default=None)
     p.add_argument("--limit", type=int, default=50)
@@ -425,6 +434,30 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_kv(args: argparse.Namespace) -> int:
+    if not args.kv_action:
+        raise UsageError("titan kv needs an action: get KEY, set KEY VALUE, del KEY..., keys [PATTERN]")
+    with _client(args) as c:
+        if args.kv_action == "get":
+            value = c.kv.get(args.key)
+            if args.json:
+                _print_json(value)
+                return EXIT_OK
+            if value is None:
+                print(f"titan: no key {args.key!r}", file=sys.stderr)
+                return EXIT_NOT_FOUND
+            sys.stdout.buffer.write(value + (b"" if value.endswith(b"\n") else b"\n"))
+        elif args.kv_action == "set":
+            c.kv.set(args.key, args.value, ttl_s=args.ttl)
+        elif args.kv_action == "del":
+            deleted = c.kv.delete(*args.keys)
+            _print_json({"deleted": deleted}) if args.json else print(deleted)
+        else:
+            keys = c.kv.keys(args.pattern)
+            _print_json(keys) if args.json else print("\n".join(keys)) if keys else None
+    return EXIT_OK
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     with _client(args) as c:
         nodes = c.nodes()
@@ -514,7 +547,7 @@ VERBS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "master": cmd_master, "worker": cmd_worker, "up": cmd_up, "run": cmd_run, "status": cmd_status,
     "wait": cmd_wait, "cancel": cmd_cancel, "retry": cmd_retry, "logs": cmd_logs, "nodes": cmd_nodes,
-    "tasks": cmd_tasks, "store": cmd_store,
+    "tasks": cmd_tasks, "kv": cmd_kv, "store": cmd_store,
     "cron": cmd_cron,
 }
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from titan.errors import ConnectionLost, RemoteError, UnknownTask, UsageError
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
+from titan.sdk.kv import KV
 from titan.sdk.tls import client_context
 from titan.wire.handshake import ClientHandshake
 
@@ -295,6 +296,11 @@ class Client:
         return pending.reply.body if isinstance(pending.reply.body, dict) else {}
 
     # ----- the API -------------------------------------------------------
+    @property
+    def kv(self) -> KV:
+        """The cluster's key-value store and pub/sub (see :mod:`titan.sdk.kv`)."""
+        return KV(self)
+
     def submit(self, command: Union[str, Sequence[str]], *, requires: Optional[Iterable[str]] = None,
                timeout_s: Optional[float] = None, name: Optional[str] = None, priority: int = 0,
                env: Optional[Dict[str, str]] = None, node: Optional[str] = None, retries: int = 0,

@@ -76,6 +76,8 @@ class Op(enum.IntEnum):
     KILL = 0x24
     ACK = 0x25
     STARTED = 0x26
+    KV = 0x30
+    SUBSCRIBE = 0x31
 
 
 class Frame(NamedTuple):

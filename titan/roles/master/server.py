@@ -28,6 +28,7 @@ from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Schedu
 from titan.errors import InvalidTransition, ProtocolError, UsageError
 from titan.io.logfiles import LogStore
 from titan.roles.master.durable import Durable, SavedState
+from titan.roles.master.kv import KvService
 from titan.io.loop import Connection, Handler, Listener, Loop, Timer, format_address
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, FLAG_MORE, Frame, Op
 from titan.wire.handshake import ServerHandshake
@@ -82,7 +83,7 @@ def check_exposure(config: MasterConfig) -> None:
 class Peer:
     """Per-connection state: handshake progress and who is on the other end."""
 
-    __slots__ = ("handshake", "role", "name", "watching", "following")
+    __slots__ = ("handshake", "role", "name", "watching", "following", "subscriptions")
 
     def __init__(self, handshake: ServerHandshake) -> None:
         self.handshake = handshake
@@ -90,6 +91,7 @@ class Peer:
         self.name = ""
         self.watching: List[Tuple[str, int]] = []
         self.following: List[Tuple[str, int]] = []
+        self.subscriptions: List[int] = []
 
 
 class Master(Handler):
@@ -120,6 +122,7 @@ class Master(Handler):
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
                                rewrite_min_bytes=config.aof_rewrite_min_bytes)
         self._restore(self.durable.open(self.clock(), self.specs))
+        self.kv = KvService(self)
         self.loop.add_pass_hook(self._end_of_pass)
         self.loop.add_pass_hook(self._schedule_tick)
 
@@ -302,6 +305,8 @@ class Master(Handler):
             self.watchers[task_id] = [w for w in self.watchers.get(task_id, []) if w[0] is not conn]
         for task_id, _ in peer.following:
             self.followers[task_id] = [w for w in self.followers.get(task_id, []) if w[0] is not conn]
+        if peer.subscriptions:
+            self.kv.dropped(peer.subscriptions)
 
     # ----- actions -------------------------------------------------------
     def apply(self, actions: List[Any]) -> None:
@@ -537,6 +542,8 @@ CLIENT_OPS: Dict[int, Callable[..., None]] = {
     Op.SUBMIT: Master._c_submit, Op.STATUS: Master._c_status, Op.WAIT: Master._c_wait,
     Op.CANCEL: Master._c_cancel, Op.NODES: Master._c_nodes, Op.TASKS: Master._c_tasks,
     Op.LOGS: Master._c_logs, Op.RETRY: Master._c_retry,
+    Op.KV: lambda m, conn, req_id, body: m.kv.request(conn, req_id, body),
+    Op.SUBSCRIBE: lambda m, conn, req_id, body: m.kv.subscribe(conn, req_id, body),
 }
 WORKER_OPS: Dict[int, Callable[..., None]] = {
     Op.HEARTBEAT: Master._w_heartbeat, Op.OUTPUT: Master._w_output, Op.FINISHED: Master._w_finished,
