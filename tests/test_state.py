@@ -76,3 +76,38 @@ def test_a_running_attempt_whose_worker_never_returns_runs_again_after_the_grace
     assert ("b#1", 2, "w2") in [(d.task_id, d.attempt, d.worker) for d in again]
     # and the re-queue used no retry: b still has its full retries (none) and is not FAILED
     assert after.tasks["b#1"].state is TaskState.RUNNING
+
+
+def _restored_with_a_queued_task() -> Scheduler:
+    """A master restarted while task q#1 was QUEUED in its store and w1 was known."""
+    before = Scheduler()
+    before.task_submitted("q#1", make_spec("sleep 1", name="q"), 10.0)     # no worker yet: QUEUED
+    specs = SpecCache()
+    after = Scheduler(lost_grace_s=5.0)
+    after.restore_worker("w1", [], 1, dedicated=False, last_seen=10.0)
+    after.restore([record_from_blob(record_to_blob(r), specs) for r in before.tasks.values()], 20.0)
+    after.hold_dispatch(25.0)
+    return after
+
+
+def test_after_a_restart_nothing_is_dispatched_until_known_workers_report() -> None:
+    # Given a restart with a QUEUED task and a known worker w1 not back yet
+    s = _restored_with_a_queued_task()
+    # When another worker joins, the task still waits: w1 may be running it already
+    assert not [a for a in s.worker_joined("w2", [], 1, 20.5) if isinstance(a, Dispatch)]
+    # When w1 comes back reporting attempt 1 of it (dispatched just before the crash, never persisted)
+    actions = s.worker_joined("w1", [], 1, 21.0, running=[("q#1", 1)])
+    # Then that attempt is adopted, not killed, and nothing is started twice
+    assert not [a for a in actions if isinstance(a, (Dispatch, Kill))]
+    record = s.tasks["q#1"]
+    assert (record.state, record.node, len(record.attempts)) == (TaskState.RUNNING, "w1", 1)
+    assert Ended("q#1", TaskState.SUCCEEDED) in s.attempt_finished("w1", "q#1", 1, 0, "", 22.0)
+
+
+def test_the_dispatch_hold_ends_when_its_grace_runs_out() -> None:
+    s = _restored_with_a_queued_task()
+    s.worker_joined("w2", [], 1, 20.5)
+    assert s.next_deadline() is not None and s.next_deadline() <= 25.0
+    assert not [a for a in s.tick(24.9) if isinstance(a, Dispatch)]
+    started = [a for a in s.tick(25.0) if isinstance(a, Dispatch)]
+    assert [(d.task_id, d.attempt, d.worker) for d in started] == [("q#1", 1, "w2")]

@@ -86,6 +86,8 @@ class Scheduler:
         self._worker_order = 0
         self._lost: Dict[str, float] = {}  # task_id -> when its worker was lost
         self.dirty: "set[str]" = set()      # ids of tasks changed since the owner last persisted them
+        self._hold_until = 0.0              # see hold_dispatch
+        self._awaiting: "set[str]" = set()
         self.workers_dirty: "set[str]" = set()
 
     def _move(self, record: TaskRecord, new: TaskState) -> TaskState:
@@ -107,6 +109,17 @@ class Scheduler:
                 self._enqueue(record, record.ready_at, now)
             elif record.state is S.RUNNING:
                 self._lost[record.id] = now
+
+    def hold_dispatch(self, until: float) -> None:
+        """After a restart: dispatch nothing until the restored workers are back (or ``until``).
+
+        A worker may still run attempts the store never recorded; waiting
+        for its report keeps them from being started a second time.
+        """
+        self._hold_until = until
+        self._awaiting = {name for name, w in self.workers.items() if not w.connected}
+        if not self._awaiting:
+            self._hold_until = 0.0
 
     def restore_worker(self, name: str, tags: Iterable[str], slots: int, *, dedicated: bool,
                        last_seen: float, info: Optional[dict] = None) -> None:
@@ -137,6 +150,8 @@ class Scheduler:
             times.append(self._delayed[0][0])
         if self._lost:
             times.append(min(self._lost.values()) + self.lost_grace_s)
+        if self._hold_until:
+            times.append(self._hold_until)
         live = [w.last_seen for w in self.workers.values() if w.connected]
         if live:
             times.append(min(live) + self.heartbeat_timeout_s)
@@ -257,6 +272,10 @@ class Scheduler:
 
     def _dispatch(self, now: float) -> List[Action]:
         actions: List[Action] = []
+        if self._hold_until:
+            if now < self._hold_until and self._awaiting:
+                return actions
+            self._hold_until = 0.0
         while True:
             free = [w for w in self.workers.values() if w.accepting()]
             if not free:
@@ -304,6 +323,7 @@ class Scheduler:
             w.connected, w.last_seen = True, now
         w.info = dict(info or {})
         self.workers_dirty.add(name)
+        self._awaiting.discard(name)
         held = set((t, int(a)) for t, a in running)
         done = set((t, int(a)) for t, a in finished)
         actions = self._reconcile(w, held, done, now)
@@ -328,12 +348,42 @@ class Scheduler:
             else:
                 w.running += 1      # released again by _end_lost_attempt
                 actions += self._end_lost_attempt(record, now, f"worker {w.name} no longer had it")
-        for task_id, number in sorted(held):
+        for task_id, number in sorted(held | done):
             record = self.tasks.get(task_id)
-            w.foreign.add((task_id, number))
-            if record is not None:
-                actions.append(Kill(w.name, task_id, number, "stale attempt: it runs elsewhere now"))
+            if record is not None and self._adoptable(record, number):
+                actions += self._adopt(record, number, w, now)
+            elif (task_id, number) in held:
+                w.foreign.add((task_id, number))
+                if record is not None:
+                    actions.append(Kill(w.name, task_id, number, "stale attempt: it runs elsewhere now"))
         return actions
+
+    def _adoptable(self, record: TaskRecord, number: int) -> bool:
+        """A reported attempt the store never heard of, but the one that would come next.
+
+        Dispatch does not wait for the disk, so a master that dies right
+        after sending one restarts with the task still QUEUED (or RUNNING on
+        a worker that is gone); the worker's report then tells the truth.
+        """
+        if number != len(record.attempts) + 1:
+            return False
+        if record.state is S.QUEUED:
+            return True
+        current = record.current
+        if record.state is S.RUNNING and current is not None:
+            owner = self.workers.get(current.worker)
+            return owner is None or not owner.connected
+        return False
+
+    def _adopt(self, record: TaskRecord, number: int, w: WorkerView, now: float) -> List[Action]:
+        actions: List[Action] = []
+        if record.state is S.RUNNING:      # its recorded attempt was on a worker that is gone
+            actions += self._end_lost_attempt(record, now, f"attempt {number} reported by {w.name}")
+        self._move(record, S.RUNNING)      # QUEUED -> RUNNING, on the worker that has it
+        record.attempts.append(Attempt(number, w.name, now))
+        self._gen.pop(record.id, None)
+        w.running += 1
+        return actions + [Note(f"worker {w.name} reported {record.id} attempt {number}; adopted")]
 
     def worker_left(self, name: str, now: float) -> List[Action]:
         """The worker's connection closed; its attempts wait ``lost_grace_s``."""

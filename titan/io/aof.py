@@ -119,6 +119,9 @@ class AppendOnlyFile:
         self._base_bytes = 0
         self._old_incr_bytes = 0                    # incr files before the current one
         self._next_rewrite_at = 0.0
+        self._syncing = 0                           # bytes of _pending an async fsync is making durable
+        self.appended_total = 0                     # bytes ever appended since open (a position)
+        self.durable_total = 0                      # of those, bytes known to be on disk
 
     # ----- open and load -------------------------------------------------
     def open(self) -> None:
@@ -244,8 +247,74 @@ class AppendOnlyFile:
     def append(self, commands: Iterable[Sequence[bytes]]) -> None:
         """Buffer ``commands``; they reach the file at the next :meth:`flush`."""
         pending = self._pending
+        before = len(pending)
         for args in commands:
             pending += encode_command(args)  # type: ignore[arg-type]
+        self.appended_total += len(pending) - before
+
+    @property
+    def syncing(self) -> bool:
+        """True while an fsync started by :meth:`flush_async` has not reported back."""
+        return self._syncing > 0
+
+    def flush_async(self, request_fsync: Callable[[int], None]) -> bool:
+        """Write what is buffered; under policy ``always``, have it fsynced off the loop.
+
+        ``request_fsync(fd)`` hands the descriptor to a :class:`titan.io.syncer.Syncer`,
+        whose completion must be passed to :meth:`sync_done`; then
+        :attr:`durable_total` says how far the data is safe.  While an fsync
+        runs, new data is written and waits for the next one (group commit).
+        Other policies flush inline.  Returns False when writing failed.
+        """
+        if self.fsync_policy != "always":
+            ok = self.flush()
+            if ok:
+                self.durable_total = self.appended_total
+            return ok
+        if self._syncing:
+            return True            # sync_done starts the next fsync, covering what came meanwhile
+        if self._fd is None:
+            raise AofError("the AOF is not open")
+        if not self._pending and not self._failed:
+            return True
+        if self._failed and self.clock() - self._failed_at < self.retry_interval_s:
+            return False
+        try:
+            if self._failed:
+                self.ops.truncate(self._fd, self._durable)
+                self._written = 0
+            self._write_pending()
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        if self._written:
+            self._syncing = self._written
+            request_fsync(self._fd)
+        return True
+
+    def sync_done(self, error: Optional[OSError], request_fsync: Callable[[int], None]) -> None:
+        """An fsync from :meth:`flush_async` finished; start the next one if data waits."""
+        done, self._syncing = self._syncing, 0
+        if error is not None:
+            self._fail(error)
+            return
+        self._durable += done
+        del self._pending[:done]
+        self._written -= done
+        self.durable_total += done
+        self._last_fsync = self.clock()
+        if self.error is not None:
+            logger.warning("writing the AOF %s works again", self._current_path())
+        self._failed, self.error = False, None
+        if self._pending:
+            self.flush_async(request_fsync)
+
+    def _fail(self, exc: OSError) -> None:
+        if self.error is None:
+            logger.error("writing the AOF %s failed: %s; refusing writes until it works again",
+                         self._current_path(), exc.strerror or exc)
+        self._failed, self.error = True, OSError(exc.errno, exc.strerror or str(exc))
+        self._failed_at = self.clock()
 
     def flush(self, *, force_fsync: bool = False, retry: bool = False) -> bool:
         """Write what :meth:`append` buffered, and fsync as the policy says.
@@ -258,6 +327,8 @@ class AppendOnlyFile:
         """
         if self._fd is None:
             raise AofError("the AOF is not open")
+        if self._syncing:
+            raise AofError("flush() while an fsync from flush_async() is still running")
         if not self._pending and not self._failed:
             return True
         if self._failed and not (retry or force_fsync) and self.clock() - self._failed_at < self.retry_interval_s:
@@ -297,6 +368,7 @@ class AppendOnlyFile:
         elif policy == "everysec":
             return                                  # keep the unsynced bytes for a retry after a failed fsync
         self._durable += self._written
+        self.durable_total += self._written
         del self._pending[:self._written]
         self._written = 0
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, SpecCache, TaskRecord
 from titan.core.scheduler import Scheduler
 from titan.core.state import (COUNTERS_KEY, TASK_PREFIX, WORKER_PREFIX, record_from_blob, save_counters,
                               save_task, save_worker, worker_from_blob)
 from titan.io.aof import AppendOnlyFile
+from titan.io.loop import Loop
+from titan.io.syncer import Syncer
 from titan.store.engine import Engine
 from titan.store.reply import ErrorReply
 
@@ -121,9 +123,46 @@ class Durable:
             self.aof.append(aof)
         return reply
 
+    def start_syncer(self, loop: Loop, on_durable: Callable[[], None]) -> None:
+        """fsync on a helper thread from now on; ``on_durable`` runs when more data is safe."""
+        def done(error: Optional[OSError]) -> None:
+            self.aof.sync_done(error, self._request_fsync)
+            on_durable()
+        self._syncer = Syncer(loop, done, fsync=self.aof.ops.fsync)
+
+    _syncer: Optional[Syncer] = None
+
+    def _request_fsync(self, fd: int) -> None:
+        if self._syncer is not None:
+            self._syncer.request(fd)
+            return
+        error: Optional[OSError] = None           # closing: the thread is gone, fsync here
+        try:
+            self.aof.ops.fsync(fd)
+        except OSError as exc:
+            error = exc
+        self.aof.sync_done(error, self._request_fsync)
+
     def flush(self) -> bool:
-        """Make this pass's writes durable; False while the disk refuses them."""
-        return self.aof.flush()
+        """Write this pass's commands; fsync inline, or on the syncer's thread once started.
+
+        False while the disk refuses them.  :attr:`durable_total` tells how
+        far the data is safe.
+        """
+        if self._syncer is None:
+            ok = self.aof.flush()
+            if ok:
+                self.aof.durable_total = self.aof.appended_total
+            return ok
+        return self.aof.flush_async(self._request_fsync)
+
+    @property
+    def appended_total(self) -> int:
+        return self.aof.appended_total
+
+    @property
+    def durable_total(self) -> int:
+        return self.aof.durable_total
 
     @property
     def broken(self) -> Optional[OSError]:
@@ -134,11 +173,16 @@ class Durable:
         expired = self.engine.active_expire(_ms(now), 100)
         if expired:
             self.aof.append(expired)
+        if self.aof.syncing:
+            return              # a rewrite switches files: start it between fsyncs
         self.aof.poll_rewrite()
         if self.aof.rewrite_due():
             self.aof.start_rewrite(self.engine, _ms(now))
 
     def close(self) -> None:
+        syncer, self._syncer = self._syncer, None
+        if syncer is not None:
+            syncer.close()                # lets a running fsync finish and report
         self.aof.flush(force_fsync=True)
         self.aof.close()
 

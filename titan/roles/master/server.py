@@ -12,6 +12,7 @@ frame closes that client alone.
 """
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
 import os
@@ -20,7 +21,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from titan import __version__
 from titan.core.model import TERMINAL, SpecCache, TaskRecord, TaskState
@@ -80,6 +81,9 @@ def check_exposure(config: MasterConfig) -> None:
             f"if this network is trusted")
 
 
+Frame_ = Tuple[Connection, int, int, Any, int, bool]   # conn, request id, opcode, body, flags, urgent
+
+
 class Peer:
     """Per-connection state: handshake progress and who is on the other end."""
 
@@ -118,7 +122,8 @@ class Master(Handler):
         self._tick_at: Optional[float] = None
         self._tails: Dict[str, bytes] = {}
         self._acks: Dict[Connection, List[List[Any]]] = {}
-        self._held: List[Tuple[Connection, int, int, Any, int, bool]] = []   # frames waiting for the fsync
+        self._held: List[Frame_] = []                        # held in this pass
+        self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
                                rewrite_min_bytes=config.aof_rewrite_min_bytes)
         self._restore(self.durable.open(self.clock(), self.specs))
@@ -134,6 +139,7 @@ class Master(Handler):
                                       dedicated=bool(w.get("dedicated")), last_seen=float(w.get("last_seen") or now),
                                       info=w.get("info"))
         self.sched.restore(saved.records, now)
+        self.sched.hold_dispatch(now + self.config.lost_grace_s)
         self.counters.update(saved.counters)
         running = sum(1 for r in saved.records if r.state is TaskState.RUNNING)
         if saved.records:
@@ -142,6 +148,8 @@ class Master(Handler):
 
     # ----- lifecycle -----------------------------------------------------
     def start(self) -> Tuple[str, int]:
+        if self.config.fsync == "always":
+            self.durable.start_syncer(self.loop, self._release)
         self.listener = Listener.bind(self.loop, self.config.bind, self._accept)
         address = self.listener.address
         addr_file = self.config.data_dir / "master.addr"
@@ -212,31 +220,38 @@ class Master(Handler):
             self._tick_timer = self.loop.call_later(delay, self._tick)
 
     def _end_of_pass(self) -> None:
-        """Persist what changed, fsync once, then release the replies that promise it.
+        """Persist what changed and start its fsync; frames held in this pass wait for it.
 
         Until the store has the data, submissions get no OK and results no
         ACK (a worker keeps an un-ACKed result and reports it again).
         """
         self.durable.persist(self.sched, self.clock())
-        if not (self._held or self._acks) and not self.durable.aof.pending_bytes:
-            return
-        if not self.durable.flush():
-            return
-        for conn, req_id, opcode, body, flags, urgent in self._held:
-            conn.send(opcode, req_id, body, flags, urgent)
-        self._held.clear()
         for conn, items in self._acks.items():     # one ACK per worker per pass
-            conn.send(Op.ACK, 0, {"items": items})
+            self._held.append((conn, 0, Op.ACK, {"items": items}, 0, False))
         self._acks.clear()
+        if self._held:
+            self._waiting.append((self.durable.appended_total, self._held))
+            self._held = []
+        if self.durable.aof.pending_bytes or self.durable.broken:
+            self.durable.flush()
+        self._release()
+
+    def _release(self) -> None:
+        """Send the held frames whose data the store now has on disk."""
+        durable = self.durable.durable_total
+        while self._waiting and self._waiting[0][0] <= durable:
+            for conn, req_id, opcode, body, flags, urgent in self._waiting.popleft()[1]:
+                conn.send(opcode, req_id, body, flags, urgent)
 
     def hold(self, conn: Connection, req_id: int, opcode: int, body: Any, flags: int = 0,
              urgent: bool = False) -> None:
         """Send this frame once the pass's writes are on disk.
 
-        Held: OK to a submission, ACK of a result, and DISPATCH (a task runs
-        only once its RUNNING record is durable, so a restarted master never
-        starts it a second time).  Not held: results and output pushed to
-        clients, which a worker's un-ACKed report can always reproduce.
+        Held: OK to a submission and ACK of a result.  Not held: DISPATCH
+        (after a restart the master waits for its workers' reports before it
+        dispatches, and adopts attempts the store never recorded), and results
+        and output pushed to clients, which a worker's un-ACKed report can
+        always reproduce.
         """
         self._held.append((conn, req_id, opcode, body, flags, urgent))
 
@@ -331,7 +346,7 @@ class Master(Handler):
     def _send_dispatch(self, action: Dispatch) -> None:
         spec = action.spec
         conn = self.worker_conns[action.worker]
-        self.hold(conn, 0, Op.DISPATCH, urgent=True, body={
+        conn.send(Op.DISPATCH, 0, urgent=True, body={
             "task": action.task_id, "attempt": action.attempt, "run": action.task_id,
             "name": spec.name, "argv": list(spec.argv), "env": dict(spec.env),
             "timeout_s": spec.timeout_s, "kill_grace_s": spec.kill_grace_s,
