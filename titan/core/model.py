@@ -261,7 +261,7 @@ class TaskRecord:
     """Runtime status of one task; the scheduler owns and mutates it."""
 
     __slots__ = ("id", "spec", "state", "seq", "submitted_at", "finished_at",
-                 "attempts", "ready_at", "lost_at", "cancel_requested", "retry_base")
+                 "attempts", "ready_at", "lost_at", "cancel_requested", "retry_base", "saved")
 
     def __init__(self, task_id: str, spec: TaskSpec, seq: int, submitted_at: float) -> None:
         self.id = task_id
@@ -275,6 +275,7 @@ class TaskRecord:
         self.lost_at: Optional[float] = None
         self.cancel_requested = False
         self.retry_base = 0      # attempts made before the last manual retry
+        self.saved: Optional[Tuple[TaskState, int]] = None   # (state, attempts) last written to the store
 
     @property
     def current(self) -> Optional[Attempt]:

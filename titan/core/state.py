@@ -14,15 +14,15 @@ the master executes them.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from titan.core.model import Attempt, SpecCache, TaskRecord, TaskState
+from titan.core.model import Attempt, SpecCache, TaskRecord, TaskSpec, TaskState
 from titan.core.model import spec_to_wire
 from titan.wire.codec import decode, encode
 
 __all__ = ["TASK_PREFIX", "WORKER_PREFIX", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
            "record_to_blob", "record_from_blob", "save_task", "save_worker", "worker_from_blob",
-           "save_counters", "Command"]
+           "save_counters", "needs_saving", "Command"]
 
 Command = List[bytes]
 
@@ -45,10 +45,23 @@ def _attempt_row(a: Attempt) -> List[Any]:
     return [a.number, a.worker, a.started_at, a.finished_at, a.exit_code, a.reason, a.state.value]
 
 
+_SPEC_BYTES: Dict[int, Tuple[TaskSpec, bytes]] = {}
+
+
+def _spec_bytes(spec: TaskSpec) -> bytes:
+    """The encoded spec, computed once per spec object (identical submissions share one)."""
+    entry = _SPEC_BYTES.get(id(spec))
+    if entry is None or entry[0] is not spec:
+        if len(_SPEC_BYTES) >= 4096:
+            _SPEC_BYTES.clear()
+        entry = _SPEC_BYTES[id(spec)] = (spec, encode(spec_to_wire(spec)))
+    return entry[1]
+
+
 def record_to_blob(record: TaskRecord) -> bytes:
     """The whole record, ready to be a store value."""
     return encode({
-        "v": FORMAT, "id": record.id, "spec": spec_to_wire(record.spec), "state": record.state.value,
+        "v": FORMAT, "id": record.id, "spec": _spec_bytes(record.spec), "state": record.state.value,
         "seq": record.seq, "submitted_at": record.submitted_at, "finished_at": record.finished_at,
         "ready_at": record.ready_at, "cancel": record.cancel_requested, "retry_base": record.retry_base,
         "attempts": [_attempt_row(a) for a in record.attempts],
@@ -60,7 +73,9 @@ def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
     body = decode(blob)
     if not isinstance(body, dict) or body.get("v") != FORMAT:
         raise ValueError("not a task record of this format")
-    record = TaskRecord(body["id"], specs.get(body["spec"]), int(body["seq"]), float(body["submitted_at"]))
+    spec = body["spec"]
+    record = TaskRecord(body["id"], specs.get(decode(spec) if isinstance(spec, bytes) else spec),
+                        int(body["seq"]), float(body["submitted_at"]))
     record.state = TaskState(body["state"])
     record.finished_at = body.get("finished_at")
     record.ready_at = float(body.get("ready_at") or record.submitted_at)
@@ -70,11 +85,25 @@ def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
         att = Attempt(int(number), str(worker), float(started))
         att.finished_at, att.exit_code, att.reason, att.state = finished, code, reason, TaskState(state)
         record.attempts.append(att)
+    record.saved = (record.state, len(record.attempts))
     return record
+
+
+def needs_saving(record: TaskRecord) -> bool:
+    """False for the one change a restart can do without: QUEUED -> RUNNING.
+
+    A task the store holds as QUEUED with one attempt fewer is adopted from
+    its worker's report after a restart (see Scheduler.hold_dispatch), so
+    the dispatch of a queued task costs no write.
+    """
+    saved = record.saved
+    return not (record.state is TaskState.RUNNING and saved is not None
+                and saved == (TaskState.QUEUED, len(record.attempts) - 1))
 
 
 def save_task(record: TaskRecord, *, terminal: bool, retention_s: float) -> Command:
     """``SET titan:task:<id> <blob>``, expiring ``retention_s`` after a terminal state."""
+    record.saved = (record.state, len(record.attempts))
     command = [b"SET", task_key(record.id), record_to_blob(record)]
     if terminal and record.finished_at is not None:
         command += [b"PXAT", str(int((record.finished_at + retention_s) * 1000)).encode()]

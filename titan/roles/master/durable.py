@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, SpecCache, TaskRecord
 from titan.core.scheduler import Scheduler
-from titan.core.state import (COUNTERS_KEY, TASK_PREFIX, WORKER_PREFIX, record_from_blob, save_counters,
-                              save_task, save_worker, worker_from_blob)
+from titan.core.state import (COUNTERS_KEY, TASK_PREFIX, WORKER_PREFIX, needs_saving, record_from_blob,
+                              save_counters, save_task, save_worker, worker_from_blob)
 from titan.io.aof import AppendOnlyFile
 from titan.io.loop import Loop
 from titan.io.syncer import Syncer
@@ -95,7 +95,7 @@ class Durable:
         out: List[List[bytes]] = []
         for task_id in sched.dirty:
             record = sched.tasks.get(task_id)
-            if record is not None:
+            if record is not None and needs_saving(record):
                 out += self._run(save_task(record, terminal=record.state in TERMINAL,
                                            retention_s=self.retention_s), now_ms)
         sched.dirty.clear()
