@@ -169,6 +169,7 @@ class Loop:
         self._hooks: List[Callable[[], None]] = []
         self._dirty: "set[Connection]" = set()
         self._urgent: "list[Connection]" = []   # flushed first: frames on someone's critical path
+        self._lazy: "set[Connection]" = set()     # frames that may wait for company (mark_lazy)
         self.running = False
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
@@ -198,6 +199,19 @@ class Loop:
             self._urgent.append(conn)
         else:
             self._dirty.add(conn)
+
+    LAZY_S = 0.02
+
+    def mark_lazy(self, conn: "Connection") -> None:
+        """Flush ``conn`` within LAZY_S even if nothing else is written to it."""
+        if not self._lazy:
+            self.call_later(self.LAZY_S, self._flush_lazy)
+        self._lazy.add(conn)
+
+    def _flush_lazy(self) -> None:
+        lazy, self._lazy = self._lazy, set()
+        for conn in lazy:
+            conn.flush()
 
     def stop(self) -> None:
         self.running = False
@@ -330,8 +344,13 @@ class Connection:
         return self._out_bytes
 
     def send(self, opcode: int, req_id: int, body: object = None, flags: int = 0,
-             urgent: bool = False) -> None:
-        """Queue one frame; it is written at the end of this loop pass (urgent ones first)."""
+             urgent: bool = False, lazy: bool = False) -> None:
+        """Queue one frame; it is written at the end of this loop pass (urgent ones first).
+
+        A ``lazy`` frame waits for the connection's next write, or at most
+        ``Loop.LAZY_S``: bookkeeping (an ACK, an OK nobody blocks on) rides
+        along with work instead of costing a write of its own.
+        """
         if self.closed:
             return
         data = pack(opcode, req_id, body, flags, max_body_bytes=self.max_body_bytes)
@@ -340,7 +359,10 @@ class Connection:
         if self._out_bytes > self.max_out_bytes:
             self.close(f"peer is not reading: more than {self.max_out_bytes} bytes queued")
             return
-        self.loop.mark_dirty(self, urgent)
+        if lazy:
+            self.loop.mark_lazy(self)
+        else:
+            self.loop.mark_dirty(self, urgent)
 
     def send_error(self, req_id: int, code: str, message: str) -> None:
         self.send(Op.ERROR, req_id, error_body(code, message))

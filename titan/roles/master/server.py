@@ -81,7 +81,8 @@ def check_exposure(config: MasterConfig) -> None:
             f"if this network is trusted")
 
 
-Frame_ = Tuple[Connection, int, int, Any, int, bool]   # conn, request id, opcode, body, flags, urgent
+Frame_ = Tuple[Connection, int, int, Any, int, Any]   # conn, request id, opcode, body, flags, when
+LAZY = "lazy"      # a held frame that may ride along with the connection's next write
 
 
 class Peer:
@@ -227,7 +228,7 @@ class Master(Handler):
         """
         self.durable.persist(self.sched, self.clock())
         for conn, items in self._acks.items():     # one ACK per worker per pass
-            self._held.append((conn, 0, Op.ACK, {"items": items}, 0, False))
+            self._held.append((conn, 0, Op.ACK, {"items": items}, 0, LAZY))
         self._acks.clear()
         if self._held:
             self._waiting.append((self.durable.appended_total, self._held))
@@ -240,11 +241,11 @@ class Master(Handler):
         """Send the held frames whose data the store now has on disk."""
         durable = self.durable.durable_total
         while self._waiting and self._waiting[0][0] <= durable:
-            for conn, req_id, opcode, body, flags, urgent in self._waiting.popleft()[1]:
-                conn.send(opcode, req_id, body, flags, urgent)
+            for conn, req_id, opcode, body, flags, when in self._waiting.popleft()[1]:
+                conn.send(opcode, req_id, body, flags, urgent=when is True, lazy=when is LAZY)
 
     def hold(self, conn: Connection, req_id: int, opcode: int, body: Any, flags: int = 0,
-             urgent: bool = False) -> None:
+             urgent: Any = False) -> None:
         """Send this frame once the pass's writes are on disk.
 
         Held: OK to a submission and ACK of a result.  Not held: DISPATCH
@@ -448,7 +449,7 @@ class Master(Handler):
         peer: Peer = conn.state
         watch = bool(body.get("watch", True))
         flags = FLAG_MORE if watch else 0
-        self.hold(conn, req_id, Op.OK, {"id": task_id}, flags)
+        self.hold(conn, req_id, Op.OK, {"id": task_id}, flags, LAZY if watch else False)
         if watch:
             self.watchers.setdefault(task_id, []).append((conn, req_id))
             peer.watching.append((task_id, req_id))
