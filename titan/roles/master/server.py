@@ -201,7 +201,7 @@ class Master(Handler):
                 conn.fail(0, "frame_timeout",
                           f"incomplete frame: not completed within {self.config.frame_timeout_s:g}s")
         self.durable.housekeeping(self.clock())
-        if now - self._purged_at > 60.0:
+        if now - self._purged_at > min(60.0, max(1.0, self.config.retention_s / 4)):
             self._purged_at = now
             self.sched.forget_finished(self.clock() - self.config.retention_s)
         self.loop.call_later(1.0, self._housekeeping)

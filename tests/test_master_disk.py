@@ -1,0 +1,123 @@
+"""A master whose disk fills up acknowledges nothing it has not stored, and keeps serving reads.
+
+The master runs in-process with its connections replaced by recorders, and
+its AOF's file operations by a seam that can refuse writes with ENOSPC.
+"""
+from __future__ import annotations
+
+import errno
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, List, Tuple
+
+from conftest import child_env, cli_argv, wait_until
+from titan.io.aof import FileOps
+from titan.roles.master.server import Master, MasterConfig, Peer
+from titan.wire.frames import Frame, Op
+from titan.wire.handshake import ServerHandshake
+
+
+class FullDisk(FileOps):
+    """Real file operations, except that writes fail while ``full`` is set."""
+
+    full = False
+
+    def write(self, fd: int, data: memoryview) -> int:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(fd, data)
+
+
+class Recorder:
+    """Stands in for a client connection: keeps every frame the master sends."""
+
+    closed = False
+    peer = "test"
+
+    def __init__(self) -> None:
+        self.state = Peer(ServerHandshake(name="m", token=None))
+        self.state.handshake.done = True
+        self.state.role, self.state.name = "client", "tester"
+        self.frames: List[Tuple[int, int, Any]] = []
+
+    def send(self, opcode: int, req_id: int, body: Any = None, flags: int = 0, urgent: bool = False,
+             lazy: bool = False) -> None:
+        self.frames.append((opcode, req_id, body))
+
+    def send_error(self, req_id: int, code: str, message: str) -> None:
+        self.frames.append((Op.ERROR, req_id, {"code": code, "message": message}))
+
+    def reply(self, req_id: int) -> Tuple[int, Any]:
+        return next((op, body) for op, rid, body in self.frames if rid == req_id)
+
+
+def _master(data_dir: Path) -> Tuple[Master, FullDisk]:
+    master = Master(MasterConfig(data_dir=data_dir))
+    ops = FullDisk()
+    master.durable.aof.ops = ops
+    return master, ops
+
+
+def _request(master: Master, conn: Recorder, req_id: int, opcode: int, body: Any) -> None:
+    master.on_frame(conn, Frame(opcode, 0, req_id, body))   # type: ignore[arg-type]
+    master._end_of_pass()
+
+
+def test_a_full_disk_refuses_submissions_and_keeps_answering_reads(tmp_path: Path) -> None:
+    # Given a master whose disk is full when a submission arrives
+    master, disk = _master(tmp_path / "m")
+    client = Recorder()
+    disk.full = True
+    _request(master, client, 1, Op.SUBMIT, {"command": "true", "name": "first", "watch": False})
+    # Then it is not acknowledged: nothing acknowledged is missing from disk
+    assert [f for f in client.frames if f[1] == 1] == []
+    # And the next submission is refused with a reason a person can act on
+    _request(master, client, 2, Op.SUBMIT, {"command": "true", "name": "second", "watch": False})
+    opcode, body = client.reply(2)
+    assert opcode == Op.ERROR and body["code"] == "store_unavailable"
+    assert "No space left on device" in body["message"] and "free space" in body["message"]
+    # And reads are still served
+    _request(master, client, 3, Op.NODES, {})
+    assert client.reply(3)[0] == Op.OK
+    # When the disk has room again, the held OK goes out once the data is stored
+    disk.full = False
+    wait_until(lambda: _request(master, client, 4, Op.PING, {}) or any(f[1] == 1 for f in client.frames),
+               5, "the held OK to be released")
+    assert client.reply(1) == (Op.OK, {"id": "first#1"})
+    master.close()
+    # And a master started on the same directory has the acknowledged task
+    again, _ = _master(tmp_path / "m")
+    assert "first#1" in again.sched.tasks and "second#1" not in again.sched.tasks
+    again.close()
+
+
+def test_a_second_master_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    master, _ = _master(tmp_path / "m")
+    try:
+        proc = subprocess.run(cli_argv("master", "--bind", "127.0.0.1:0", "--data", str(tmp_path / "m")),
+                              env=child_env(), capture_output=True, text=True, timeout=60)
+    finally:
+        master.close()
+    assert proc.returncode != 0
+    assert "lock" in proc.stderr.lower() and str(tmp_path / "m") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_finished_tasks_are_forgotten_after_the_retention_period(tmp_path: Path) -> None:
+    # Given a master that keeps finished tasks for one second
+    master = Master(MasterConfig(data_dir=tmp_path / "m", retention_s=1.0))
+    client = Recorder()
+    _request(master, client, 1, Op.SUBMIT, {"command": "true", "name": "brief", "watch": False})
+    master.sched.worker_joined("w1", [], 1, master.clock())
+    master.apply(master.sched.attempt_finished("w1", "brief#1", 1, 0, "", master.clock()))
+    master._end_of_pass()
+    assert master.sched.tasks["brief#1"].state.value == "SUCCEEDED"
+    # When the retention period has passed
+    time.sleep(1.1)
+    master._purged_at = 0.0
+    master._housekeeping()
+    # Then the task is gone from memory and from the store
+    assert "brief#1" not in master.sched.tasks
+    assert master.durable.engine.execute([b"EXISTS", b"titan:task:brief#1"], int(time.time() * 1000))[0] == 0
+    master.close()
