@@ -327,6 +327,7 @@ def _result_json(result: TaskResult) -> Dict[str, Any]:
 def cmd_up(args: argparse.Namespace) -> int:
     from titan.roles.local import LocalCluster
     _setup_logging(args.log_level, "WARNING")
+    _interrupt_on(signal.SIGINT, signal.SIGTERM)
     cluster = LocalCluster(workers=args.workers, slots=args.slots,
                            data_dir=Path(args.data) if args.data else None, token=args.token)
     command = _command(args.command) if args.command else None
@@ -342,18 +343,25 @@ def cmd_up(args: argparse.Namespace) -> int:
         cluster.stop()
 
 
+def _interrupt_on(*signals: int) -> None:
+    """Turn these signals into KeyboardInterrupt, even where a shell started us ignoring them,
+    so the cluster `up` started is always stopped."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    for sig in signals:
+        signal.signal(sig, interrupt)
+
+
 def _serve_until_interrupted(cluster: Any, address: str) -> int:
     print(f"titan: local cluster up: master {address}, {cluster.workers} workers, data in {cluster.data_dir}",
           file=sys.stderr)
     print(f"titan: try  TITAN_MASTER={address} titan run -- echo hello   (Ctrl-C stops)", file=sys.stderr)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        while not stop:
+        while True:
             if cluster.master.poll() is not None:
                 print("titan: the master exited; shutting down", file=sys.stderr)
                 return EXIT_FAILED
-            time.sleep(0.2)
+            time.sleep(0.1)
     except KeyboardInterrupt:
         pass
     print("titan: shutting down", file=sys.stderr)

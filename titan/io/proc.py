@@ -79,7 +79,7 @@ class OsProcesses:
             os.close(err_w)
         # The read ends stay blocking: the loop reads them only when they are
         # readable.  ``read_available`` switches them to non-blocking first.
-        return Spawned(pid, out_r, err_r, _pidfd(pid))
+        return Spawned(pid, out_r, err_r, None)
 
     def kill_group(self, pgid: int, sig: int) -> bool:
         """Signal every process in group ``pgid``; False if none is left."""
@@ -88,6 +88,21 @@ class OsProcesses:
             return True
         except (ProcessLookupError, PermissionError):
             return False
+
+    def has_exited(self, spawned: Spawned) -> bool:
+        """True once the process has exited; it stays unreaped (its group id stays reserved)."""
+        if spawned.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, spawned.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def watch_exit(self, spawned: Spawned) -> Optional[int]:
+        """A pidfd that turns readable when the process exits (None where there is none)."""
+        if spawned.pidfd is None:
+            spawned.pidfd = _pidfd(spawned.pid)
+        return spawned.pidfd
 
     def poll(self, spawned: Spawned) -> Optional[int]:
         """Reap the process if it has exited: its exit status (negative: signal)."""

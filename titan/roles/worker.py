@@ -38,6 +38,7 @@ __all__ = ["WorkerConfig", "Worker"]
 logger = logging.getLogger(__name__)
 
 Key = Tuple[str, int]
+EXIT_CHECK_S = 0.5    # how soon the exit of a task whose children hold its pipes is noticed
 
 
 @dataclass(frozen=True)
@@ -327,18 +328,36 @@ class Worker(Handler):
         return env
 
     def _watch(self, job: Job) -> None:
+        """Watch the pipes; the exit is noticed when both close (the usual case).
+
+        A task whose own children keep its pipes open is caught by a slow
+        check, which then watches its exit exactly (a pidfd where there is one).
+        """
         sp = job.spawned
         for fd in (sp.stdout_fd, sp.stderr_fd):
             self.loop.register(fd, 1, lambda mask, fd=fd: self._readable(job, fd))
-        if sp.pidfd is not None:
-            self.loop.register(sp.pidfd, 1, lambda mask: self._exited(job))
-        else:
-            self._poll_exit(job)
+        job.timers.append(self.loop.call_later(EXIT_CHECK_S, lambda: self._check_exit(job)))
         if self.paused:
             self._pause_job(job)
 
+    def _check_exit(self, job: Job) -> None:
+        if job.key not in self.jobs or job.exit_code is not None:
+            return
+        if self.procs.has_exited(job.spawned):
+            self._exited(job)
+        else:
+            job.timers.append(self.loop.call_later(EXIT_CHECK_S, lambda: self._check_exit(job)))
+
+    def _watch_exit(self, job: Job) -> None:
+        """The pipes closed but the process runs on: wait for its exit itself."""
+        pidfd = self.procs.watch_exit(job.spawned)
+        if pidfd is not None:
+            self.loop.register(pidfd, 1, lambda mask: self._exited(job))
+        else:
+            self._poll_exit(job)
+
     def _poll_exit(self, job: Job) -> None:
-        if self.procs.poll(job.spawned) is not None:
+        if self.procs.has_exited(job.spawned):
             self._exited(job)
         elif job.key in self.jobs:
             job.timers.append(self.loop.call_later(0.05, lambda: self._poll_exit(job)))
@@ -357,10 +376,16 @@ class Worker(Handler):
     def _close_fd(self, job: Job, fd: int) -> None:
         self.loop.unregister(fd)
         job.open_fds.pop(fd, None)
+        if not job.open_fds and job.exit_code is None:
+            if self.procs.has_exited(job.spawned):
+                self._exited(job)
+            else:
+                self._watch_exit(job)
+            return
         self._maybe_done(job)
 
     def _exited(self, job: Job) -> None:
-        if job.exit_code is not None:
+        if job.exit_code is not None or job.key not in self.jobs:
             return
         if job.spawned.pidfd is not None:
             self.loop.unregister(job.spawned.pidfd)
