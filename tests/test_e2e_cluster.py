@@ -379,3 +379,18 @@ def test_a_new_task_is_not_confused_with_an_orphan_of_the_same_id(titan_procs: T
     with Client(master.address, token="") as c:
         first = c.task("job#1").result(RESULT_TIMEOUT_S)
     assert (first.state, first.output) == ("SUCCEEDED", "old\n"), first
+
+
+def test_a_batch_of_submissions_goes_out_together_and_each_gets_its_result(
+        cluster: Callable[..., LocalCluster]) -> None:
+    # Given a client batching 50 submissions
+    local = cluster(workers=2)
+    with local.client() as c:
+        with c.batch():
+            tasks = [c.submit(["echo", str(i)]) for i in range(50)]
+            # a call that needs an answer inside the batch sends what is batched first
+            first_id = tasks[0].id
+        # Then every task runs and answers on its own request
+        outputs = [t.result(timeout=60).output for t in tasks]
+    assert first_id.startswith("echo#")
+    assert outputs == [f"{i}\n" for i in range(50)]

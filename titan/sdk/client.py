@@ -10,6 +10,7 @@ so a result costs no thread switch.  A lock makes one Client safe to share.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -28,6 +29,7 @@ from titan.wire.handshake import ClientHandshake
 __all__ = ["connect", "Client", "Task", "TaskResult", "DEFAULT_MASTER"]
 
 DEFAULT_MASTER = "127.0.0.1:9090"
+BATCH_FRAMES = 1024          # a batch is written out at least this often
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "DEAD", "CANCELLED", "SKIPPED"})
 
 
@@ -151,6 +153,7 @@ class Client:
         self._pending: Dict[int, _Pending] = {}
         self._next_id = 1
         self._decoder = FrameDecoder()
+        self._batch: Optional[List[bytes]] = None
         self._sock = self._open(timeout)
         self.master_name = ""
 
@@ -189,6 +192,8 @@ class Client:
         self.master_name = hs.welcome.get("name", "")
 
     def _read_frames(self, deadline: Optional[float]) -> List[Frame]:
+        if self._batch:
+            self._flush_batch()      # never wait for an answer to a request not yet sent
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         buffered = self.tls is not None and self._sock.pending() > 0  # type: ignore[attr-defined]
         if not buffered:
@@ -223,11 +228,47 @@ class Client:
             req_id = self._next_id
             self._next_id = self._next_id % 0xFFFFFFFF + 1
             self._pending[req_id] = _Pending(on_event)
-            try:
-                self._sock.sendall(pack(opcode, req_id, body))
-            except OSError as exc:
-                raise ConnectionLost(f"cannot send to the master at {self.address}: {exc}") from None
+            frame = pack(opcode, req_id, body)
+            if self._batch is not None:
+                self._batch.append(frame)
+                if len(self._batch) >= BATCH_FRAMES:
+                    self._flush_batch()
+            else:
+                self._write(frame)
             return req_id
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot send to the master at {self.address}: {exc}") from None
+
+    def _flush_batch(self) -> None:
+        if self._batch:
+            data, self._batch[:] = b"".join(self._batch), []
+            self._write(data)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator["Client"]:
+        """Send the requests made inside the block together, when it ends.
+
+        For submitting many tasks at once: one write instead of one per task,
+        and the master takes them in a few passes.  A call inside the block
+        that must wait for an answer (``task.id``, ``result()``) sends what is
+        batched first.
+        """
+        with self._lock:
+            outer = self._batch is not None
+            if not outer:
+                self._batch = []
+            try:
+                yield self
+            finally:
+                if not outer:
+                    try:
+                        self._flush_batch()
+                    finally:
+                        self._batch = None
 
     def _forget(self, req_id: int) -> None:
         self._pending.pop(req_id, None)
@@ -321,7 +362,8 @@ class Client:
         if on_output is not None:
             handler = lambda ev: on_output(str(ev.get("stream", "out")), ev.get("data") or b"")
         req_id = self._send(Op.SUBMIT, body, handler)
-        self._poll(0.0)        # take in whatever has arrived, so replies never pile up
+        if self._batch is None:
+            self._poll(0.0)    # take in whatever has arrived, so replies never pile up
         task = Task(self, None, req_id)
         if not watch:
             task.id            # the reply is all that will come
