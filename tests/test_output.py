@@ -50,10 +50,13 @@ def test_output_larger_than_the_socket_buffers_arrives_whole_and_in_order(
         result = task.result(timeout=60)
         # When its output is read back
         logged = b"".join(c.logs(task.id))
+        indexed = c.status(task.id)["attempts"][0]["log_bytes"]
     # Then every byte is there, in order: the result carries the last 1 MiB
     assert result.state == "SUCCEEDED", result
     assert hashlib.sha256(logged).hexdigest() == hashlib.sha256(pattern(size)).hexdigest()
     assert result.output_bytes == pattern(size)[-1024 * 1024:]
+    # And the attempt's record indexes its log
+    assert indexed == size
 
 
 def test_a_chatty_task_cannot_grow_its_log_past_the_cap(cluster: Callable[..., LocalCluster]) -> None:

@@ -238,7 +238,7 @@ def spec_to_wire(spec: TaskSpec) -> Dict[str, Any]:
 class Attempt:
     """One execution of a task on one worker."""
 
-    __slots__ = ("number", "worker", "started_at", "finished_at", "exit_code", "reason", "state")
+    __slots__ = ("number", "worker", "started_at", "finished_at", "exit_code", "reason", "state", "log_bytes")
 
     def __init__(self, number: int, worker: str, started_at: float) -> None:
         self.number = number
@@ -248,12 +248,13 @@ class Attempt:
         self.exit_code: Optional[int] = None
         self.reason: str = ""
         self.state: TaskState = TaskState.RUNNING
+        self.log_bytes = 0       # size of the attempt's log file on the master
 
     def to_wire(self) -> Dict[str, Any]:
         return {
             "attempt": self.number, "node": self.worker, "state": self.state.value,
             "started_at": self.started_at, "finished_at": self.finished_at,
-            "exit_code": self.exit_code, "reason": self.reason,
+            "exit_code": self.exit_code, "reason": self.reason, "log_bytes": self.log_bytes,
         }
 
 

@@ -42,7 +42,7 @@ def worker_key(name: str) -> bytes:
 
 
 def _attempt_row(a: Attempt) -> List[Any]:
-    return [a.number, a.worker, a.started_at, a.finished_at, a.exit_code, a.reason, a.state.value]
+    return [a.number, a.worker, a.started_at, a.finished_at, a.exit_code, a.reason, a.state.value, a.log_bytes]
 
 
 _SPEC_BYTES: Dict[int, Tuple[TaskSpec, bytes]] = {}
@@ -81,9 +81,11 @@ def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
     record.ready_at = float(body.get("ready_at") or record.submitted_at)
     record.cancel_requested = bool(body.get("cancel"))
     record.retry_base = int(body.get("retry_base") or 0)
-    for number, worker, started, finished, code, reason, state in body.get("attempts") or []:
+    for row in body.get("attempts") or []:
+        number, worker, started, finished, code, reason, state = row[:7]
         att = Attempt(int(number), str(worker), float(started))
         att.finished_at, att.exit_code, att.reason, att.state = finished, code, reason, TaskState(state)
+        att.log_bytes = int(row[7]) if len(row) > 7 else 0
         record.attempts.append(att)
     record.saved = (record.state, len(record.attempts))
     return record

@@ -417,7 +417,11 @@ class Master(Handler):
         if not isinstance(task_id, str) or not isinstance(attempt, int):
             conn.send_error(req_id, "bad_request", "FINISHED needs task and attempt")
             return
+        log_bytes = self.logs.size(task_id, attempt)
         self._tails[task_id] = self.logs.finish(task_id, attempt)
+        record = self.sched.tasks.get(task_id)
+        if record is not None and record.current is not None and record.current.number == attempt:
+            record.current.log_bytes = log_bytes       # the log index: kept with the attempt
         exit_code = body.get("exit_code")
         actions = self.sched.attempt_finished(peer.name, task_id, attempt,
                                               exit_code if isinstance(exit_code, int) else None,
