@@ -18,6 +18,8 @@ S = TaskState
 # The table the design asks for, written out independently of the code's own.
 EXPECTED_LEGAL = {
     (S.WAITING, S.QUEUED), (S.WAITING, S.CANCELLED), (S.WAITING, S.SKIPPED),
+    (S.WAITING, S.FAILED),        # its affinity node is gone
+    (S.SKIPPED, S.WAITING),       # its failed upstream task was retried
     (S.QUEUED, S.RUNNING), (S.QUEUED, S.CANCELLED),
     (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED),
     (S.RUNNING, S.QUEUED),

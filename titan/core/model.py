@@ -9,6 +9,7 @@ legal moves::
                            |  \\-> FAILED -> QUEUED (retries left) | DEAD
                            \\-> QUEUED (its worker was lost; no retry used)
     any live state -> CANCELLED;  WAITING -> SKIPPED (an upstream task failed)
+    WAITING -> FAILED (the node its affinity names is gone); SKIPPED -> WAITING (upstream retried)
 
 A failed task that was given no retries ends in FAILED; one that used up its
 retries ends in DEAD (the dead-letter set).  ``titan retry`` moves FAILED,
@@ -54,13 +55,13 @@ class TaskState(str, enum.Enum):
 
 S = TaskState
 TRANSITIONS: Dict[TaskState, FrozenSet[TaskState]] = {
-    S.WAITING: frozenset({S.QUEUED, S.CANCELLED, S.SKIPPED}),
+    S.WAITING: frozenset({S.QUEUED, S.CANCELLED, S.SKIPPED, S.FAILED}),
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
     S.FAILED: frozenset({S.QUEUED, S.DEAD}),
     S.DEAD: frozenset({S.QUEUED}),
     S.CANCELLED: frozenset({S.QUEUED}),
-    S.SKIPPED: frozenset({S.QUEUED}),
+    S.SKIPPED: frozenset({S.QUEUED, S.WAITING}),
     S.SUCCEEDED: frozenset(),
 }
 TERMINAL: FrozenSet[TaskState] = frozenset(
@@ -262,7 +263,8 @@ class TaskRecord:
     """Runtime status of one task; the scheduler owns and mutates it."""
 
     __slots__ = ("id", "spec", "state", "seq", "submitted_at", "finished_at",
-                 "attempts", "ready_at", "lost_at", "cancel_requested", "retry_base", "saved")
+                 "attempts", "ready_at", "lost_at", "cancel_requested", "retry_base", "saved",
+                 "after", "affinity", "run", "pin", "note", "delay_s")
 
     def __init__(self, task_id: str, spec: TaskSpec, seq: int, submitted_at: float) -> None:
         self.id = task_id
@@ -277,6 +279,12 @@ class TaskRecord:
         self.cancel_requested = False
         self.retry_base = 0      # attempts made before the last manual retry
         self.saved: Optional[Tuple[TaskState, int]] = None   # (state, attempts) last written to the store
+        self.after: Tuple[str, ...] = ()       # ids of the tasks this one waits for
+        self.affinity: Optional[str] = None    # run on the node that ran this task
+        self.run: Optional[str] = None         # the run it belongs to (None: a task of its own)
+        self.pin: Optional[str] = None         # the node its affinity resolved to
+        self.note = ""                         # why it ended without an attempt (SKIPPED, affinity)
+        self.delay_s = 0.0                     # held this long once ready
 
     @property
     def current(self) -> Optional[Attempt]:
@@ -297,6 +305,7 @@ class TaskRecord:
             "command": self.spec.command_text, "requires": sorted(self.spec.requires),
             "priority": self.spec.priority, "submitted_at": self.submitted_at,
             "finished_at": self.finished_at, "exit_code": self.exit_code,
-            "node": self.node, "reason": last.reason if last else "",
+            "node": self.node, "reason": self.note or (last.reason if last else ""),
             "attempts": [a.to_wire() for a in self.attempts],
+            "run": self.run, "after": list(self.after),
         }

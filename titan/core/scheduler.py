@@ -87,6 +87,8 @@ class Scheduler:
         self._lost: Dict[str, float] = {}  # task_id -> when its worker was lost
         self.dirty: "set[str]" = set()      # ids of tasks changed since the owner last persisted them
         self._hold_until = 0.0              # see hold_dispatch
+        self._dependants: Dict[str, List[str]] = {}   # task id -> ids of tasks waiting for it
+        self._cancelling: "set[str]" = set()          # a cancel cascade in progress
         self._awaiting: "set[str]" = set()
         self.workers_dirty: "set[str]" = set()
 
@@ -105,6 +107,8 @@ class Scheduler:
         for record in sorted(records, key=lambda r: r.seq):
             self.tasks[record.id] = record
             self._seq = max(self._seq, record.seq)
+            for dep in record.after:
+                self._dependants.setdefault(dep, []).append(record.id)
             if record.state is S.QUEUED:
                 self._enqueue(record, record.ready_at, now)
             elif record.state is S.RUNNING:
@@ -137,6 +141,7 @@ class Scheduler:
         for task_id in gone:
             del self.tasks[task_id]
             self._gen.pop(task_id, None)
+            self._dependants.pop(task_id, None)
         return gone
 
     # ----- queries -------------------------------------------------------
@@ -158,20 +163,87 @@ class Scheduler:
         return min(times) if times else None
 
     # ----- tasks ---------------------------------------------------------
-    def task_submitted(self, task_id: str, spec: TaskSpec, now: float, *,
-                       delay_s: float = 0.0) -> List[Action]:
-        """A new task; QUEUED at once (or after ``delay_s``)."""
+    def task_submitted(self, task_id: str, spec: TaskSpec, now: float, *, delay_s: float = 0.0,
+                       after: Iterable[str] = (), affinity: Optional[str] = None,
+                       run: Optional[str] = None) -> List[Action]:
+        """A new task: QUEUED (after ``delay_s``) once every task in ``after`` succeeded.
+
+        Until then it is WAITING; if one of them fails for good it is SKIPPED.
+        ``affinity`` names a task (one of ``after``'s ancestors) whose node it must run on.
+        """
         if task_id in self.tasks:
             raise ValueError(f"task id {task_id!r} is already taken")
+        deps = tuple(after)
+        missing = [d for d in deps + ((affinity,) if affinity else ()) if d not in self.tasks]
+        if missing:
+            raise ValueError(f"task {task_id!r} depends on unknown task(s): {', '.join(missing)}")
         self._seq += 1
         record = TaskRecord(task_id, spec, self._seq, now)
+        record.after, record.affinity, record.run, record.delay_s = deps, affinity, run, delay_s
+        record.state = S.WAITING
         self.tasks[task_id] = record
         self.dirty.add(task_id)
-        self._enqueue(record, now + delay_s, now)
-        return self._dispatch(now)
+        for dep in deps:
+            self._dependants.setdefault(dep, []).append(task_id)
+        return self._consider(record, now) + self._dispatch(now)
+
+    def _consider(self, record: TaskRecord, now: float) -> List[Action]:
+        """A WAITING task: queue it, skip it, or leave it waiting, by its dependencies."""
+        states = [self.tasks[d].state for d in record.after]
+        if any(st in TERMINAL and st is not S.SUCCEEDED for st in states):
+            upstream = next(d for d in record.after if self.tasks[d].state in TERMINAL - {S.SUCCEEDED})
+            record.note = f"upstream task {upstream} {self.tasks[upstream].state.value}"
+            return self._finish(record, S.CANCELLED if record.id in self._cancelling else S.SKIPPED, now)
+        if not all(st is S.SUCCEEDED for st in states):
+            return []
+        if record.affinity:
+            anchor = self.tasks[record.affinity]
+            node = anchor.node
+            w = self.workers.get(node) if node else None
+            if w is None or not w.connected:
+                record.note = f"affinity: node {node or '?'}, which ran {anchor.id}, is gone"
+                return self._finish(record, S.FAILED, now)
+            record.pin = node
+        self._move(record, S.QUEUED)   # WAITING -> QUEUED
+        self._enqueue(record, now + record.delay_s, now)
+        return []
+
+    def _settle(self, record: TaskRecord, now: float) -> List[Action]:
+        """``record`` ended for good: wake or skip the tasks that wait for it."""
+        actions: List[Action] = []
+        for child_id in self._dependants.get(record.id, ()):
+            child = self.tasks.get(child_id)
+            if child is not None and child.state is S.WAITING:
+                actions += self._consider(child, now)
+        return actions
 
     def cancel(self, task_id: str, now: float) -> List[Action]:
-        """Cancel a task: QUEUED/WAITING end now; RUNNING gets a Kill."""
+        """Cancel a task and everything downstream of it.
+
+        QUEUED and WAITING tasks end now; RUNNING ones get a Kill and end
+        CANCELLED when their worker reports the exit.
+        """
+        downstream = self._downstream(task_id)
+        self._cancelling.update(downstream)
+        try:
+            actions: List[Action] = []
+            for tid in sorted(downstream, key=lambda t: -self.tasks[t].seq) + [task_id]:
+                actions += self._cancel_one(tid, now)
+            return actions
+        finally:
+            self._cancelling.difference_update(downstream)
+
+    def _downstream(self, task_id: str) -> List[str]:
+        seen: "set[str]" = set()
+        stack = list(self._dependants.get(task_id, ()))
+        while stack:
+            tid = stack.pop()
+            if tid not in seen and tid in self.tasks:
+                seen.add(tid)
+                stack += self._dependants.get(tid, ())
+        return list(seen)
+
+    def _cancel_one(self, task_id: str, now: float) -> List[Action]:
         record = self.tasks[task_id]
         if record.state in TERMINAL:
             return []
@@ -196,7 +268,13 @@ class Scheduler:
         record.retry_base = len(record.attempts)   # a manual retry gets the full retries again
         record.finished_at = None
         record.cancel_requested = False
+        record.note = ""
         self._push(record, now)
+        for tid in self._downstream(task_id):      # what it skipped waits for it again
+            child = self.tasks[tid]
+            if child.state is S.SKIPPED:
+                self._move(child, S.WAITING)       # SKIPPED -> WAITING
+                child.finished_at, child.note = None, ""
         return self._dispatch(now)
 
     def attempt_finished(self, worker: str, task_id: str, attempt: int,
@@ -236,12 +314,12 @@ class Scheduler:
         record.finished_at = now
         if record.spec.retries > 0:
             self._move(record, S.DEAD)    # FAILED -> DEAD: retries used up
-        return [Ended(record.id, record.state)]
+        return [Ended(record.id, record.state)] + self._settle(record, now)
 
     def _finish(self, record: TaskRecord, state: TaskState, now: float) -> List[Action]:
         self._move(record, state)
         record.finished_at = now
-        return [Ended(record.id, state)]
+        return [Ended(record.id, state)] + self._settle(record, now)
 
     # ----- queue ---------------------------------------------------------
     def _enqueue(self, record: TaskRecord, ready_at: float, now: float) -> None:
@@ -255,7 +333,7 @@ class Scheduler:
         record.ready_at = now
         gen = self._gen.get(record.id, 0) + 1
         self._gen[record.id] = gen
-        key = (record.spec.requires, record.spec.node)
+        key = (record.spec.requires, record.pin or record.spec.node)
         heap = self._classes.get(key)
         if heap is None:
             heap = self._classes[key] = []
@@ -293,7 +371,7 @@ class Scheduler:
             actions.append(self._start(self.tasks[best_entry[3]], free, now))
 
     def _start(self, record: TaskRecord, free: Iterable[WorkerView], now: float) -> Dispatch:
-        w = choose_worker(free, record.spec.requires, record.spec.node, self._rr)
+        w = choose_worker(free, record.spec.requires, record.pin or record.spec.node, self._rr)
         assert w is not None
         self._rr = w.order + 1
         self._move(record, S.RUNNING)  # QUEUED -> RUNNING

@@ -65,6 +65,8 @@ def record_to_blob(record: TaskRecord) -> bytes:
         "seq": record.seq, "submitted_at": record.submitted_at, "finished_at": record.finished_at,
         "ready_at": record.ready_at, "cancel": record.cancel_requested, "retry_base": record.retry_base,
         "attempts": [_attempt_row(a) for a in record.attempts],
+        "after": list(record.after), "affinity": record.affinity, "run": record.run, "pin": record.pin,
+        "note": record.note, "delay_s": record.delay_s,
     })
 
 
@@ -81,6 +83,9 @@ def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
     record.ready_at = float(body.get("ready_at") or record.submitted_at)
     record.cancel_requested = bool(body.get("cancel"))
     record.retry_base = int(body.get("retry_base") or 0)
+    record.after = tuple(body.get("after") or ())
+    record.affinity, record.run, record.pin = body.get("affinity"), body.get("run"), body.get("pin")
+    record.note, record.delay_s = str(body.get("note") or ""), float(body.get("delay_s") or 0.0)
     for row in body.get("attempts") or []:
         number, worker, started, finished, code, reason, state = row[:7]
         att = Attempt(int(number), str(worker), float(started))

@@ -360,7 +360,7 @@ class Master(Handler):
         if tail is None and last is not None:
             tail = self.logs.tail(record.id, last.number)
         return {"id": record.id, "state": record.state.value, "exit_code": record.exit_code,
-                "node": record.node, "reason": last.reason if last else "",
+                "node": record.node, "reason": record.note or (last.reason if last else ""),
                 "attempts": len(record.attempts), "output": tail or b""}
 
     def _ended(self, task_id: str) -> None:
