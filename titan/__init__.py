@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 from titan.errors import (  # noqa: E402
     AuthError, ConnectionLost, RemoteError, TitanError, UnknownTask, UsageError,
 )
-from titan.sdk.client import Client, Task, TaskResult, connect  # noqa: E402
+from titan.sdk.client import Client, Run, RunResult, Task, TaskResult, connect  # noqa: E402
 
 __all__ = [
-    "__version__", "connect", "Client", "Task", "TaskResult",
+    "__version__", "connect", "Client", "Task", "TaskResult", "Run", "RunResult",
     "TitanError", "AuthError", "ConnectionLost", "RemoteError", "UnknownTask", "UsageError",
 ]

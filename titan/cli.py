@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import titan
+from titan import clijobs
 from titan.errors import AuthError, ConnectionLost, RemoteError, TitanError, UnknownTask, UsageError
 from titan.io.tls import server_context
 from titan.sdk.client import DEFAULT_MASTER, Client, TaskResult
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--slots", type=int, default=2, help="slots per worker")
     p.add_argument("--data", default=None, metavar="DIR", help="default: a temporary directory")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND: run it, print its output, exit")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="a job file (FILE.ini) to run once, or -- COMMAND; prints the output and exits")
 
     p = _sub(subs, "run", "run a command on the cluster, stream its output, exit with its code")
     p.add_argument("--detach", action="store_true", help="print the task id and return at once")
@@ -130,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
     p.add_argument("--attempt", type=int, default=None)
     _sub(subs, "nodes", "list workers")
+    p = _sub(subs, "submit", "register a job file's job; start a run unless it has a schedule")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--wait", action="store_true", help="show progress; exit 0 only if the run succeeded")
+    p = _sub(subs, "trigger", "start a run of a registered job now")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--wait", action="store_true", help="show progress; exit 0 only if the run succeeded")
+    _sub(subs, "runs", "list recent runs").add_argument("job", nargs="?", default=None, metavar="JOB")
+    _sub(subs, "jobs", "list registered jobs")
     p = _sub(subs, "kv", "the cluster's key-value store: get, set, del, keys")
     kv = p.add_subparsers(dest="kv_action", metavar="ACTION")
     kv.add_parser("get", help="print a value").add_argument("key")
@@ -336,6 +346,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if command is None:
             return _serve_until_interrupted(cluster, address)
         with cluster.client() as c:
+            if isinstance(command, str) and command.endswith(".ini") and os.path.isfile(command):
+                return clijobs.run_file(c, command)
             result = c.submit(command, on_output=_stream_output).result()
         _report(result)
         return exit_code_of(result)
@@ -374,6 +386,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(st)
         return EXIT_OK
+    if isinstance(st.get("tasks"), list):          # a run: its graph
+        return clijobs.show_run(st)
     print(f"{st['id']}  {st['state']}  {st['command']}")
     if st.get("requires"):
         print(f"  requires: {','.join(st['requires'])}")
@@ -466,6 +480,26 @@ def cmd_kv(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        return clijobs.submit(c, args.file, wait=args.wait, as_json=args.json, printer=_print_json)
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        return clijobs.trigger(c, args.job, wait=args.wait, as_json=args.json, printer=_print_json)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        return clijobs.show_runs(c, args.job, args.json, _print_json)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        return clijobs.show_jobs(c, args.json, _print_json)
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     with _client(args) as c:
         nodes = c.nodes()
@@ -555,7 +589,8 @@ VERBS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "master": cmd_master, "worker": cmd_worker, "up": cmd_up, "run": cmd_run, "status": cmd_status,
     "wait": cmd_wait, "cancel": cmd_cancel, "retry": cmd_retry, "logs": cmd_logs, "nodes": cmd_nodes,
-    "tasks": cmd_tasks, "kv": cmd_kv, "store": cmd_store,
+    "tasks": cmd_tasks, "kv": cmd_kv, "submit": cmd_submit, "trigger": cmd_trigger, "runs": cmd_runs,
+    "jobs": cmd_jobs, "store": cmd_store,
     "cron": cmd_cron,
 }
 

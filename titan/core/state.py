@@ -5,7 +5,8 @@ Every key the master owns starts with ``titan:``; users' keys (``titan kv``,
 
     titan:task:<id>      one task record (codec blob: spec, state, attempts)
     titan:worker:<name>  one worker as last seen (tags, slots, info)
-    titan:counters       hash: task name -> last number used (ids never repeat)
+    titan:job:<name>     a job as last submitted (its tasks, schedule)
+    titan:counters       hash: task or job name -> last number used (ids never repeat)
 
 Values are TITAN_PROTO body encodings (``titan.wire.codec``), so a record
 reads back exactly, and every write is a plain ``SET``/``HSET`` a stock
@@ -20,7 +21,7 @@ from titan.core.model import Attempt, SpecCache, TaskRecord, TaskSpec, TaskState
 from titan.core.model import spec_to_wire
 from titan.wire.codec import decode, encode
 
-__all__ = ["TASK_PREFIX", "WORKER_PREFIX", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
+__all__ = ["TASK_PREFIX", "WORKER_PREFIX", "JOB_PREFIX", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
            "record_to_blob", "record_from_blob", "save_task", "save_worker", "worker_from_blob",
            "save_counters", "needs_saving", "Command"]
 
@@ -28,6 +29,7 @@ Command = List[bytes]
 
 TASK_PREFIX = b"titan:task:"
 WORKER_PREFIX = b"titan:worker:"
+JOB_PREFIX = b"titan:job:"
 COUNTERS_KEY = b"titan:counters"
 USER_PREFIX = b"kv:"
 FORMAT = 1

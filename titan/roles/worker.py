@@ -226,6 +226,8 @@ class Worker(Handler):
         elif frame.opcode == Op.ACK:
             for task_id, attempt in body.get("items") or ():
                 self.unacked.pop((task_id, attempt), None)
+        elif frame.opcode == Op.RUN_DONE:
+            self._run_done(str(body.get("run") or ""))
         elif frame.opcode == Op.ERROR:
             logger.error("the master reported an error: %s", body.get("message", body))
 
@@ -309,6 +311,11 @@ class Worker(Handler):
             job.timers.append(self.loop.call_later(
                 float(timeout_s), lambda: self._terminate(job, f"timed out after {timeout_s:g}s", grace)))
         self.grace_of[key] = grace
+
+    def _run_done(self, run: str) -> None:
+        """A run ended: its $TITAN_SHARED here goes, unless a task of it still runs."""
+        if run and not any(job.run == run for job in self.jobs.values()):
+            shutil.rmtree(self.shared_root / quote(run, safe=""), ignore_errors=True)
 
     def _run_dir(self, run: str) -> Path:
         path = self.shared_root / quote(run, safe="")

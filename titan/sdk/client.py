@@ -23,10 +23,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 from titan.errors import ConnectionLost, RemoteError, UnknownTask, UsageError
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
 from titan.sdk.kv import KV
+from titan.sdk.runs import Run, RunResult
 from titan.sdk.tls import client_context
 from titan.wire.handshake import ClientHandshake
 
-__all__ = ["connect", "Client", "Task", "TaskResult", "DEFAULT_MASTER"]
+__all__ = ["connect", "Client", "Task", "TaskResult", "Run", "RunResult", "DEFAULT_MASTER"]
 
 DEFAULT_MASTER = "127.0.0.1:9090"
 BATCH_FRAMES = 1024          # a batch is written out at least this often
@@ -370,6 +371,56 @@ class Client:
             self._forget(req_id)
             task._req_id = None
         return task
+
+    def submit_job(self, job: Dict[str, Any], *, start: bool = True, watch: bool = True,
+                   on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> Run:
+        """Register ``job`` (a RUN body's job, see :mod:`titan.core.runs`) and start a run of it."""
+        req_id = self._send(Op.RUN, {"job": job, "start": start, "watch": watch})
+        reply = self._wait_for(req_id, time.monotonic() + 30.0).reply
+        assert reply is not None
+        body = reply.body if isinstance(reply.body, dict) else {}
+        if not (watch and body.get("run")):
+            self._forget(req_id)
+        return Run(self, body.get("run"), list(body.get("tasks") or []),
+                   req_id if watch and body.get("run") else None, on_task)
+
+    def submit_file(self, path: str, *, start: Optional[bool] = None, watch: bool = True,
+                    on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> Run:
+        """Check the job file at ``path``, register its job, and start a run unless it is scheduled.
+
+        Raises :class:`titan.core.jobfile.JobFileError` (a UsageError) listing every problem.
+        """
+        from titan.core.jobfile import parse      # only callers of this method need the parser
+        from titan.core.runs import job_to_wire
+        with open(path, encoding="utf-8") as f:
+            spec = parse(f.read(), filename=str(path))
+        return self.submit_job(job_to_wire(spec), start=(spec.schedule is None) if start is None else start,
+                               watch=watch, on_task=on_task)
+
+    def trigger(self, job: str, *, watch: bool = True,
+                on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> Run:
+        """Start a run of a registered job now, whatever its schedule."""
+        req_id = self._send(Op.TRIGGER, {"job": job, "watch": watch})
+        reply = self._wait_for(req_id, time.monotonic() + 30.0).reply
+        assert reply is not None
+        if not watch:
+            self._forget(req_id)
+        return Run(self, reply.body["run"], list(reply.body["tasks"]), req_id if watch else None, on_task)
+
+    def runs(self, job: Optional[str] = None, *, limit: int = 50) -> List[Dict[str, Any]]:
+        return list(self._call(Op.RUNS, {"job": job, "limit": limit}).get("runs", []))
+
+    def jobs(self) -> List[Dict[str, Any]]:
+        return list(self._call(Op.JOBS, {}).get("jobs", []))
+
+    def _wait_more(self, req_id: int, deadline: Optional[float], seen: int) -> None:
+        """Block until request ``req_id`` has more than ``seen`` events (or raise TimeoutError)."""
+        with self._lock:
+            pending = self._pending[req_id]
+            while len(pending.events) <= seen:
+                for frame in self._read_frames(deadline):
+                    self._dispatch(frame)
+                self._raise_error(pending)
 
     def task(self, task_id: str) -> Task:
         """A handle on a task submitted earlier (by anyone)."""

@@ -69,6 +69,10 @@ class Op(enum.IntEnum):
     TASKS = 0x16
     SHUTDOWN = 0x17
     RETRY = 0x18
+    RUN = 0x19
+    TRIGGER = 0x1A
+    RUNS = 0x1B
+    JOBS = 0x1C
     HEARTBEAT = 0x20
     DISPATCH = 0x21
     OUTPUT = 0x22
@@ -76,6 +80,7 @@ class Op(enum.IntEnum):
     KILL = 0x24
     ACK = 0x25
     STARTED = 0x26
+    RUN_DONE = 0x27
     KV = 0x30
     SUBSCRIBE = 0x31
 

@@ -18,9 +18,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, SpecCache, TaskRecord
 from titan.core.scheduler import Scheduler
-from titan.core.state import (COUNTERS_KEY, TASK_PREFIX, WORKER_PREFIX, needs_saving, record_from_blob,
+from titan.core.state import (COUNTERS_KEY, JOB_PREFIX, TASK_PREFIX, WORKER_PREFIX, needs_saving, record_from_blob,
                               save_counters, save_task, save_worker, worker_from_blob)
 from titan.io.aof import AppendOnlyFile
+from titan.wire.codec import decode, encode
 from titan.io.loop import Loop
 from titan.io.syncer import Syncer
 from titan.store.engine import Engine
@@ -38,6 +39,7 @@ class SavedState:
     records: List[TaskRecord] = field(default_factory=list)
     workers: List[Dict[str, Any]] = field(default_factory=list)
     counters: Dict[str, int] = field(default_factory=dict)
+    jobs: List[Dict[str, Any]] = field(default_factory=list)
     unreadable: int = 0
 
 
@@ -50,6 +52,7 @@ class Durable:
         self.aof = AppendOnlyFile(data_dir, fsync=fsync, rewrite_min_bytes=rewrite_min_bytes)
         self.retention_s = retention_s
         self.counters_dirty: Dict[str, int] = {}
+        self.jobs_dirty: Dict[str, Dict[str, Any]] = {}
 
     # ----- start-up ------------------------------------------------------
     def open(self, now: float, specs: SpecCache) -> SavedState:
@@ -67,6 +70,10 @@ class Durable:
             worker = worker_from_blob(blob)
             if worker is not None:
                 state.workers.append(worker)
+        for _, blob in self._values(JOB_PREFIX, now):
+            job = decode(blob)
+            if isinstance(job, dict) and isinstance(job.get("name"), str):
+                state.jobs.append(job)
         reply, _ = self.engine.execute([b"HGETALL", COUNTERS_KEY], _ms(now))
         pairs = list(reply) if isinstance(reply, list) else []
         for name, n in zip(pairs[::2], pairs[1::2]):
@@ -104,6 +111,9 @@ class Durable:
             if w is not None:
                 out += self._run(save_worker(w.name, w.tags, w.slots, w.dedicated, w.last_seen, w.info), now_ms)
         sched.workers_dirty.clear()
+        for name, job in self.jobs_dirty.items():
+            out += self._run([b"SET", JOB_PREFIX + name.encode(), encode(job)], now_ms)
+        self.jobs_dirty.clear()
         if self.counters_dirty:
             out += self._run(save_counters(self.counters_dirty), now_ms)
             self.counters_dirty.clear()

@@ -30,6 +30,7 @@ from titan.errors import InvalidTransition, ProtocolError, UsageError
 from titan.io.logfiles import LogStore
 from titan.roles.master.durable import Durable, SavedState
 from titan.roles.master.kv import KvService
+from titan.roles.master.runs import RunService
 from titan.io.loop import Connection, Handler, Listener, Loop, Timer, format_address
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, FLAG_MORE, Frame, Op
 from titan.wire.handshake import ServerHandshake
@@ -127,8 +128,12 @@ class Master(Handler):
         self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
                                rewrite_min_bytes=config.aof_rewrite_min_bytes)
-        self._restore(self.durable.open(self.clock(), self.specs))
+        saved = self.durable.open(self.clock(), self.specs)
+        self._saved_jobs = saved.jobs
+        self._restore(saved)
         self.kv = KvService(self)
+        self.runs = RunService(self)
+        self.runs.restore(self._saved_jobs)
         self.loop.add_pass_hook(self._end_of_pass)
         self.loop.add_pass_hook(self._schedule_tick)
 
@@ -323,9 +328,15 @@ class Master(Handler):
             self.followers[task_id] = [w for w in self.followers.get(task_id, []) if w[0] is not conn]
         if peer.subscriptions:
             self.kv.dropped(peer.subscriptions)
+        if peer.role == "client":
+            self.runs.dropped(conn)
 
     # ----- actions -------------------------------------------------------
     def apply(self, actions: List[Any]) -> None:
+        self._apply(actions)
+        self.runs.close_finished()
+
+    def _apply(self, actions: List[Any]) -> None:
         for action in actions:
             kind = type(action)
             if kind is Dispatch:
@@ -348,7 +359,8 @@ class Master(Handler):
         spec = action.spec
         conn = self.worker_conns[action.worker]
         conn.send(Op.DISPATCH, 0, urgent=True, body={
-            "task": action.task_id, "attempt": action.attempt, "run": action.task_id,
+            "task": action.task_id, "attempt": action.attempt,
+            "run": self.sched.tasks[action.task_id].run or action.task_id,
             "name": spec.name, "argv": list(spec.argv), "env": dict(spec.env),
             "timeout_s": spec.timeout_s, "kill_grace_s": spec.kill_grace_s,
         })
@@ -370,6 +382,7 @@ class Master(Handler):
             conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
         for conn, req_id in self.followers.pop(task_id, []):
             conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code})
+        self.runs.task_ended(record)
 
     # ----- worker requests -----------------------------------------------
     def _name_free(self, conn: Connection, peer: Peer) -> bool:
@@ -462,6 +475,9 @@ class Master(Handler):
         self.apply(self.sched.task_submitted(task_id, spec, self.clock()))
 
     def _c_status(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        if body.get("task") in self.runs.runs:
+            conn.send(Op.OK, req_id, self.runs.view(body["task"]))
+            return
         record = self._record(body)
         conn.send(Op.OK, req_id, record.to_wire())
 
@@ -474,6 +490,12 @@ class Master(Handler):
         conn.state.watching.append((record.id, req_id))
 
     def _c_cancel(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        if body.get("task") in self.runs.runs:
+            self.runs.cancel(body["task"])
+            view = self.runs.view(body["task"], detail=False)
+            conn.send(Op.OK, req_id, {"id": view["id"], "state": view["state"], "was": "RUNNING",
+                                      "cancelling": view["state"] == "RUNNING"})
+            return
         record = self._record(body)
         was = record.state
         self.apply(self.sched.cancel(record.id, self.clock()))
@@ -564,6 +586,10 @@ CLIENT_OPS: Dict[int, Callable[..., None]] = {
     Op.LOGS: Master._c_logs, Op.RETRY: Master._c_retry,
     Op.KV: lambda m, conn, req_id, body: m.kv.request(conn, req_id, body),
     Op.SUBSCRIBE: lambda m, conn, req_id, body: m.kv.subscribe(conn, req_id, body),
+    Op.RUN: lambda m, conn, req_id, body: m.runs.run(conn, req_id, body),
+    Op.TRIGGER: lambda m, conn, req_id, body: m.runs.trigger(conn, req_id, body),
+    Op.RUNS: lambda m, conn, req_id, body: m.runs.list_runs(conn, req_id, body),
+    Op.JOBS: lambda m, conn, req_id, body: m.runs.list_jobs(conn, req_id, body),
 }
 WORKER_OPS: Dict[int, Callable[..., None]] = {
     Op.HEARTBEAT: Master._w_heartbeat, Op.OUTPUT: Master._w_output, Op.FINISHED: Master._w_finished,

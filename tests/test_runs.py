@@ -1,0 +1,148 @@
+"""Job files run as DAGs on a real cluster: order, skips, cancel, CLI, restart."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from conftest import TitanProcs, pid_gone, run_cli, wait_until
+from titan.roles.local import LocalCluster
+from titan.sdk.client import Client
+
+REPO = Path(__file__).resolve().parent.parent
+Cluster = Callable[..., LocalCluster]
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_up_runs_the_hello_diamond_and_shows_each_tasks_output() -> None:
+    res = run_cli("up", str(REPO / "examples" / "hello.ini"), timeout_s=120)
+    assert res.code == 0, res
+    assert "--- hello#1/left\nleft\nhello from local-" in res.stdout
+    assert "both branches are done" in res.stdout and res.stdout.rstrip().endswith("hello#1  SUCCEEDED")
+    # progress lines on stderr, one per task, the join last
+    lines = [line.split()[0] for line in res.stderr.splitlines() if line.startswith("hello#1/")]
+    assert lines[0] == "hello#1/hello" and lines[-1] == "hello#1/join" and len(lines) == 4
+
+
+def test_a_failed_task_skips_its_dependants_and_fails_the_run(cluster: Cluster, tmp_path: Path) -> None:
+    local = cluster(workers=2)
+    job = write(tmp_path, "etl.ini", """
+[job]
+name = etl
+[task:extract]
+run = echo extracted
+[task:transform]
+after = extract
+run = exit 3
+[task:load]
+after = transform
+run = echo never
+[task:report]
+after = extract
+run = echo report
+""")
+    with local.client() as c:
+        run = c.submit_file(job)
+        result = run.wait(timeout=60)
+    assert run.id == "etl#1"
+    assert result.state == "FAILED"
+    assert result.tasks == {"etl#1/extract": "SUCCEEDED", "etl#1/transform": "FAILED",
+                            "etl#1/load": "SKIPPED", "etl#1/report": "SUCCEEDED"}
+    # the CLI shows the graph, and exits 1 for a failed run
+    res = run_cli("--master", local.address, "status", "etl#1")
+    assert "load             SKIPPED" in res.stdout and "upstream task etl#1/transform FAILED" in res.stdout
+    res = run_cli("--master", local.address, "trigger", "etl", "--wait")
+    assert res.code == 1 and "etl#2  FAILED" in res.stdout, res
+
+
+def test_cancelling_a_run_kills_its_running_task_and_cancels_the_rest(cluster: Cluster, tmp_path: Path) -> None:
+    local = cluster(workers=1)
+    pidfile = tmp_path / "pid"
+    job = write(tmp_path, "slow.ini", f"""
+[job]
+name = slow
+[task:wait]
+run = echo $$ > {pidfile}; sleep 300
+[task:after]
+after = wait
+run = echo never
+""")
+    with local.client() as c:
+        run = c.submit_file(job)
+        wait_until(pidfile.exists, 30, "the first task to start")
+        pid = int(pidfile.read_text())
+        c.cancel(run.id)
+        result = run.wait(timeout=30)
+    assert result.state == "CANCELLED"
+    assert result.tasks == {"slow#1/wait": "CANCELLED", "slow#1/after": "CANCELLED"}
+    wait_until(lambda: pid_gone(pid), 10, "the cancelled task's process to die")
+
+
+def test_submit_wait_runs_and_lists(cluster: Cluster, tmp_path: Path) -> None:
+    local = cluster(workers=2)
+    job = write(tmp_path, "fan.ini", "[job]\nname = fan\n[task:a]\nrun = true\n" + "".join(
+        f"[task:m{i}]\nafter = a\nrun = echo {i}\n" for i in range(20)) +
+        "[task:z]\nafter = " + ", ".join(f"m{i}" for i in range(20)) + "\nrun = true\n")
+    m = ("--master", local.address)
+    res = run_cli(*m, "submit", job, "--wait")
+    assert res.code == 0 and res.stdout.strip() == "fan#1  SUCCEEDED", res
+    assert "fan#1/z  SUCCEEDED" in res.stderr
+    assert "fan#1" in run_cli(*m, "runs").stdout
+    jobs = run_cli(*m, "jobs").stdout
+    assert "fan" in jobs and "SUCCEEDED" in jobs
+    bad = write(tmp_path, "bad.ini", "[job]\nname = bad\n[task:a]\nrun = true\nretires = 3\n")
+    res = run_cli(*m, "submit", bad)
+    assert res.code == 2 and "did you mean 'retries'" in res.stderr
+
+
+def test_a_run_survives_a_master_kill_9(titan_procs: TitanProcs, tmp_path: Path) -> None:
+    # Given a run whose second task waits for its first, and a master that is killed meanwhile
+    gate = tmp_path / "gate"
+    master = titan_procs.start_master()
+    titan_procs.start_worker(master.address, "w1", slots=2)
+    titan_procs.wait_ready(master.address, ["w1"])
+    job = write(tmp_path, "two.ini", f"""
+[job]
+name = two
+[task:first]
+run = while [ ! -e {gate} ]; do sleep 0.05; done; echo first
+[task:second]
+after = first
+run = echo second
+""")
+    with Client(master.address, token="") as c:
+        run_id = c.submit_file(job, watch=False).id
+    master = titan_procs.restart_master(master)
+    gate.touch()
+    # Then the run completes, in order, each task once
+    with Client(master.address, token="") as c:
+        wait_until(lambda: c.status(run_id)["state"] != "RUNNING", 60, "the run to end")
+        view = c.status(run_id)
+        outputs = [b"".join(c.logs(t["id"])) for t in view["tasks"]]
+    assert view["state"] == "SUCCEEDED", view
+    assert outputs == [b"first\n", b"second\n"]
+
+
+def test_the_shared_directory_is_removed_when_the_run_ends(cluster: Cluster, tmp_path: Path) -> None:
+    local = cluster(workers=1)
+    job = write(tmp_path, "share.ini", """
+[job]
+name = share
+[task:write]
+run = echo data > "$TITAN_SHARED/f"; echo "$TITAN_SHARED"
+[task:read]
+after = write
+affinity = write
+run = cat "$TITAN_SHARED/f"
+""")
+    with local.client() as c:
+        run = c.submit_file(job)
+        assert run.wait(timeout=60).ok
+        shared = b"".join(c.logs("share#1/write")).decode().strip()
+        assert b"".join(c.logs("share#1/read")) == b"data\n"
+    wait_until(lambda: not os.path.exists(shared), 10, "the run's shared directory to go")

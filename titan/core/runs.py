@@ -1,0 +1,84 @@
+"""Jobs and runs: a job file on the wire, and how a run's state follows from its tasks.
+
+    job file --jobfile.parse--> JobSpec --job_to_wire--> RUN {job: {...}} --> master
+    master: one run = the job's tasks as ``JOB#N/TASK``, in dependency order
+
+A run is SUCCEEDED when every task succeeded, FAILED once every task has
+ended and one did not, CANCELLED when it was cancelled, RUNNING otherwise.
+Pure: no I/O.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Mapping
+
+from titan.core.jobfile import JobSpec
+from titan.core.model import TERMINAL, TaskState
+from titan.errors import UsageError
+
+__all__ = ["job_to_wire", "check_job", "run_state", "task_body", "summarize"]
+
+
+def job_to_wire(spec: JobSpec) -> Dict[str, Any]:
+    """The RUN body's ``job``: the tasks in dependency order, environments merged."""
+    tasks = []
+    for name in spec.topological_order():
+        t = spec.tasks[name]
+        if t.files:
+            raise UsageError(f"{spec.filename}: [task:{name}] files: shipping files with a job is not "
+                             f"supported by this version yet; put them where the workers can read them")
+        tasks.append({
+            "name": name, "command": t.run, "after": list(t.after), "requires": sorted(t.requires),
+            "affinity": t.affinity, "node": t.node, "retries": t.retries,
+            "retry_backoff_s": t.retry_backoff_s, "timeout_s": t.timeout_s, "priority": t.priority,
+            "delay_s": t.delay_s, "env": spec.environment(name),
+        })
+    if spec.services:
+        raise UsageError(f"{spec.filename}: [service:*] sections are not supported by this version yet")
+    return {"name": spec.name, "schedule": spec.schedule, "timezone": spec.timezone, "tasks": tasks}
+
+
+def check_job(job: Any) -> Dict[str, Any]:
+    """Validate a RUN body's ``job`` on the master; raise UsageError naming the problem."""
+    if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
+        raise UsageError("a job needs a name")
+    tasks = job.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise UsageError(f"job {job['name']!r} has no tasks")
+    seen: set = set()
+    for t in tasks:
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise UsageError(f"job {job['name']!r}: every task needs a name")
+        for dep in list(t.get("after") or []) + ([t["affinity"]] if t.get("affinity") else []):
+            if dep not in seen:
+                raise UsageError(f"job {job['name']!r}: task {t['name']!r} depends on {dep!r}, "
+                                 f"which is not listed before it")
+        seen.add(t["name"])
+    return job
+
+
+def task_body(task: Mapping[str, Any]) -> Dict[str, Any]:
+    """The SUBMIT-style body that builds one task's spec."""
+    keys = ("command", "name", "requires", "node", "timeout_s", "priority", "retries", "retry_backoff_s", "env")
+    return {k: task[k] for k in keys if task.get(k) is not None}
+
+
+def run_state(states: Iterable[TaskState]) -> str:
+    """The state of a run whose tasks are in ``states``."""
+    states = list(states)
+    if not states or any(s not in TERMINAL for s in states):
+        return "RUNNING"
+    if all(s is TaskState.SUCCEEDED for s in states):
+        return "SUCCEEDED"
+    if any(s is TaskState.CANCELLED for s in states) and \
+            not any(s in (TaskState.FAILED, TaskState.DEAD) for s in states):
+        return "CANCELLED"
+    return "FAILED"
+
+
+def summarize(states: Iterable[TaskState]) -> Dict[str, int]:
+    """How many tasks are in each state."""
+    counts: Dict[str, int] = {}
+    for s in states:
+        counts[s.value] = counts.get(s.value, 0) + 1
+    return counts
+

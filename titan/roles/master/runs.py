@@ -1,0 +1,155 @@
+"""Jobs and their runs on the master.
+
+    RUN {job, start, watch} ──▶ register the job (titan:job:NAME) ──▶ run JOB#N: tasks JOB#N/TASK
+    TRIGGER {job}           ──▶ a run of a registered job now
+    task ends ──▶ EVENT {kind: "task"} to the run's watchers; the last one ──▶ EVENT {kind: "run"}
+
+A run is its tasks: the scheduler holds them (each record names its run), so
+a restarted master finds its runs again from the tasks it restores.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+
+from titan.core.model import TaskRecord
+from titan.core.runs import check_job, run_state, summarize, task_body
+from titan.errors import UsageError
+from titan.io.loop import Connection
+from titan.wire.frames import FLAG_MORE, Op
+
+if TYPE_CHECKING:
+    from titan.roles.master.server import Master
+
+__all__ = ["RunService"]
+
+
+class RunService:
+    """Runs RUN, TRIGGER, RUNS and JOBS requests, and tells watchers how runs go."""
+
+    def __init__(self, master: "Master") -> None:
+        self.master = master
+        self.jobs: Dict[str, Dict[str, Any]] = {}
+        self.runs: Dict[str, List[str]] = {}
+        self.watchers: Dict[str, List[Tuple[Connection, int]]] = {}
+        self._touched: "set[str]" = set()
+
+    def restore(self, jobs: List[Dict[str, Any]]) -> None:
+        for job in jobs:
+            self.jobs[job["name"]] = job
+        for record in sorted(self.master.sched.tasks.values(), key=lambda r: r.seq):
+            if record.run:
+                self.runs.setdefault(record.run, []).append(record.id)
+
+    # ----- requests ------------------------------------------------------
+    def run(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        job = check_job(body.get("job"))
+        self.jobs[job["name"]] = job
+        self.master.durable.jobs_dirty[job["name"]] = job
+        reply: Dict[str, Any] = {"job": job["name"], "run": None, "tasks": []}
+        if body.get("start", True):
+            reply.update(self._start(job))
+            self._watch(conn, req_id, reply["run"], bool(body.get("watch")))
+        self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") and reply["run"] else 0)
+
+    def trigger(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        name = body.get("job")
+        job = self.jobs.get(name) if isinstance(name, str) else None
+        if job is None:
+            raise UsageError(f"no job {name!r}: `titan jobs` lists the jobs this master knows; "
+                             f"`titan submit FILE` registers one")
+        reply = self._start(job)
+        self._watch(conn, req_id, reply["run"], bool(body.get("watch")))
+        self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") else 0)
+
+    def _start(self, job: Dict[str, Any]) -> Dict[str, Any]:
+        m = self.master
+        n = m.counters.get(job["name"], 0) + 1
+        m.counters[job["name"]] = n
+        m.durable.counters_dirty[job["name"]] = n
+        run_id = f"{job['name']}#{n}"
+        ids = []
+        now = m.clock()
+        for task in job["tasks"]:
+            spec = m.specs.get(task_body(task))
+            task_id = f"{run_id}/{task['name']}"
+            after = [f"{run_id}/{d}" for d in task.get("after") or []]
+            affinity = f"{run_id}/{task['affinity']}" if task.get("affinity") else None
+            m.apply(m.sched.task_submitted(task_id, spec, now, after=after, affinity=affinity, run=run_id,
+                                           delay_s=float(task.get("delay_s") or 0.0)))
+            ids.append(task_id)
+        self.runs[run_id] = ids
+        return {"job": job["name"], "run": run_id, "tasks": ids}
+
+    def _watch(self, conn: Connection, req_id: int, run_id: str, watch: bool) -> None:
+        if watch and run_id:
+            self.watchers.setdefault(run_id, []).append((conn, req_id))
+
+    def list_runs(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        job = body.get("job")
+        limit = body.get("limit") if isinstance(body.get("limit"), int) else 50
+        rows = [self.view(run_id, detail=False) for run_id in reversed(list(self.runs))
+                if job is None or run_id.rsplit("#", 1)[0] == job]
+        conn.send(Op.OK, req_id, {"runs": rows[:limit], "total": len(rows)})
+
+    def list_jobs(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        rows = []
+        for name, job in sorted(self.jobs.items()):
+            mine = [r for r in self.runs if r.rsplit("#", 1)[0] == name]
+            last = self.view(mine[-1], detail=False) if mine else None
+            rows.append({"name": name, "tasks": len(job["tasks"]), "schedule": job.get("schedule"),
+                         "timezone": job.get("timezone") or "UTC", "runs": len(mine),
+                         "last_run": last["id"] if last else None, "last_state": last["state"] if last else None})
+        conn.send(Op.OK, req_id, {"jobs": rows})
+
+    def view(self, run_id: str, *, detail: bool = True) -> Dict[str, Any]:
+        records = self._records(run_id)
+        states = [r.state for r in records]
+        out: Dict[str, Any] = {"id": run_id, "job": run_id.rsplit("#", 1)[0], "state": run_state(states),
+                               "counts": summarize(states), "tasks": len(records)}
+        if detail:
+            out["tasks"] = [r.to_wire() for r in records]
+        return out
+
+    def _records(self, run_id: str) -> List[TaskRecord]:
+        tasks = self.master.sched.tasks
+        return [tasks[t] for t in self.runs.get(run_id, ()) if t in tasks]
+
+    def cancel(self, run_id: str) -> None:
+        for record in self._records(run_id):
+            if not record.after:
+                self.master.apply(self.master.sched.cancel(record.id, self.master.clock()))
+        for record in self._records(run_id):      # whatever no root's cascade reached
+            self.master.apply(self.master.sched.cancel(record.id, self.master.clock()))
+
+    # ----- events --------------------------------------------------------
+    def task_ended(self, record: TaskRecord) -> None:
+        """Tell the run's watchers; close their stream when the whole run has ended."""
+        run_id = record.run
+        if not run_id:
+            return
+        if run_id not in self.watchers:
+            self._touched.add(run_id)
+            return
+        event = {"kind": "task", "id": record.id, "state": record.state.value, "node": record.node,
+                 "exit_code": record.exit_code, "reason": record.note or (record.current.reason if record.current else "")}
+        for conn, req_id in self.watchers[run_id]:
+            conn.send(Op.EVENT, req_id, event, FLAG_MORE, urgent=True)
+        self._touched.add(run_id)
+
+    def close_finished(self) -> None:
+        """After a batch of actions: end the streams of runs that are now over."""
+        while self._touched:
+            run_id = self._touched.pop()
+            view = self.view(run_id, detail=False)
+            if view["state"] == "RUNNING":
+                continue
+            for conn in self.master.worker_conns.values():     # they may drop its $TITAN_SHARED
+                conn.send(Op.RUN_DONE, 0, {"run": run_id}, lazy=True)
+            for conn, req_id in self.watchers.pop(run_id, []):
+                conn.send(Op.EVENT, req_id, {"kind": "run", "run": view}, 0, urgent=True)
+
+    def dropped(self, conn: Connection) -> None:
+        for run_id in list(self.watchers):
+            self.watchers[run_id] = [w for w in self.watchers[run_id] if w[0] is not conn]
+            if not self.watchers[run_id]:
+                del self.watchers[run_id]

@@ -1,0 +1,97 @@
+"""Runs of jobs from the SDK: ``c.submit_file(path)``, ``c.trigger(job)``, ``run.wait()``.
+
+    run = c.submit_file("etl.ini")          # registers the job; starts a run unless it is scheduled
+    result = run.wait(timeout=600)          # RunResult: state, and each task's state and node
+    result.state == "SUCCEEDED"
+
+The master pushes each task's end and the run's end on the request that
+started the run, so waiting costs no polling.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+
+if TYPE_CHECKING:
+    from titan.sdk.client import Client
+
+__all__ = ["Run", "RunResult"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: its state and each task's final state."""
+
+    id: str
+    state: str
+    tasks: Dict[str, str] = field(default_factory=dict)
+    counts: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "SUCCEEDED"
+
+
+class Run:
+    """A handle on one run of a job."""
+
+    def __init__(self, client: "Client", run_id: Optional[str], task_ids: List[str], req_id: Optional[int],
+                 on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+        self.client = client
+        self.id = run_id
+        self.task_ids = task_ids
+        self._req_id = req_id
+        self._on_task = on_task
+        self._seen = 0
+        self._result: Optional[RunResult] = None
+
+    def __repr__(self) -> str:
+        return f"<titan.Run {self.id}>"
+
+    def tasks(self) -> List[Dict[str, Any]]:
+        """Every task of the run as the master sees it now (state, attempts, node)."""
+        return list(self.client.status(self.id or "")["tasks"])
+
+    def status(self) -> Dict[str, Any]:
+        return self.client.status(self.id or "")
+
+    def wait(self, timeout: Optional[float] = None) -> RunResult:
+        """Block until every task of the run has ended; return the run's result."""
+        if self._result is not None:
+            return self._result
+        if self._req_id is None:           # not watching: ask the master until it is over
+            return self._poll_until_done(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = self.client._pending[self._req_id]
+        while True:
+            self._report(pending.events)
+            for event in pending.events:
+                if event.get("kind") == "run":
+                    self.client._forget(self._req_id)
+                    self._result = self._final()
+                    return self._result
+            self.client._wait_more(self._req_id, deadline, len(pending.events))
+
+    def _report(self, events: List[Dict[str, Any]]) -> None:
+        for event in events[self._seen:]:
+            if event.get("kind") == "task" and self._on_task is not None:
+                self._on_task(event)
+        self._seen = len(events)
+
+    def _final(self) -> RunResult:
+        view = self.status()
+        return RunResult(view["id"], view["state"], {t["id"]: t["state"] for t in view["tasks"]},
+                         dict(view.get("counts") or {}))
+
+    def _poll_until_done(self, timeout: Optional[float]) -> RunResult:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            result = self._final()
+            if result.state != "RUNNING":
+                self._result = result
+                return result
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.id} still running after {timeout:g}s")
+            time.sleep(0.1)
