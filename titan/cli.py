@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the store's AOF is fsynced (default always: nothing is acknowledged before it is on disk)")
     p.add_argument("--retention", type=float, default=7 * 86400.0, metavar="SECONDS",
                    help="how long finished tasks are kept (default 7 days)")
+    p.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS",
+                   help="run the master's clock this far ahead (to try out schedules without waiting)")
 
     p = _sub(subs, "worker", "run tasks for a master")
     p.add_argument("--name", default=None, help="default: HOSTNAME-PID")
@@ -277,7 +279,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         lost_grace_s=args.lost_grace, handshake_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout, max_connections=args.max_connections,
         max_body_bytes=args.max_frame_bytes, log_max_bytes=args.log_max_bytes, tls=_server_tls(args),
-        fsync=args.appendfsync, retention_s=args.retention)
+        fsync=args.appendfsync, retention_s=args.retention, clock_offset_s=args.clock_offset)
     master = Master(config)
     try:
         master.start()

@@ -83,11 +83,11 @@ def show_jobs(c: Client, as_json: bool, printer: Callable[[Any], None]) -> int:
     if as_json:
         printer(jobs)
         return EXIT_OK
-    rows = [["JOB", "TASKS", "SCHEDULE", "RUNS", "LAST RUN", "LAST STATE"]]
+    rows = [["JOB", "TASKS", "SCHEDULE", "NEXT", "RUNS", "LAST RUN", "LAST STATE"]]
     for j in jobs:
         when = f"{j['schedule']} {j['timezone']}" if j.get("schedule") else "-"
-        rows.append([j["name"], str(j["tasks"]), when, str(j["runs"]), j.get("last_run") or "-",
-                     j.get("last_state") or "-"])
+        rows.append([j["name"], str(j["tasks"]), when, j.get("next") or "-", str(j["runs"]),
+                     j.get("last_run") or "-", j.get("last_state") or "-"])
     _table(rows)
     return EXIT_OK
 

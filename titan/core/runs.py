@@ -34,7 +34,9 @@ def job_to_wire(spec: JobSpec) -> Dict[str, Any]:
         })
     if spec.services:
         raise UsageError(f"{spec.filename}: [service:*] sections are not supported by this version yet")
-    return {"name": spec.name, "schedule": spec.schedule, "timezone": spec.timezone, "tasks": tasks}
+    return {"name": spec.name, "schedule": spec.schedule, "timezone": spec.timezone, "overlap": spec.overlap,
+            "catchup": spec.catchup, "catchup_limit": spec.catchup_limit, "jitter_s": spec.jitter_s,
+            "tasks": tasks}
 
 
 def check_job(job: Any) -> Dict[str, Any]:

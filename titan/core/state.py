@@ -6,6 +6,7 @@ Every key the master owns starts with ``titan:``; users' keys (``titan kv``,
     titan:task:<id>      one task record (codec blob: spec, state, attempts)
     titan:worker:<name>  one worker as last seen (tags, slots, info)
     titan:job:<name>     a job as last submitted (its tasks, schedule)
+    titan:cron           hash: scheduled job -> its last claimed slot (epoch seconds)
     titan:counters       hash: task or job name -> last number used (ids never repeat)
 
 Values are TITAN_PROTO body encodings (``titan.wire.codec``), so a record
@@ -21,7 +22,7 @@ from titan.core.model import Attempt, SpecCache, TaskRecord, TaskSpec, TaskState
 from titan.core.model import spec_to_wire
 from titan.wire.codec import decode, encode
 
-__all__ = ["TASK_PREFIX", "WORKER_PREFIX", "JOB_PREFIX", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
+__all__ = ["TASK_PREFIX", "WORKER_PREFIX", "JOB_PREFIX", "CRON_KEY", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
            "record_to_blob", "record_from_blob", "save_task", "save_worker", "worker_from_blob",
            "save_counters", "needs_saving", "Command"]
 
@@ -30,6 +31,7 @@ Command = List[bytes]
 TASK_PREFIX = b"titan:task:"
 WORKER_PREFIX = b"titan:worker:"
 JOB_PREFIX = b"titan:job:"
+CRON_KEY = b"titan:cron"
 COUNTERS_KEY = b"titan:counters"
 USER_PREFIX = b"kv:"
 FORMAT = 1

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, SpecCache, TaskRecord
 from titan.core.scheduler import Scheduler
-from titan.core.state import (COUNTERS_KEY, JOB_PREFIX, TASK_PREFIX, WORKER_PREFIX, needs_saving, record_from_blob,
+from titan.core.state import (COUNTERS_KEY, CRON_KEY, JOB_PREFIX, TASK_PREFIX, WORKER_PREFIX, needs_saving, record_from_blob,
                               save_counters, save_task, save_worker, worker_from_blob)
 from titan.io.aof import AppendOnlyFile
 from titan.wire.codec import decode, encode
@@ -40,6 +40,7 @@ class SavedState:
     workers: List[Dict[str, Any]] = field(default_factory=list)
     counters: Dict[str, int] = field(default_factory=dict)
     jobs: List[Dict[str, Any]] = field(default_factory=list)
+    cursors: Dict[str, float] = field(default_factory=dict)
     unreadable: int = 0
 
 
@@ -53,6 +54,7 @@ class Durable:
         self.retention_s = retention_s
         self.counters_dirty: Dict[str, int] = {}
         self.jobs_dirty: Dict[str, Dict[str, Any]] = {}
+        self.cursors_dirty: Dict[str, float] = {}
 
     # ----- start-up ------------------------------------------------------
     def open(self, now: float, specs: SpecCache) -> SavedState:
@@ -78,6 +80,10 @@ class Durable:
         pairs = list(reply) if isinstance(reply, list) else []
         for name, n in zip(pairs[::2], pairs[1::2]):
             state.counters[name.decode()] = int(n)
+        reply, _ = self.engine.execute([b"HGETALL", CRON_KEY], _ms(now))
+        pairs = list(reply) if isinstance(reply, list) else []
+        for name, cursor in zip(pairs[::2], pairs[1::2]):
+            state.cursors[name.decode()] = float(cursor)
         logger.info("store: replayed %d commands from %d files: %d tasks, %d workers",
                     report.commands, report.files, len(state.records), len(state.workers))
         return state
@@ -114,6 +120,12 @@ class Durable:
         for name, job in self.jobs_dirty.items():
             out += self._run([b"SET", JOB_PREFIX + name.encode(), encode(job)], now_ms)
         self.jobs_dirty.clear()
+        if self.cursors_dirty:                  # cron claims: in the same write as the runs they start
+            command = [b"HSET", CRON_KEY]
+            for name, cursor in sorted(self.cursors_dirty.items()):
+                command += [name.encode(), repr(cursor).encode()]
+            out += self._run(command, now_ms)
+            self.cursors_dirty.clear()
         if self.counters_dirty:
             out += self._run(save_counters(self.counters_dirty), now_ms)
             self.counters_dirty.clear()

@@ -9,11 +9,12 @@ a restarted master finds its runs again from the tasks it restores.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from titan.core.model import TaskRecord
 from titan.core.runs import check_job, run_state, summarize, task_body
-from titan.errors import UsageError
+from titan.errors import TitanError, UsageError
 from titan.io.loop import Connection
 from titan.wire.frames import FLAG_MORE, Op
 
@@ -32,10 +33,12 @@ class RunService:
         self.runs: Dict[str, List[str]] = {}
         self.watchers: Dict[str, List[Tuple[Connection, int]]] = {}
         self._touched: "set[str]" = set()
+        self._fire_again = False
 
-    def restore(self, jobs: List[Dict[str, Any]]) -> None:
+    def restore(self, jobs: List[Dict[str, Any]], cursors: Dict[str, float]) -> None:
         for job in jobs:
             self.jobs[job["name"]] = job
+            self._plan(job, cursors.get(job["name"]))
         for record in sorted(self.master.sched.tasks.values(), key=lambda r: r.seq):
             if record.run:
                 self.runs.setdefault(record.run, []).append(record.id)
@@ -43,6 +46,7 @@ class RunService:
     # ----- requests ------------------------------------------------------
     def run(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         job = check_job(body.get("job"))
+        self._plan(job, None)
         self.jobs[job["name"]] = job
         self.master.durable.jobs_dirty[job["name"]] = job
         reply: Dict[str, Any] = {"job": job["name"], "run": None, "tasks": []}
@@ -61,12 +65,44 @@ class RunService:
         self._watch(conn, req_id, reply["run"], bool(body.get("watch")))
         self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") else 0)
 
-    def _start(self, job: Dict[str, Any]) -> Dict[str, Any]:
+    def _plan(self, job: Dict[str, Any], cursor: Optional[float]) -> None:
+        """Give a scheduled job to the planner (or take an unscheduled one away)."""
+        planner, now = self.master.planner, self.master.clock()
+        if not job.get("schedule"):
+            planner.remove_job(job["name"])
+            return
+        try:
+            planner.set_job(job["name"], job["schedule"], tz=job.get("timezone") or "UTC",
+                            overlap=job.get("overlap") or "skip", catchup=job.get("catchup") or "latest",
+                            catchup_limit=int(job.get("catchup_limit") or 10),
+                            jitter_s=float(job.get("jitter_s") or 0.0), now=now, cursor=cursor)
+        except TitanError as exc:
+            raise UsageError(f"job {job['name']!r}: bad schedule {job['schedule']!r}: {exc}") from None
+        if cursor is None:
+            self.master.durable.cursors_dirty[job["name"]] = planner.jobs[job["name"]].cursor
+
+    def fire_due(self) -> None:
+        """Start the runs of every scheduled slot whose time has come."""
+        planner = self.master.planner
+        fires = planner.due(self.master.clock(), self._job_running)
+        for name, job in planner.jobs.items():
+            self.master.durable.cursors_dirty[name] = job.cursor
+        for fire in fires:
+            job = self.jobs.get(fire.job)
+            if job is not None and fire.run_id not in self.runs:
+                self._start(job, run_id=fire.run_id)
+
+    def _job_running(self, name: str) -> bool:
+        return any(_job_of(run_id) == name and self.view(run_id, detail=False)["state"] == "RUNNING"
+                   for run_id in self.runs)
+
+    def _start(self, job: Dict[str, Any], run_id: Optional[str] = None) -> Dict[str, Any]:
         m = self.master
-        n = m.counters.get(job["name"], 0) + 1
-        m.counters[job["name"]] = n
-        m.durable.counters_dirty[job["name"]] = n
-        run_id = f"{job['name']}#{n}"
+        if run_id is None:
+            n = m.counters.get(job["name"], 0) + 1
+            m.counters[job["name"]] = n
+            m.durable.counters_dirty[job["name"]] = n
+            run_id = f"{job['name']}#{n}"
         ids = []
         now = m.clock()
         for task in job["tasks"]:
@@ -88,15 +124,20 @@ class RunService:
         job = body.get("job")
         limit = body.get("limit") if isinstance(body.get("limit"), int) else 50
         rows = [self.view(run_id, detail=False) for run_id in reversed(list(self.runs))
-                if job is None or run_id.rsplit("#", 1)[0] == job]
+                if job is None or _job_of(run_id) == job]
         conn.send(Op.OK, req_id, {"runs": rows[:limit], "total": len(rows)})
 
     def list_jobs(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         rows = []
         for name, job in sorted(self.jobs.items()):
-            mine = [r for r in self.runs if r.rsplit("#", 1)[0] == name]
+            mine = [r for r in self.runs if _job_of(r) == name]
             last = self.view(mine[-1], detail=False) if mine else None
-            rows.append({"name": name, "tasks": len(job["tasks"]), "schedule": job.get("schedule"),
+            planned = self.master.planner.jobs.get(name)
+            upcoming = None
+            if planned is not None:
+                upcoming = planned.schedule.next_after(
+                    datetime.fromtimestamp(planned.cursor, timezone.utc), planned.tz).isoformat()
+            rows.append({"name": name, "tasks": len(job["tasks"]), "schedule": job.get("schedule"), "next": upcoming,
                          "timezone": job.get("timezone") or "UTC", "runs": len(mine),
                          "last_run": last["id"] if last else None, "last_state": last["state"] if last else None})
         conn.send(Op.OK, req_id, {"jobs": rows})
@@ -104,7 +145,7 @@ class RunService:
     def view(self, run_id: str, *, detail: bool = True) -> Dict[str, Any]:
         records = self._records(run_id)
         states = [r.state for r in records]
-        out: Dict[str, Any] = {"id": run_id, "job": run_id.rsplit("#", 1)[0], "state": run_state(states),
+        out: Dict[str, Any] = {"id": run_id, "job": _job_of(run_id), "state": run_state(states),
                                "counts": summarize(states), "tasks": len(records)}
         if detail:
             out["tasks"] = [r.to_wire() for r in records]
@@ -145,6 +186,8 @@ class RunService:
                 continue
             for conn in self.master.worker_conns.values():     # they may drop its $TITAN_SHARED
                 conn.send(Op.RUN_DONE, 0, {"run": run_id}, lazy=True)
+            if "@" in run_id:
+                self._fire_again = True                        # overlap=queue slots may start now
             for conn, req_id in self.watchers.pop(run_id, []):
                 conn.send(Op.EVENT, req_id, {"kind": "run", "run": view}, 0, urgent=True)
 
@@ -153,3 +196,8 @@ class RunService:
             self.watchers[run_id] = [w for w in self.watchers[run_id] if w[0] is not conn]
             if not self.watchers[run_id]:
                 del self.watchers[run_id]
+
+
+def _job_of(run_id: str) -> str:
+    """``etl#3`` or ``etl@2026-11-28T02:00Z`` -> ``etl``."""
+    return run_id.split("@", 1)[0].rsplit("#", 1)[0]

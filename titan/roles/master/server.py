@@ -25,6 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from titan import __version__
 from titan.core.model import TERMINAL, SpecCache, TaskRecord, TaskState
+from titan.core.planner import Planner
 from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Scheduler
 from titan.errors import InvalidTransition, ProtocolError, UsageError
 from titan.io.logfiles import LogStore
@@ -63,6 +64,7 @@ class MasterConfig:
     fsync: str = "always"
     retention_s: float = 7 * 86400.0
     aof_rewrite_min_bytes: int = 64 * 1024 * 1024
+    clock_offset_s: float = 0.0     # added to the wall clock (to test schedules without waiting)
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,7 +108,8 @@ class Master(Handler):
     def __init__(self, config: MasterConfig, *, clock: Callable[[], float] = time.time) -> None:
         check_exposure(config)
         self.config = config
-        self.clock = clock
+        offset = config.clock_offset_s
+        self.clock = clock if not offset else (lambda: clock() + offset)
         self.loop = Loop()
         self.sched = Scheduler(lost_grace_s=config.lost_grace_s,
                                heartbeat_timeout_s=config.heartbeat_timeout_s)
@@ -129,11 +132,12 @@ class Master(Handler):
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
                                rewrite_min_bytes=config.aof_rewrite_min_bytes)
         saved = self.durable.open(self.clock(), self.specs)
-        self._saved_jobs = saved.jobs
+        self._saved_jobs, self._saved_cursors = saved.jobs, saved.cursors
         self._restore(saved)
         self.kv = KvService(self)
+        self.planner = Planner()
         self.runs = RunService(self)
-        self.runs.restore(self._saved_jobs)
+        self.runs.restore(self._saved_jobs, self._saved_cursors)
         self.loop.add_pass_hook(self._end_of_pass)
         self.loop.add_pass_hook(self._schedule_tick)
 
@@ -214,7 +218,11 @@ class Master(Handler):
     _purged_at = 0.0
 
     def _schedule_tick(self) -> None:
-        deadline = self.sched.next_deadline()
+        if self.runs._fire_again:                   # a scheduled run ended: queued slots may start
+            self.runs._fire_again = False
+            self.runs.fire_due()
+        times = [t for t in (self.sched.next_deadline(), self.planner.next_deadline()) if t is not None]
+        deadline = min(times) if times else None
         if deadline == self._tick_at:
             return
         if self._tick_timer is not None:
@@ -265,6 +273,7 @@ class Master(Handler):
         self._tick_at = None
         self._tick_timer = None
         self.apply(self.sched.tick(self.clock()))
+        self.runs.fire_due()
 
     # ----- frames --------------------------------------------------------
     def on_frame(self, conn: Connection, frame: Frame) -> None:
