@@ -264,7 +264,7 @@ class TaskRecord:
 
     __slots__ = ("id", "spec", "state", "seq", "submitted_at", "finished_at",
                  "attempts", "ready_at", "lost_at", "cancel_requested", "retry_base", "saved",
-                 "after", "affinity", "run", "pin", "note", "delay_s")
+                 "after", "affinity", "run", "pin", "note", "delay_s", "qgen")
 
     def __init__(self, task_id: str, spec: TaskSpec, seq: int, submitted_at: float) -> None:
         self.id = task_id
@@ -285,6 +285,7 @@ class TaskRecord:
         self.pin: Optional[str] = None         # the node its affinity resolved to
         self.note = ""                         # why it ended without an attempt (SKIPPED, affinity)
         self.delay_s = 0.0                     # held this long once ready
+        self.qgen = 0                          # which of its queue entries is current (others are stale)
 
     @property
     def current(self) -> Optional[Attempt]:

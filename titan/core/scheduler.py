@@ -81,7 +81,6 @@ class Scheduler:
         self._classes: Dict[ClassKey, list] = {}
         self._delayed: list = []          # (ready_at, seq, task_id)
         self._seq = 0
-        self._gen: Dict[str, int] = {}
         self._rr = 0
         self._worker_order = 0
         self._lost: Dict[str, float] = {}  # task_id -> when its worker was lost
@@ -140,7 +139,6 @@ class Scheduler:
                 if r.state in TERMINAL and r.finished_at is not None and r.finished_at < before]
         for task_id in gone:
             del self.tasks[task_id]
-            self._gen.pop(task_id, None)
             self._dependants.pop(task_id, None)
         return gone
 
@@ -174,11 +172,18 @@ class Scheduler:
         if task_id in self.tasks:
             raise ValueError(f"task id {task_id!r} is already taken")
         deps = tuple(after)
-        missing = [d for d in deps + ((affinity,) if affinity else ()) if d not in self.tasks]
-        if missing:
-            raise ValueError(f"task {task_id!r} depends on unknown task(s): {', '.join(missing)}")
         self._seq += 1
         record = TaskRecord(task_id, spec, self._seq, now)
+        if not deps and not affinity:              # the common case: QUEUED at once
+            record.run, record.delay_s = run, delay_s
+            self.tasks[task_id] = record
+            self.dirty.add(task_id)
+            self._enqueue(record, now + delay_s, now)
+            return self._dispatch(now)
+        missing = [d for d in deps + ((affinity,) if affinity else ()) if d not in self.tasks]
+        if missing:
+            self._seq -= 1
+            raise ValueError(f"task {task_id!r} depends on unknown task(s): {', '.join(missing)}")
         record.after, record.affinity, record.run, record.delay_s = deps, affinity, run, delay_s
         record.state = S.WAITING
         self.tasks[task_id] = record
@@ -331,8 +336,8 @@ class Scheduler:
 
     def _push(self, record: TaskRecord, now: float) -> None:
         record.ready_at = now
-        gen = self._gen.get(record.id, 0) + 1
-        self._gen[record.id] = gen
+        record.qgen += 1           # older heap entries for this task are stale now
+        gen = record.qgen
         key = (record.spec.requires, record.pin or record.spec.node)
         heap = self._classes.get(key)
         if heap is None:
@@ -343,7 +348,7 @@ class Scheduler:
         while heap:
             entry = heap[0]
             record = self.tasks.get(entry[3])
-            if record is not None and record.state is S.QUEUED and self._gen.get(entry[3]) == entry[2]:
+            if record is not None and record.state is S.QUEUED and record.qgen == entry[2]:
                 return entry
             heapq.heappop(heap)
         return None
@@ -355,7 +360,9 @@ class Scheduler:
                 return actions
             self._hold_until = 0.0
         while True:
-            free = [w for w in self.workers.values() if w.accepting()]
+            # accepting(), inlined: this runs for every event on a busy cluster
+            free = [w for w in self.workers.values()
+                    if w.connected and not w.draining and w.running + len(w.foreign) < w.slots]
             if not free:
                 return actions
             best_key, best_entry = None, None
@@ -377,7 +384,7 @@ class Scheduler:
         self._move(record, S.RUNNING)  # QUEUED -> RUNNING
         attempt = Attempt(len(record.attempts) + 1, w.name, now)
         record.attempts.append(attempt)
-        self._gen.pop(record.id, None)
+        record.qgen += 1
         w.running += 1
         return Dispatch(w.name, record.id, attempt.number, record.spec)
 
@@ -459,7 +466,7 @@ class Scheduler:
             actions += self._end_lost_attempt(record, now, f"attempt {number} reported by {w.name}")
         self._move(record, S.RUNNING)      # QUEUED -> RUNNING, on the worker that has it
         record.attempts.append(Attempt(number, w.name, now))
-        self._gen.pop(record.id, None)
+        record.qgen += 1
         w.running += 1
         return actions + [Note(f"worker {w.name} reported {record.id} attempt {number}; adopted")]
 

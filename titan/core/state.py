@@ -34,7 +34,7 @@ JOB_PREFIX = b"titan:job:"
 CRON_KEY = b"titan:cron"
 COUNTERS_KEY = b"titan:counters"
 USER_PREFIX = b"kv:"
-FORMAT = 1
+FORMAT = 2
 
 
 def task_key(task_id: str) -> bytes:
@@ -52,49 +52,59 @@ def _attempt_row(a: Attempt) -> List[Any]:
 _SPEC_BYTES: Dict[int, Tuple[TaskSpec, bytes]] = {}
 
 
+_SPEC_FIELDS = ("command", "name", "requires", "node", "timeout_s", "kill_grace_s", "priority", "retries",
+                "retry_backoff_s", "env")
+
+
 def _spec_bytes(spec: TaskSpec) -> bytes:
-    """The encoded spec, computed once per spec object (identical submissions share one)."""
+    """The encoded spec (a positional list: no key names), computed once per spec object."""
     entry = _SPEC_BYTES.get(id(spec))
     if entry is None or entry[0] is not spec:
         if len(_SPEC_BYTES) >= 4096:
             _SPEC_BYTES.clear()
-        entry = _SPEC_BYTES[id(spec)] = (spec, encode(spec_to_wire(spec)))
+        wire = spec_to_wire(spec)
+        entry = _SPEC_BYTES[id(spec)] = (spec, encode([wire[k] for k in _SPEC_FIELDS]))
     return entry[1]
 
 
+def _opt(value: Any) -> Any:
+    """Empty values travel as None (one byte)."""
+    return value if value else None
+
+
 def record_to_blob(record: TaskRecord) -> bytes:
-    """The whole record, ready to be a store value."""
-    return encode({
-        "v": FORMAT, "id": record.id, "spec": _spec_bytes(record.spec), "state": record.state.value,
-        "seq": record.seq, "submitted_at": record.submitted_at, "finished_at": record.finished_at,
-        "ready_at": record.ready_at, "cancel": record.cancel_requested, "retry_base": record.retry_base,
-        "attempts": [_attempt_row(a) for a in record.attempts],
-        "after": list(record.after), "affinity": record.affinity, "run": record.run, "pin": record.pin,
-        "note": record.note, "delay_s": record.delay_s,
-    })
+    """The whole record as a positional list (compact: a queued task's blob is ~150 bytes)."""
+    return encode([
+        FORMAT, record.id, _spec_bytes(record.spec), record.state.value, record.seq, record.submitted_at,
+        record.finished_at, record.ready_at, record.cancel_requested, record.retry_base,
+        [_attempt_row(a) for a in record.attempts] or None, _opt(list(record.after)), record.affinity,
+        record.run, record.pin, _opt(record.note), _opt(record.delay_s),
+    ])
 
 
 def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
     """Rebuild a record from :func:`record_to_blob`'s bytes (ValueError if unreadable)."""
-    body = decode(blob)
-    if not isinstance(body, dict) or body.get("v") != FORMAT:
+    row = decode(blob)
+    if not isinstance(row, list) or len(row) < 17 or row[0] != FORMAT:
         raise ValueError("not a task record of this format")
-    spec = body["spec"]
-    record = TaskRecord(body["id"], specs.get(decode(spec) if isinstance(spec, bytes) else spec),
-                        int(body["seq"]), float(body["submitted_at"]))
-    record.state = TaskState(body["state"])
-    record.finished_at = body.get("finished_at")
-    record.ready_at = float(body.get("ready_at") or record.submitted_at)
-    record.cancel_requested = bool(body.get("cancel"))
-    record.retry_base = int(body.get("retry_base") or 0)
-    record.after = tuple(body.get("after") or ())
-    record.affinity, record.run, record.pin = body.get("affinity"), body.get("run"), body.get("pin")
-    record.note, record.delay_s = str(body.get("note") or ""), float(body.get("delay_s") or 0.0)
-    for row in body.get("attempts") or []:
-        number, worker, started, finished, code, reason, state = row[:7]
+    (_, task_id, spec, state, seq, submitted, finished, ready, cancel, retry_base, attempts, after,
+     affinity, run, pin, note, delay) = row[:17]
+    spec_wire = dict(zip(_SPEC_FIELDS, decode(spec)))
+    record = TaskRecord(task_id, specs.get({k: v for k, v in spec_wire.items() if v is not None}),
+                        int(seq), float(submitted))
+    record.state = TaskState(state)
+    record.finished_at = finished
+    record.ready_at = float(ready or submitted)
+    record.cancel_requested = bool(cancel)
+    record.retry_base = int(retry_base or 0)
+    record.after = tuple(after or ())
+    record.affinity, record.run, record.pin = affinity, run, pin
+    record.note, record.delay_s = str(note or ""), float(delay or 0.0)
+    for a in attempts or []:
+        number, worker, started, ended, code, reason, a_state = a[:7]
         att = Attempt(int(number), str(worker), float(started))
-        att.finished_at, att.exit_code, att.reason, att.state = finished, code, reason, TaskState(state)
-        att.log_bytes = int(row[7]) if len(row) > 7 else 0
+        att.finished_at, att.exit_code, att.reason, att.state = ended, code, reason, TaskState(a_state)
+        att.log_bytes = int(a[7]) if len(a) > 7 else 0
         record.attempts.append(att)
     record.saved = (record.state, len(record.attempts))
     return record
