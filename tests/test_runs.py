@@ -146,3 +146,64 @@ run = cat "$TITAN_SHARED/f"
         shared = b"".join(c.logs("share#1/write")).decode().strip()
         assert b"".join(c.logs("share#1/read")) == b"data\n"
     wait_until(lambda: not os.path.exists(shared), 10, "the run's shared directory to go")
+
+
+def test_retries_then_dead_then_retry_of_the_run(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a task that fails until a file appears, with 2 retries and a short backoff
+    local = cluster(workers=1)
+    fixed = tmp_path / "fixed"
+    job = write(tmp_path, "flaky.ini", f"""
+[job]
+name = flaky
+[task:try]
+run = test -e {fixed}
+retries = 2
+retry_backoff = 0.1s
+[task:next]
+after = try
+run = echo next
+""")
+    m = ("--master", local.address)
+    with local.client() as c:
+        result = c.submit_file(job).wait(timeout=60)
+        # Then it was tried three times, went DEAD, and its dependant was skipped
+        assert result.tasks == {"flaky#1/try": "DEAD", "flaky#1/next": "SKIPPED"}
+        assert len(c.status("flaky#1/try")["attempts"]) == 3
+    assert "flaky#1/try" in run_cli(*m, "dead").stdout
+    # When the cause is fixed and the run is retried, the rest of the run goes on
+    fixed.touch()
+    assert run_cli(*m, "retry", "flaky#1").code == 0
+    with local.client() as c:
+        wait_until(lambda: c.status("flaky#1")["state"] != "RUNNING", 30, "the retried run to end")
+        assert c.status("flaky#1")["state"] == "SUCCEEDED"
+    assert "flaky#1/try" not in run_cli(*m, "dead").stdout
+
+
+def test_affinity_holds_across_three_workers(cluster: Cluster, tmp_path: Path) -> None:
+    local = cluster(workers=3, slots=2)
+    job = write(tmp_path, "aff.ini", "[job]\nname = aff\n" + "".join(
+        f"[task:src{i}]\nrun = echo $TITAN_NODE\n[task:dst{i}]\nafter = src{i}\naffinity = src{i}\n"
+        f"run = echo $TITAN_NODE\n" for i in range(6)))
+    with local.client() as c:
+        assert c.submit_file(job).wait(timeout=60).ok
+        view = c.status("aff#1")
+    nodes = {t["id"].rsplit("/", 1)[1]: t["node"] for t in view["tasks"]}
+    assert all(nodes[f"dst{i}"] == nodes[f"src{i}"] for i in range(6)), nodes
+    assert len(set(nodes.values())) > 1, "every task ran on one node; affinity was not put to the test"
+
+
+def test_a_task_no_worker_can_take_never_blocks_the_others(cluster: Cluster) -> None:
+    local = cluster(workers=2)
+    with local.client() as c:
+        stuck = c.submit("echo gpu", requires={"gpu"}, priority=100)
+        others = [c.submit(["echo", str(i)]) for i in range(10)]
+        assert [t.result(timeout=30).state for t in others] == ["SUCCEEDED"] * 10
+        assert c.status(stuck.id)["state"] == "QUEUED"
+        c.cancel(stuck.id)
+
+
+def test_the_examples_run(tmp_path: Path) -> None:
+    res = run_cli("up", str(REPO / "examples" / "mapreduce" / "wordcount.ini"), timeout_s=120)
+    assert res.code == 0 and "total words: 3000" in res.stdout, res
+    res = run_cli("up", "--tags", "gpu", str(REPO / "examples" / "gpu-routing.ini"), timeout_s=60)
+    assert res.code == 0 and "training on local-" in res.stdout and "model trained" in res.stdout, res

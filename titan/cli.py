@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "up", "a local master and workers in one command")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--slots", type=int, default=2, help="slots per worker")
+    p.add_argument("--tags", default="", help="comma-separated tags for the local workers, e.g. gpu")
     p.add_argument("--data", default=None, metavar="DIR", help="default: a temporary directory")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="a job file (FILE.ini) to run once, or -- COMMAND; prints the output and exits")
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="show progress; exit 0 only if the run succeeded")
     _sub(subs, "runs", "list recent runs").add_argument("job", nargs="?", default=None, metavar="JOB")
     _sub(subs, "jobs", "list registered jobs")
+    _sub(subs, "dead", "the dead-letter list: tasks that used up their retries")
     p = _sub(subs, "kv", "the cluster's key-value store: get, set, del, keys")
     kv = p.add_subparsers(dest="kv_action", metavar="ACTION")
     kv.add_parser("get", help="print a value").add_argument("key")
@@ -340,7 +342,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from titan.roles.local import LocalCluster
     _setup_logging(args.log_level, "WARNING")
     _interrupt_on(signal.SIGINT, signal.SIGTERM)
-    cluster = LocalCluster(workers=args.workers, slots=args.slots,
+    cluster = LocalCluster(workers=args.workers, slots=args.slots, worker_tags=_tags(args.tags),
                            data_dir=Path(args.data) if args.data else None, token=args.token)
     command = _command(args.command) if args.command else None
     address = cluster.start()
@@ -497,6 +499,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return clijobs.show_runs(c, args.job, args.json, _print_json)
 
 
+def cmd_dead(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        tasks = c.tasks(state="DEAD", limit=1000)
+    if args.json:
+        _print_json(tasks)
+        return EXIT_OK
+    rows = [["ID", "NODE", "EXIT", "REASON"]]
+    for t in tasks:
+        rows.append([t["id"], t.get("node") or "-", "-" if t.get("exit_code") is None else str(t["exit_code"]),
+                     (t.get("reason") or "")[:60]])
+    _print_table(rows)
+    return EXIT_OK
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as c:
         return clijobs.show_jobs(c, args.json, _print_json)
@@ -592,7 +608,7 @@ VERBS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "master": cmd_master, "worker": cmd_worker, "up": cmd_up, "run": cmd_run, "status": cmd_status,
     "wait": cmd_wait, "cancel": cmd_cancel, "retry": cmd_retry, "logs": cmd_logs, "nodes": cmd_nodes,
     "tasks": cmd_tasks, "kv": cmd_kv, "submit": cmd_submit, "trigger": cmd_trigger, "runs": cmd_runs,
-    "jobs": cmd_jobs, "store": cmd_store,
+    "jobs": cmd_jobs, "dead": cmd_dead, "store": cmd_store,
     "cron": cmd_cron,
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from titan.core.model import TaskRecord
+from titan.core.model import TaskRecord, TaskState
 from titan.core.runs import check_job, run_state, summarize, task_body
 from titan.errors import TitanError, UsageError
 from titan.io.loop import Connection
@@ -154,6 +154,15 @@ class RunService:
     def _records(self, run_id: str) -> List[TaskRecord]:
         tasks = self.master.sched.tasks
         return [tasks[t] for t in self.runs.get(run_id, ()) if t in tasks]
+
+    def retry(self, run_id: str) -> List[str]:
+        """Re-queue the run's failed tasks (their skipped dependants wait for them again)."""
+        retried = []
+        for record in self._records(run_id):
+            if record.state in (TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED):
+                self.master.apply(self.master.sched.retry(record.id, self.master.clock()))
+                retried.append(record.id)
+        return retried
 
     def cancel(self, run_id: str) -> None:
         for record in self._records(run_id):

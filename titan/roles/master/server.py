@@ -512,6 +512,12 @@ class Master(Handler):
                                   "cancelling": record.cancel_requested and record.state is TaskState.RUNNING})
 
     def _c_retry(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        if body.get("task") in self.runs.runs:          # a run: retry what failed in it
+            retried = self.runs.retry(body["task"])
+            if not retried:
+                raise UsageError(f"run {body['task']} has no FAILED, DEAD or CANCELLED task to retry")
+            conn.send(Op.OK, req_id, {"id": body["task"], "state": "RUNNING", "retried": retried})
+            return
         record = self._record(body)
         try:
             self.apply(self.sched.retry(record.id, self.clock()))
