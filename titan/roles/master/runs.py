@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from titan.core.model import TaskRecord, TaskState
+from titan.core.model import TERMINAL, TaskRecord, TaskState
 from titan.core.runs import check_job, run_state, summarize, task_body
 from titan.errors import TitanError, UsageError
 from titan.io.loop import Connection
@@ -92,9 +92,13 @@ class RunService:
             if job is not None and fire.run_id not in self.runs:
                 self._start(job, run_id=fire.run_id)
 
+    def _live(self, run_id: str) -> bool:
+        """Whether a task of the run has not ended (the last tasks are checked first: they end last)."""
+        tasks = self.master.sched.tasks
+        return any(tasks[t].state not in TERMINAL for t in reversed(self.runs.get(run_id, ())) if t in tasks)
+
     def _job_running(self, name: str) -> bool:
-        return any(_job_of(run_id) == name and self.view(run_id, detail=False)["state"] == "RUNNING"
-                   for run_id in self.runs)
+        return any(_job_of(run_id) == name and self._live(run_id) for run_id in self.runs)
 
     def _start(self, job: Dict[str, Any], run_id: Optional[str] = None) -> Dict[str, Any]:
         m = self.master
@@ -190,9 +194,9 @@ class RunService:
         """After a batch of actions: end the streams of runs that are now over."""
         while self._touched:
             run_id = self._touched.pop()
-            view = self.view(run_id, detail=False)
-            if view["state"] == "RUNNING":
+            if self._live(run_id):
                 continue
+            view = self.view(run_id, detail=False)
             for conn in self.master.worker_conns.values():     # they may drop its $TITAN_SHARED
                 conn.send(Op.RUN_DONE, 0, {"run": run_id}, lazy=True)
             if "@" in run_id:
