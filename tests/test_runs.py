@@ -203,6 +203,8 @@ def test_a_task_no_worker_can_take_never_blocks_the_others(cluster: Cluster) -> 
 
 
 def test_the_examples_run(tmp_path: Path) -> None:
+    res = run_cli("up", str(REPO / "examples" / "nightly-etl.ini"), timeout_s=120)
+    assert res.code == 0 and "total" in res.stdout and "nightly-etl#1  SUCCEEDED" in res.stdout, res
     res = run_cli("up", str(REPO / "examples" / "mapreduce" / "wordcount.ini"), timeout_s=120)
     assert res.code == 0 and "total words: 3000" in res.stdout, res
     res = run_cli("up", "--tags", "gpu", str(REPO / "examples" / "gpu-routing.ini"), timeout_s=60)

@@ -97,6 +97,7 @@ class TaskSpec:
     retries: int = 0
     retry_backoff_s: float = 1.0
     env: Tuple[Tuple[str, str], ...] = ()
+    files: Tuple[Tuple[str, str, bool], ...] = ()   # (path in the workspace, sha256, executable)
     shell: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -148,6 +149,30 @@ def _number(body: Mapping[str, Any], key: str, default: Optional[float], *, low:
     return float(value)
 
 
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def safe_relative_path(path: object) -> bool:
+    """True for a relative path that stays inside the directory it is joined to."""
+    if not isinstance(path, str) or not path or "\0" in path or path.startswith("/") or "\\" in path:
+        return False
+    parts = path.split("/")
+    return all(p not in ("", ".", "..") for p in parts)
+
+
+def _files_from_wire(files: object) -> Tuple[Tuple[str, str, bool], ...]:
+    if not files:
+        return ()
+    _want(isinstance(files, dict), f"files must map workspace paths to [sha256, executable], not {files!r}")
+    out = []
+    for path, entry in sorted(files.items()):   # type: ignore[union-attr]
+        _want(safe_relative_path(path), f"file path {path!r} must be relative and stay inside the workspace")
+        _want(isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+              and bool(_SHA_RE.match(entry[0])), f"file {path!r}: expected [sha256 hex, executable]")
+        out.append((path, entry[0], bool(entry[1])))
+    return tuple(out)
+
+
 def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     """Build a :class:`TaskSpec` from a SUBMIT body; raise UsageError on bad input."""
     argv, shell = _argv_from_wire(body.get("command"))
@@ -174,6 +199,7 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     timeout_s = _number(body, "timeout_s", None)
     _want(timeout_s is None or timeout_s > 0, "timeout_s must be greater than 0")
     return TaskSpec(
+        files=_files_from_wire(body.get("files")),
         argv=argv, name=name, requires=frozenset(requires), node=node,
         timeout_s=timeout_s, kill_grace_s=_number(body, "kill_grace_s", 5.0) or 0.0,
         priority=priority, retries=retries,
@@ -183,7 +209,7 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
 
 
 _SPEC_KEYS = frozenset({"command", "name", "requires", "node", "timeout_s", "kill_grace_s", "priority",
-                        "retries", "retry_backoff_s", "env"})
+                        "retries", "retry_backoff_s", "env", "files"})
 
 
 def _frozen(value: Any) -> Any:
@@ -233,6 +259,7 @@ def spec_to_wire(spec: TaskSpec) -> Dict[str, Any]:
         "retries": spec.retries,
         "retry_backoff_s": spec.retry_backoff_s,
         "env": dict(spec.env),
+        "files": {path: [sha, executable] for path, sha, executable in spec.files},
     }
 
 

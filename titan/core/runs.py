@@ -9,28 +9,42 @@ Pure: no I/O.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping
+import hashlib
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from titan.core.jobfile import JobSpec
 from titan.core.model import TERMINAL, TaskState
 from titan.errors import UsageError
 
-__all__ = ["job_to_wire", "check_job", "run_state", "task_body", "summarize"]
+__all__ = ["job_to_wire", "check_job", "run_state", "task_body", "summarize", "file_hashes"]
 
 
-def job_to_wire(spec: JobSpec) -> Dict[str, Any]:
-    """The RUN body's ``job``: the tasks in dependency order, environments merged."""
+FileReader = Callable[[str], Tuple[bytes, bool]]
+
+
+def job_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,
+                blobs: Optional[Dict[str, bytes]] = None) -> Dict[str, Any]:
+    """The RUN body's ``job``: the tasks in dependency order, environments merged.
+
+    ``read_file(path) -> (content, executable)`` reads a task's ``files``;
+    their contents land in ``blobs`` (sha256 -> bytes), each once.
+    """
     tasks = []
     for name in spec.topological_order():
         t = spec.tasks[name]
-        if t.files:
-            raise UsageError(f"{spec.filename}: [task:{name}] files: shipping files with a job is not "
-                             f"supported by this version yet; put them where the workers can read them")
+        files: Dict[str, List[Any]] = {}
+        for path in t.files:
+            if read_file is None or blobs is None:
+                raise UsageError(f"{spec.filename}: [task:{name}] files: nothing to read them with")
+            data, executable = read_file(path)
+            sha = hashlib.sha256(data).hexdigest()
+            blobs[sha] = data
+            files[path] = [sha, executable]
         tasks.append({
             "name": name, "command": t.run, "after": list(t.after), "requires": sorted(t.requires),
             "affinity": t.affinity, "node": t.node, "retries": t.retries,
             "retry_backoff_s": t.retry_backoff_s, "timeout_s": t.timeout_s, "priority": t.priority,
-            "delay_s": t.delay_s, "env": spec.environment(name),
+            "delay_s": t.delay_s, "env": spec.environment(name), "files": files or None,
         })
     if spec.services:
         raise UsageError(f"{spec.filename}: [service:*] sections are not supported by this version yet")
@@ -58,9 +72,15 @@ def check_job(job: Any) -> Dict[str, Any]:
     return job
 
 
+def file_hashes(job: Mapping[str, Any]) -> List[str]:
+    """Every file hash a job's tasks refer to."""
+    return sorted({entry[0] for t in job.get("tasks") or [] for entry in (t.get("files") or {}).values()})
+
+
 def task_body(task: Mapping[str, Any]) -> Dict[str, Any]:
     """The SUBMIT-style body that builds one task's spec."""
-    keys = ("command", "name", "requires", "node", "timeout_s", "priority", "retries", "retry_backoff_s", "env")
+    keys = ("command", "name", "requires", "node", "timeout_s", "priority", "retries", "retry_backoff_s", "env",
+            "files")
     return {k: task[k] for k in keys if task.get(k) is not None}
 
 

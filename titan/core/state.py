@@ -53,7 +53,7 @@ _SPEC_BYTES: Dict[int, Tuple[TaskSpec, bytes]] = {}
 
 
 _SPEC_FIELDS = ("command", "name", "requires", "node", "timeout_s", "kill_grace_s", "priority", "retries",
-                "retry_backoff_s", "env")
+                "retry_backoff_s", "env", "files")
 
 
 def _spec_bytes(spec: TaskSpec) -> bytes:

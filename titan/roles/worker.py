@@ -27,7 +27,9 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import quote
 
 from titan import __version__
-from titan.errors import AuthError
+from titan.core.model import safe_relative_path
+from titan.errors import AuthError, UsageError
+from titan.io.blobs import BlobStore
 from titan.io.loop import Connection, Handler, Loop, Timer, format_address
 from titan.io.proc import OsProcesses, Spawned
 from titan.wire.frames import Frame, Op
@@ -96,6 +98,10 @@ class Worker(Handler):
         self.outbox_bytes: Dict[Key, int] = {}
         self.dropped: Dict[Key, int] = {}
         self.outboxed: "set[Key]" = set()       # results already waiting in the outbox
+        self.cache = BlobStore(config.data_dir.resolve() / "cache")
+        self.fetch_reqs: Dict[int, str] = {}    # request id -> file hash asked for
+        self.fetching_for: Dict[Key, Tuple[Dict[str, Any], "set[str]"]] = {}   # attempts waiting for files
+        self.next_req = 1
         self.grace_of: Dict[Key, float] = {}    # TERM-to-KILL grace per running attempt
         self.paused = False
         self.last_rx = 0.0
@@ -183,7 +189,7 @@ class Worker(Handler):
             "tags": sorted(self.config.tags), "slots": self.config.slots,
             "dedicated": self.config.dedicated, "host": socket.gethostname(), "pid": os.getpid(),
             "version": __version__,
-            "running": [list(k) for k in self.jobs],
+            "running": [list(k) for k in self.jobs] + [list(k) for k in self.fetching_for],
             "finished": [list(k) for k in self.unacked],
         }
 
@@ -220,14 +226,20 @@ class Worker(Handler):
         if frame.opcode == Op.DISPATCH:
             self._start(body)
         elif frame.opcode == Op.KILL:
-            job = self.jobs.get((body.get("task"), body.get("attempt")))
+            key = (body.get("task"), body.get("attempt"))
+            job = self.jobs.get(key)       # type: ignore[arg-type]
             if job is not None:
                 self._terminate(job, str(body.get("reason") or "cancelled"))
+            elif key in self.fetching_for:  # not started yet: it never will be
+                del self.fetching_for[key]  # type: ignore[arg-type]
+                self._finish_now(key, -15, str(body.get("reason") or "cancelled"))  # type: ignore[arg-type]
         elif frame.opcode == Op.ACK:
             for task_id, attempt in body.get("items") or ():
                 self.unacked.pop((task_id, attempt), None)
         elif frame.opcode == Op.RUN_DONE:
             self._run_done(str(body.get("run") or ""))
+        elif frame.req_id in self.fetch_reqs:
+            self._fetched(self.fetch_reqs.pop(frame.req_id), frame.opcode, body)
         elif frame.opcode == Op.ERROR:
             logger.error("the master reported an error: %s", body.get("message", body))
 
@@ -252,6 +264,9 @@ class Worker(Handler):
                 if (body["task"], body["attempt"]) not in self.outboxed:
                     conn.send(Op.FINISHED, 0, body)
             self.outboxed.clear()
+            self.fetch_reqs.clear()
+            for sha in sorted({s for _, want in self.fetching_for.values() for s in want}):
+                self._fetch(sha)               # asked on the old connection: ask again
 
     def _heartbeat(self) -> None:
         conn = self.conn
@@ -287,13 +302,21 @@ class Worker(Handler):
     # ----- attempts ------------------------------------------------------
     def _start(self, body: Dict[str, Any]) -> None:
         key = (str(body["task"]), int(body["attempt"]))
-        if key in self.jobs or key in self.unacked:
+        if key in self.jobs or key in self.unacked or key in self.fetching_for:
+            return
+        missing = sorted({entry[0] for entry in (body.get("files") or {}).values()
+                          if isinstance(entry, list) and entry and not self.cache.has(entry[0])})
+        if missing:                      # fetch the job's files first; start when they are here
+            self.fetching_for[key] = (body, set(missing))
+            for sha in missing:
+                self._fetch(sha)
             return
         run = str(body.get("run") or key[0])
         workspace = shared = None
         try:
             workspace = self.spaces.acquire()
             shared = workspace if run == key[0] else self._run_dir(run)   # a one-task run shares with itself
+            self._materialise(body.get("files") or {}, workspace)
             env = self._env(body, key, run, workspace, shared)
             spawned = self.procs.spawn(body["argv"], cwd=str(workspace), env=env)
         except (OSError, ValueError) as exc:    # ValueError: a NUL byte in argv/env, '=' in an env name
@@ -311,6 +334,48 @@ class Worker(Handler):
             job.timers.append(self.loop.call_later(
                 float(timeout_s), lambda: self._terminate(job, f"timed out after {timeout_s:g}s", grace)))
         self.grace_of[key] = grace
+
+    # ----- job files ---------------------------------------------------
+    def _fetch(self, sha: str) -> None:
+        conn = self._ready()
+        if conn is None or sha in self.fetch_reqs.values():
+            return                      # asked again once registered
+        self.next_req = self.next_req % 0xFFFFFFF0 + 2
+        self.fetch_reqs[self.next_req] = sha
+        conn.send(Op.FETCH, self.next_req, {"sha": sha}, urgent=True)
+
+    def _fetched(self, sha: str, opcode: int, body: Dict[str, Any]) -> None:
+        data = body.get("data")
+        error = ""
+        if opcode == Op.OK and isinstance(data, bytes):
+            try:
+                self.cache.put(sha, data)
+            except (UsageError, OSError) as exc:
+                error = str(exc)
+        else:
+            error = str(body.get("message") or "the master did not send it")
+        for key, (dispatch, want) in list(self.fetching_for.items()):
+            if sha not in want:
+                continue
+            if error:
+                del self.fetching_for[key]
+                self._finish_now(key, 127, f"cannot fetch the job's file {sha[:12]}...: {error}")
+            else:
+                want.discard(sha)
+                if not want:
+                    del self.fetching_for[key]
+                    self._start(dispatch)
+
+    def _materialise(self, files: Dict[str, Any], workspace: Path) -> None:
+        """Copy the job's files into the attempt's workspace (copies: tasks may change them)."""
+        for rel, (sha, executable) in sorted(files.items()):
+            if not safe_relative_path(rel):
+                raise OSError(errno.EINVAL, f"file path {rel!r} would leave the workspace")
+            dest = workspace / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.cache.path(sha), dest)
+            if executable:
+                os.chmod(dest, 0o755)
 
     def _run_done(self, run: str) -> None:
         """A run ended: its $TITAN_SHARED here goes, unless a task of it still runs."""

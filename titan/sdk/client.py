@@ -373,9 +373,13 @@ class Client:
         return task
 
     def submit_job(self, job: Dict[str, Any], *, start: bool = True, watch: bool = True,
-                   on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> Run:
-        """Register ``job`` (a RUN body's job, see :mod:`titan.core.runs`) and start a run of it."""
-        req_id = self._send(Op.RUN, {"job": job, "start": start, "watch": watch})
+                   on_task: Optional[Callable[[Dict[str, Any]], None]] = None,
+                   blobs: Optional[Dict[str, bytes]] = None) -> Run:
+        """Register ``job`` (a RUN body's job, see :mod:`titan.core.runs`) and start a run of it.
+
+        ``blobs`` carries the contents of the files its tasks list (sha256 -> bytes).
+        """
+        req_id = self._send(Op.RUN, {"job": job, "start": start, "watch": watch, "blobs": blobs or {}})
         reply = self._wait_for(req_id, time.monotonic() + 30.0).reply
         assert reply is not None
         body = reply.body if isinstance(reply.body, dict) else {}
@@ -390,12 +394,24 @@ class Client:
 
         Raises :class:`titan.core.jobfile.JobFileError` (a UsageError) listing every problem.
         """
-        from titan.core.jobfile import parse      # only callers of this method need the parser
+        from titan.core.jobfile import JobFileError, check_files, parse   # only this method needs them
         from titan.core.runs import job_to_wire
         with open(path, encoding="utf-8") as f:
             spec = parse(f.read(), filename=str(path))
-        return self.submit_job(job_to_wire(spec), start=(spec.schedule is None) if start is None else start,
-                               watch=watch, on_task=on_task)
+        base = os.path.dirname(os.path.abspath(path))
+        problems = check_files(spec, lambda p: os.path.isfile(os.path.join(base, p)))
+        if problems:
+            raise JobFileError(problems)
+
+        def read(rel: str) -> Tuple[bytes, bool]:
+            full = os.path.join(base, rel)
+            with open(full, "rb") as f:
+                return f.read(), os.access(full, os.X_OK)
+
+        blobs: Dict[str, bytes] = {}
+        job = job_to_wire(spec, read, blobs)
+        return self.submit_job(job, start=(spec.schedule is None) if start is None else start,
+                               watch=watch, on_task=on_task, blobs=blobs)
 
     def trigger(self, job: str, *, watch: bool = True,
                 on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> Run:

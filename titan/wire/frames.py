@@ -81,6 +81,7 @@ class Op(enum.IntEnum):
     ACK = 0x25
     STARTED = 0x26
     RUN_DONE = 0x27
+    FETCH = 0x28
     KV = 0x30
     SUBSCRIBE = 0x31
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, TaskRecord, TaskState
-from titan.core.runs import check_job, run_state, summarize, task_body
+from titan.core.runs import check_job, file_hashes, run_state, summarize, task_body
 from titan.errors import TitanError, UsageError
 from titan.io.loop import Connection
 from titan.wire.frames import FLAG_MORE, Op
@@ -46,6 +46,7 @@ class RunService:
     # ----- requests ------------------------------------------------------
     def run(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         job = check_job(body.get("job"))
+        self._store_files(job, body.get("blobs"))
         self._plan(job, None)
         self.jobs[job["name"]] = job
         self.master.durable.jobs_dirty[job["name"]] = job
@@ -54,6 +55,17 @@ class RunService:
             reply.update(self._start(job))
             self._watch(conn, req_id, reply["run"], bool(body.get("watch")))
         self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") and reply["run"] else 0)
+
+    def _store_files(self, job: Dict[str, Any], blobs: Any) -> None:
+        """Keep the job's files by content (each once); every file it names must be here."""
+        store = self.master.blobs
+        for sha, data in (blobs.items() if isinstance(blobs, dict) else ()):
+            if isinstance(sha, str) and isinstance(data, bytes):
+                store.put(sha, data)
+        missing = [sha for sha in file_hashes(job) if not store.has(sha)]
+        if missing:
+            raise UsageError(f"job {job['name']!r} names {len(missing)} file(s) it did not send "
+                             f"(first: {missing[0][:12]}...)")
 
     def trigger(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         name = body.get("job")

@@ -28,6 +28,7 @@ from titan.core.model import TERMINAL, SpecCache, TaskRecord, TaskState
 from titan.core.planner import Planner
 from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Scheduler
 from titan.errors import InvalidTransition, ProtocolError, UsageError
+from titan.io.blobs import BlobStore
 from titan.io.logfiles import LogStore
 from titan.roles.master.durable import Durable, SavedState
 from titan.roles.master.kv import KvService
@@ -129,6 +130,7 @@ class Master(Handler):
         self._acks: Dict[Connection, List[List[Any]]] = {}
         self._held: List[Frame_] = []                        # held in this pass
         self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
+        self.blobs = BlobStore(config.data_dir / "files")
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
                                rewrite_min_bytes=config.aof_rewrite_min_bytes)
         saved = self.durable.open(self.clock(), self.specs)
@@ -372,6 +374,7 @@ class Master(Handler):
             "run": self.sched.tasks[action.task_id].run or action.task_id,
             "name": spec.name, "argv": list(spec.argv), "env": dict(spec.env),
             "timeout_s": spec.timeout_s, "kill_grace_s": spec.kill_grace_s,
+            "files": {path: [sha, executable] for path, sha, executable in spec.files},
         })
 
     def result_body(self, record: TaskRecord) -> Dict[str, Any]:
@@ -432,6 +435,15 @@ class Master(Handler):
             for wconn, wreq in self.watchers.get(task_id, ()):
                 if (task_id, wreq) in wconn.state.following:
                     wconn.send(Op.EVENT, wreq, event, FLAG_MORE)
+
+    def _w_fetch(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        """A worker asks for a job file it has not cached yet."""
+        sha = body.get("sha")
+        data = self.blobs.get(sha) if isinstance(sha, str) and len(sha) == 64 else None
+        if data is None:
+            conn.send_error(req_id, "unknown_file", f"no file with hash {sha!r} on this master")
+            return
+        conn.send(Op.OK, req_id, {"sha": sha, "data": data})
 
     def _w_finished(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         peer: Peer = conn.state
@@ -608,4 +620,5 @@ CLIENT_OPS: Dict[int, Callable[..., None]] = {
 }
 WORKER_OPS: Dict[int, Callable[..., None]] = {
     Op.HEARTBEAT: Master._w_heartbeat, Op.OUTPUT: Master._w_output, Op.FINISHED: Master._w_finished,
+    Op.FETCH: Master._w_fetch,
 }
