@@ -62,32 +62,32 @@ run = echo report
 
 def test_cancelling_a_run_kills_its_running_task_and_cancels_the_rest(cluster: Cluster, tmp_path: Path) -> None:
     local = cluster(workers=1)
-    pidfile = tmp_path / "pid"
+    pidfile, childfile = tmp_path / "pid", tmp_path / "child"
     job = write(tmp_path, "slow.ini", f"""
 [job]
 name = slow
 [task:wait]
-run = echo $$ > {pidfile}; sleep 300
+run = echo $$ > {pidfile}; sleep 300 & echo $! > {childfile}; wait
 [task:after]
 after = wait
 run = echo never
 """)
     with local.client() as c:
         run = c.submit_file(job)
-        wait_until(pidfile.exists, 30, "the first task to start")
-        pid = int(pidfile.read_text())
+        wait_until(lambda: childfile.exists() and childfile.read_text().strip(), 30, "the first task to start")
+        pid, grandchild = int(pidfile.read_text()), int(childfile.read_text())
         c.cancel(run.id)
         result = run.wait(timeout=30)
     assert result.state == "CANCELLED"
     assert result.tasks == {"slow#1/wait": "CANCELLED", "slow#1/after": "CANCELLED"}
-    wait_until(lambda: pid_gone(pid), 10, "the cancelled task's process to die")
+    wait_until(lambda: pid_gone(pid) and pid_gone(grandchild), 10, "the cancelled task's processes to die")
 
 
 def test_submit_wait_runs_and_lists(cluster: Cluster, tmp_path: Path) -> None:
     local = cluster(workers=2)
     job = write(tmp_path, "fan.ini", "[job]\nname = fan\n[task:a]\nrun = true\n" + "".join(
-        f"[task:m{i}]\nafter = a\nrun = echo {i}\n" for i in range(20)) +
-        "[task:z]\nafter = " + ", ".join(f"m{i}" for i in range(20)) + "\nrun = true\n")
+        f"[task:m{i}]\nafter = a\nrun = echo {i}\n" for i in range(100)) +
+        "[task:z]\nafter = " + ", ".join(f"m{i}" for i in range(100)) + "\nrun = true\n")
     m = ("--master", local.address)
     res = run_cli(*m, "submit", job, "--wait")
     assert res.code == 0 and res.stdout.strip() == "fan#1  SUCCEEDED", res
