@@ -30,6 +30,7 @@ from titan import __version__
 from titan.core.model import safe_relative_path
 from titan.errors import AuthError, UsageError
 from titan.io.blobs import BlobStore
+from titan.io.reaper import ProcessLedger
 from titan.io.loop import Connection, Handler, Loop, Timer, format_address
 from titan.io.proc import OsProcesses, Spawned
 from titan.wire.frames import Frame, Op
@@ -108,6 +109,9 @@ class Worker(Handler):
         self.backoff_s = 0.1
         self.stopping = False
         data_dir = config.data_dir.resolve()
+        self.ledger = ProcessLedger(data_dir)
+        self.ledger.lock()                     # before touching anything in the directory
+        self.reaped = self.ledger.reap()       # what a previous life of this worker left running
         self.spaces = WorkspacePool(data_dir / "work", keep=2 * config.slots + 2)
         self.shared_root = data_dir / "shared"
         self.shared_root.mkdir(parents=True, exist_ok=True)
@@ -129,6 +133,7 @@ class Worker(Handler):
         finally:
             if self.conn is not None:
                 self.conn.close("worker stopped")
+            self.ledger.close()
             logger.info("titan worker %s stopped", self.config.name)
 
     def shutdown(self, grace_s: float = 2.0) -> None:
@@ -327,6 +332,7 @@ class Worker(Handler):
             return
         job = Job(key, run, spawned, workspace, shared)
         self.jobs[key] = job
+        self.ledger.record(spawned.pid, key[0], key[1])
         self._watch(job)
         timeout_s = body.get("timeout_s")
         grace = float(body.get("kill_grace_s") or 0.0)
@@ -494,6 +500,7 @@ class Worker(Handler):
         for timer in job.timers:
             timer.cancel()
         self.procs.release(job.spawned)
+        self.ledger.forget(job.spawned.pid)
         reason = job.reason or _describe_exit(job.exit_code)
         self._finish_now(job.key, job.exit_code, reason, started_at=job.started_at)
         self.spaces.release(job.workspace)

@@ -1,0 +1,139 @@
+"""Zombie reaping: a worker's record of the process groups it starts, and the cleanup of a past life's.
+
+    DATA/worker.lock     held (flock) for the worker's life: one worker per data directory
+    DATA/procs.log       "+ PGID START_TICKS TASK ATTEMPT" when an attempt starts, "- PGID" when it ends
+
+A worker killed with SIGKILL leaves its tasks' process groups running.  When
+a worker starts on the same data directory it reads the records and kills
+those groups, checking each leader's start time, so a pid the system has
+since given to another process is never hit.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from titan.errors import TitanError
+from titan.io.proc import process_start_time
+
+__all__ = ["DataDirLocked", "ProcessLedger"]
+
+logger = logging.getLogger(__name__)
+
+
+class DataDirLocked(TitanError):
+    """Raised when another worker already uses the data directory."""
+
+
+class ProcessLedger:
+    """Locks a worker's data directory and records its attempts' process groups.
+
+    The record is an append-only file (one short write per start and end);
+    :meth:`reap` replays it, kills what a previous life left, and empties it.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / "procs.log"
+        self._lock_fd: Optional[int] = None
+        self._fd: Optional[int] = None
+
+    def lock(self) -> None:
+        """Take the directory for this worker, or raise DataDirLocked."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "worker.lock"
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DataDirLocked(f"data directory {self.data_dir} is in use by another worker (pid {holder}); "
+                                f"stop it or start this one with another --data") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _write(self, line: str) -> None:
+        if self._fd is None:
+            self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.write(self._fd, line.encode())
+
+    def record(self, pgid: int, task: str, attempt: int) -> None:
+        start = process_start_time(pgid)
+        self._write(f"+ {pgid} {start if start is not None else -1} {task} {attempt}\n")
+
+    def forget(self, pgid: int) -> None:
+        self._write(f"- {pgid}\n")
+
+    def reap(self) -> List[str]:
+        """Kill the groups a previous life left running; return what was done, one line each."""
+        done = []
+        for pgid, (start, task) in sorted(self._left_running().items()):
+            killed = _kill_group(pgid, start)
+            if killed:
+                done.append(f"killed {killed} process(es) of {task} (process group {pgid})")
+            elif process_start_time(pgid) is not None:
+                done.append(f"left pid {pgid} alone: it is not {task}'s process any more (pid reused)")
+        for line in done:
+            logger.warning("reaping: %s", line)
+        if self.path.exists():
+            os.truncate(str(self.path), 0)
+        return done
+
+    def _left_running(self) -> Dict[int, Tuple[int, str]]:
+        live: Dict[int, Tuple[int, str]] = {}
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return live
+        for line in lines:
+            parts = line.split()
+            try:
+                if parts[0] == "+" and len(parts) >= 4:
+                    live[int(parts[1])] = (int(parts[2]), parts[3])
+                elif parts[0] == "-" and len(parts) >= 2:
+                    live.pop(int(parts[1]), None)
+            except (ValueError, IndexError):
+                continue             # a torn last line: its attempt had barely started
+        return live
+
+    def close(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._lock_fd = None
+
+
+def _members(pgid: int, since: int) -> List[int]:
+    """Live processes of group ``pgid`` started at or after ``since`` (clock ticks)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and int(fields[19]) >= since and fields[0] != "Z":
+            out.append(int(name))
+    return out
+
+
+def _kill_group(pgid: int, start: int) -> int:
+    """SIGKILL the group if its leader is ours (same start time) or gone; count its members."""
+    leader_start = process_start_time(pgid)
+    if leader_start is not None and leader_start != start:
+        return 0                        # the pid now belongs to someone else
+    members = _members(pgid, start)
+    if not members:
+        return 0
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return 0
+    return len(members)
