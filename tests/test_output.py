@@ -97,6 +97,11 @@ def test_up_without_a_command_serves_until_interrupted(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for pidfile in (tmp_path / "up").glob("*.pid"):   # the cluster it started, if it could not
+            try:
+                os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
     # Then it exits 0 and the worker it started is gone
     assert code == 0
     wait_until(lambda: pid_gone(worker_pid), 10, "the local worker to exit")

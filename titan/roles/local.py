@@ -61,10 +61,13 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / log_name, "ab")
         try:
-            return subprocess.Popen(titan_command() + args, stdin=subprocess.DEVNULL, stdout=log,
+            proc = subprocess.Popen(titan_command() + args, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=self._env(), start_new_session=True)
         finally:
             log.close()
+        # each child's pid next to its log, so whoever cleans up after a crash can find it
+        (self.data_dir / log_name).with_suffix(".pid").write_text(f"{proc.pid}\n")
+        return proc
 
     def start(self, timeout_s: float = 30.0) -> str:
         """Start everything; return the master's address once all workers are ready."""
