@@ -6,7 +6,8 @@ Prints ``metric value unit`` lines:
 - ``spawn_limit``: how fast this machine runs ``subprocess.run(["true"])``
   from 2 threads (the ceiling for any runtime that starts a process per task);
 - ``latency_median`` / ``latency_p90``: submit-to-result time of one ``true``
-  task on a local master + 2 workers x 2 slots, one task at a time;
+  task on a local master + 2 workers x 2 slots, one task at a time, next to
+  ``spawn_latency_median``, one bare ``subprocess.run(["true"])``;
 - ``throughput``: 2,000 ``true`` tasks submitted at once, and its ratio to the
   spawn limit measured in the same run.
 
@@ -48,6 +49,16 @@ def spawn_limit(total: int, threads: int = 2) -> float:
     return per_thread * threads / (time.perf_counter() - start)
 
 
+def spawn_latency(samples: int) -> list:
+    """Seconds per ``subprocess.run(["true"])``: the floor under any one task's latency."""
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        subprocess.run(["true"], check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def latency(client, samples: int) -> list:
     for _ in range(20):                      # warm up both workers
         client.submit(["true"]).result(timeout=30)
@@ -75,18 +86,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="baseline and Titan alternate this many times (medians are printed)")
     args = parser.parse_args()
-    limits, rates, times = [], [], []
+    limits, rates, times, floors = [], [], [], []
     with LocalCluster(workers=2, slots=2) as cluster:
         with cluster.client() as c:
             for _ in range(args.rounds):      # interleaved, so drift on a shared host hits both alike
                 limits.append(spawn_limit(args.tasks))
                 rates.append(throughput(c, args.tasks))
                 times += latency(c, args.samples // args.rounds)
+                floors += spawn_latency(args.samples // args.rounds)
     times.sort()
     limit, rate = statistics.median(limits), statistics.median(rates)
     print(f"spawn_limit {limit:.0f} tasks/s")
     print(f"latency_median {statistics.median(times) * 1000:.3f} ms")
     print(f"latency_p90 {times[int(len(times) * 0.9)] * 1000:.3f} ms")
+    print(f"spawn_latency_median {statistics.median(floors) * 1000:.3f} ms")
     print(f"throughput {rate:.0f} tasks/s")
     print(f"throughput_vs_spawn_limit {rate / limit * 100:.1f} %")
     return 0
