@@ -11,7 +11,7 @@ from titan.cli import EXIT_OK, EXIT_USAGE, main
 from titan.core.jobfile import JobFileError, JobSpec, Problem, ServiceDef, TaskDef, check_files, parse
 from titan.errors import UsageError
 
-DESIGN_EXAMPLE = """\
+FULL_EXAMPLE = """\
 [job]
 name = nightly-etl            ; required; letters digits _ . - (max 64)
 schedule = 0 2 * * *          ; optional
@@ -116,8 +116,8 @@ def job(body: str) -> str:
 
 
 # ----- whole files ---------------------------------------------------------------------------
-def test_the_design_example_parses_to_the_expected_spec() -> None:
-    spec = parse(DESIGN_EXAMPLE, filename="etl.ini")
+def test_the_full_example_parses_to_the_expected_spec() -> None:
+    spec = parse(FULL_EXAMPLE, filename="etl.ini")
     expected = JobSpec(
         name="nightly-etl", schedule="0 2 * * *", timezone="Europe/Berlin", overlap="skip", catchup="latest",
         catchup_limit=10, jitter_s=30.0, env=(("STAGE", "prod"),),
@@ -189,7 +189,7 @@ def test_a_service_only_file_is_a_job() -> None:
 
 
 def test_summary() -> None:
-    assert parse(DESIGN_EXAMPLE).summary() == \
+    assert parse(FULL_EXAMPLE).summary() == \
         "job nightly-etl: 4 tasks, 1 service, schedule '0 2 * * *' Europe/Berlin"
 
 
@@ -268,7 +268,7 @@ def test_section_names_are_stripped() -> None:
 
 
 def test_environment_merges_job_and_unit() -> None:
-    spec = parse(DESIGN_EXAMPLE)
+    spec = parse(FULL_EXAMPLE)
     assert spec.environment("extract") == {"STAGE": "prod", "DAY_FORMAT": "%F"}
     assert spec.environment("api") == {"STAGE": "prod", "MODE": "api"}
     overridden = parse("[job]\nname=j\nenv.A=job\n[task:t]\nrun=true\nenv.A=task\n")
@@ -570,7 +570,7 @@ def test_problems_come_in_line_order() -> None:
 
 # ----- files ------------------------------------------------------------------------------------------
 def test_check_files_reports_missing_files_at_the_files_line() -> None:
-    spec = parse(DESIGN_EXAMPLE, filename="etl.ini")
+    spec = parse(FULL_EXAMPLE, filename="etl.ini")
     present = {"extract.py", "www/index.html"}
     assert [str(p) for p in check_files(spec, present.__contains__)] == [
         "etl.ini:22: [task:extract] files: no such file 'lib/util.py' (paths are relative to the job file's "
@@ -586,7 +586,7 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 
 
 def test_check_prints_ok_with_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    good = write(tmp_path, "etl.ini", DESIGN_EXAMPLE)
+    good = write(tmp_path, "etl.ini", FULL_EXAMPLE)
     for name in ("extract.py", "lib/util.py", "www/index.html"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("")
