@@ -394,3 +394,18 @@ def test_a_batch_of_submissions_goes_out_together_and_each_gets_its_result(
         outputs = [t.result(timeout=60).output for t in tasks]
     assert first_id.startswith("echo#")
     assert outputs == [f"{i}\n" for i in range(50)]
+
+
+def test_a_drained_node_takes_no_new_work_until_undrained(cluster: Callable[..., LocalCluster]) -> None:
+    local = cluster(workers=2)
+    m = ("--master", local.address)
+    res = run_cli(*m, "drain", "local-1")
+    assert res.code == 0 and "local-1: draining" in res.stdout, res
+    with local.client() as c:
+        nodes = [t.result(timeout=30).node for t in [c.submit("true") for _ in range(10)]]
+        assert set(nodes) == {"local-2"}
+        assert {n["name"]: n["state"] for n in c.nodes()}["local-1"] == "draining"
+        c.drain("local-1", undo=True)
+        nodes = [t.result(timeout=30).node for t in [c.submit("true") for _ in range(10)]]
+    assert "local-1" in nodes
+    assert run_cli(*m, "drain", "nope").code == 2

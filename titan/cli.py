@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(subs, "runs", "list recent runs").add_argument("job", nargs="?", default=None, metavar="JOB")
     _sub(subs, "jobs", "list registered jobs")
     _sub(subs, "dead", "the dead-letter list: tasks that used up their retries")
+    p = _sub(subs, "drain", "give a node no new work; its running tasks finish")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--undo", action="store_true", help="let the node take work again")
     p = _sub(subs, "kv", "the cluster's key-value store: get, set, del, keys")
     kv = p.add_subparsers(dest="kv_action", metavar="ACTION")
     kv.add_parser("get", help="print a value").add_argument("key")
@@ -499,6 +502,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return clijobs.show_runs(c, args.job, args.json, _print_json)
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        reply = c.drain(args.node, undo=args.undo)
+    if args.json:
+        _print_json(reply)
+    else:
+        print(f"{reply['node']}: {reply['state']} ({reply['running']} running)")
+    return EXIT_OK
+
+
 def cmd_dead(args: argparse.Namespace) -> int:
     with _client(args) as c:
         tasks = c.tasks(state="DEAD", limit=1000)
@@ -608,7 +621,7 @@ VERBS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "master": cmd_master, "worker": cmd_worker, "up": cmd_up, "run": cmd_run, "status": cmd_status,
     "wait": cmd_wait, "cancel": cmd_cancel, "retry": cmd_retry, "logs": cmd_logs, "nodes": cmd_nodes,
     "tasks": cmd_tasks, "kv": cmd_kv, "submit": cmd_submit, "trigger": cmd_trigger, "runs": cmd_runs,
-    "jobs": cmd_jobs, "dead": cmd_dead, "store": cmd_store,
+    "jobs": cmd_jobs, "dead": cmd_dead, "drain": cmd_drain, "store": cmd_store,
     "cron": cmd_cron,
 }
 

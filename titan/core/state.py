@@ -132,9 +132,9 @@ def save_task(record: TaskRecord, *, terminal: bool, retention_s: float) -> Comm
 
 
 def save_worker(name: str, tags: Iterable[str], slots: int, dedicated: bool, last_seen: float,
-                info: Dict[str, Any]) -> Command:
+                info: Dict[str, Any], *, draining: bool = False) -> Command:
     blob = encode({"v": FORMAT, "name": name, "tags": sorted(tags), "slots": slots,
-                   "dedicated": dedicated, "last_seen": last_seen,
+                   "dedicated": dedicated, "last_seen": last_seen, "draining": draining,
                    "info": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
     return [b"SET", worker_key(name), blob]
 

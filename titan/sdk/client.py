@@ -451,6 +451,10 @@ class Client:
     def retry(self, task_id: str) -> Dict[str, Any]:
         return self._call(Op.RETRY, {"task": task_id})
 
+    def drain(self, node: str, *, undo: bool = False) -> Dict[str, Any]:
+        """Give ``node`` no new work (its running tasks finish); ``undo`` lets it take work again."""
+        return self._call(Op.DRAIN, {"node": node, "undo": undo})
+
     def nodes(self) -> List[Dict[str, Any]]:
         return list(self._call(Op.NODES, {}).get("nodes", []))
 

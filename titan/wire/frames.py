@@ -73,6 +73,7 @@ class Op(enum.IntEnum):
     TRIGGER = 0x1A
     RUNS = 0x1B
     JOBS = 0x1C
+    DRAIN = 0x1D
     HEARTBEAT = 0x20
     DISPATCH = 0x21
     OUTPUT = 0x22

@@ -115,7 +115,8 @@ class Durable:
         for name in sched.workers_dirty:
             w = sched.workers.get(name)
             if w is not None:
-                out += self._run(save_worker(w.name, w.tags, w.slots, w.dedicated, w.last_seen, w.info), now_ms)
+                out += self._run(save_worker(w.name, w.tags, w.slots, w.dedicated, w.last_seen, w.info,
+                                             draining=w.draining), now_ms)
         sched.workers_dirty.clear()
         for name, job in self.jobs_dirty.items():
             out += self._run([b"SET", JOB_PREFIX + name.encode(), encode(job)], now_ms)

@@ -150,6 +150,7 @@ class Master(Handler):
             self.sched.restore_worker(w["name"], w.get("tags") or [], int(w.get("slots") or 1),
                                       dedicated=bool(w.get("dedicated")), last_seen=float(w.get("last_seen") or now),
                                       info=w.get("info"))
+            self.sched.workers[w["name"]].draining = bool(w.get("draining"))
         self.sched.restore(saved.records, now)
         self.sched.hold_dispatch(now + self.config.lost_grace_s)
         self.counters.update(saved.counters)
@@ -538,6 +539,17 @@ class Master(Handler):
                              f"or SKIPPED tasks can be retried")
         conn.send(Op.OK, req_id, {"id": record.id, "state": record.state.value})
 
+    def _c_drain(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        """No new work for a node (its running tasks finish), or, with ``undo``, work again."""
+        name = body.get("node")
+        w = self.sched.workers.get(name) if isinstance(name, str) else None
+        if w is None:
+            raise UsageError(f"no node {name!r}: `titan nodes` lists the workers this master knows")
+        self.sched.set_draining(w.name, not body.get("undo"))
+        self.sched.workers_dirty.add(w.name)
+        self.apply(self.sched.tick(self.clock()))       # undrained: queued work may go there now
+        self.hold(conn, req_id, Op.OK, {"node": w.name, "state": _worker_state(w), "running": w.busy})
+
     def _c_nodes(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         now = self.clock()
         nodes = []
@@ -613,6 +625,7 @@ CLIENT_OPS: Dict[int, Callable[..., None]] = {
     Op.LOGS: Master._c_logs, Op.RETRY: Master._c_retry,
     Op.KV: lambda m, conn, req_id, body: m.kv.request(conn, req_id, body),
     Op.SUBSCRIBE: lambda m, conn, req_id, body: m.kv.subscribe(conn, req_id, body),
+    Op.DRAIN: Master._c_drain,
     Op.RUN: lambda m, conn, req_id, body: m.runs.run(conn, req_id, body),
     Op.TRIGGER: lambda m, conn, req_id, body: m.runs.trigger(conn, req_id, body),
     Op.RUNS: lambda m, conn, req_id, body: m.runs.list_runs(conn, req_id, body),
