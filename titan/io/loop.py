@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import ipaddress
 import itertools
 import logging
 import select
@@ -29,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from titan.errors import ProtocolError
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
 
-__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "parse_address", "format_address"]
+__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "parse_address", "format_address", "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,14 @@ def parse_address(text: str, default_port: int = 9090) -> Tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"bad port {port_text!r} in address {text!r}: use HOST:PORT, e.g. 127.0.0.1:9090")
     return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only reaches this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def format_address(addr: Tuple[str, int]) -> str:

@@ -20,7 +20,6 @@ malformed byte stream closes that client alone.
 from __future__ import annotations
 
 import gc
-import ipaddress
 import itertools
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from titan.errors import UsageError
 from titan.io.aof import AppendOnlyFile, LoadReport
-from titan.io.loop import Listener, Loop, Timer, format_address
+from titan.io.loop import Listener, Loop, Timer, format_address, is_loopback
 from titan.io.respconn import RespConnection, RespHandler
 from titan.store.engine import Engine
 from titan.store.pubsub import PubSub
@@ -76,11 +75,7 @@ def check_exposure(config: StoreConfig) -> None:
     if config.insecure:
         return
     host = config.bind[0]
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if not is_loopback(host):
         raise UsageError(f"refusing to serve the store on {host}: it has no authentication; bind a loopback "
                          f"address, or pass --insecure if this network is trusted")
 

@@ -13,7 +13,6 @@ frame closes that client alone.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import os
 import socket
@@ -33,7 +32,7 @@ from titan.io.logfiles import LogStore
 from titan.roles.master.durable import Durable, SavedState
 from titan.roles.master.kv import KvService
 from titan.roles.master.runs import RunService
-from titan.io.loop import Connection, Handler, Listener, Loop, Timer, format_address
+from titan.io.loop import Connection, Handler, Listener, Loop, Timer, format_address, is_loopback
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, FLAG_MORE, Frame, Op
 from titan.wire.handshake import ServerHandshake
 
@@ -74,11 +73,7 @@ def check_exposure(config: MasterConfig) -> None:
     if config.token or config.insecure or (config.tls is not None and config.tls.verify_mode == ssl.CERT_REQUIRED):
         return
     host = config.bind[0]
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if not is_loopback(host):
         raise UsageError(
             f"refusing to serve on {host} without a cluster token: set TITAN_TOKEN "
             f"(or --token), require client certificates (--tls-ca), or pass --insecure "
