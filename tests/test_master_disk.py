@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any, List, Tuple
 
+import pytest
+
 from conftest import child_env, cli_argv, wait_until
+from titan.errors import UsageError
 from titan.io.aof import FileOps
 from titan.roles.master.server import Master, MasterConfig, Peer
 from titan.wire.frames import Frame, Op
@@ -121,3 +124,10 @@ def test_finished_tasks_are_forgotten_after_the_retention_period(tmp_path: Path)
     assert "brief#1" not in master.sched.tasks
     assert master.durable.engine.execute([b"EXISTS", b"titan:task:brief#1"], int(time.time() * 1000))[0] == 0
     master.close()
+
+
+def test_a_master_on_a_non_loopback_address_needs_a_token_or_insecure(tmp_path: Path) -> None:
+    # Checked before anything is bound: nothing listens beyond loopback in this test
+    with pytest.raises(UsageError, match="without a cluster token"):
+        Master(MasterConfig(data_dir=tmp_path / "m", bind=("0.0.0.0", 0)))
+    assert not (tmp_path / "m").exists()
