@@ -68,9 +68,9 @@ class Job:
     """One attempt running on this worker."""
 
     __slots__ = ("key", "run", "spawned", "started_at", "timers", "exit_code", "open_fds",
-                 "reason", "terminating", "workspace", "shared")
+                 "reason", "terminating", "workspace")
 
-    def __init__(self, key: Key, run: str, spawned: Spawned, workspace: Path, shared: Path) -> None:
+    def __init__(self, key: Key, run: str, spawned: Spawned, workspace: Path) -> None:
         self.key = key
         self.run = run
         self.spawned = spawned
@@ -81,7 +81,6 @@ class Job:
         self.reason = ""
         self.terminating = False
         self.workspace = workspace
-        self.shared = shared
 
 
 class Worker(Handler):
@@ -330,7 +329,7 @@ class Worker(Handler):
             if workspace is not None:
                 self.spaces.release(workspace)
             return
-        job = Job(key, run, spawned, workspace, shared)
+        job = Job(key, run, spawned, workspace)
         self.jobs[key] = job
         self.ledger.record(spawned.pid, key[0], key[1])
         self._watch(job)

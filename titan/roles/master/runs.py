@@ -33,7 +33,7 @@ class RunService:
         self.runs: Dict[str, List[str]] = {}
         self.watchers: Dict[str, List[Tuple[Connection, int]]] = {}
         self._touched: "set[str]" = set()
-        self._fire_again = False
+        self.slot_freed = False     # a scheduled run ended since fire_due last ran
 
     def restore(self, jobs: List[Dict[str, Any]], cursors: Dict[str, float]) -> None:
         for job in jobs:
@@ -96,9 +96,12 @@ class RunService:
     def fire_due(self) -> None:
         """Start the runs of every scheduled slot whose time has come."""
         planner = self.master.planner
+        self.slot_freed = False
+        before = {name: job.cursor for name, job in planner.jobs.items()}
         fires = planner.due(self.master.clock(), self._job_running)
         for name, job in planner.jobs.items():
-            self.master.durable.cursors_dirty[name] = job.cursor
+            if job.cursor != before[name]:          # a claim: persisted with the runs it starts
+                self.master.durable.cursors_dirty[name] = job.cursor
         for fire in fires:
             job = self.jobs.get(fire.job)
             if job is not None and fire.run_id not in self.runs:
@@ -212,7 +215,7 @@ class RunService:
             for conn in self.master.worker_conns.values():     # they may drop its $TITAN_SHARED
                 conn.send(Op.RUN_DONE, 0, {"run": run_id}, lazy=True)
             if "@" in run_id:
-                self._fire_again = True                        # overlap=queue slots may start now
+                self.slot_freed = True                         # overlap=queue slots may start now
             for conn, req_id in self.watchers.pop(run_id, []):
                 conn.send(Op.EVENT, req_id, {"kind": "run", "run": view}, 0, urgent=True)
 

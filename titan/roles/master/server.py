@@ -129,12 +129,12 @@ class Master(Handler):
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
                                rewrite_min_bytes=config.aof_rewrite_min_bytes)
         saved = self.durable.open(self.clock(), self.specs)
-        self._saved_jobs, self._saved_cursors = saved.jobs, saved.cursors
         self._restore(saved)
         self.kv = KvService(self)
         self.planner = Planner()
         self.runs = RunService(self)
-        self.runs.restore(self._saved_jobs, self._saved_cursors)
+        self.runs.restore(saved.jobs, saved.cursors)
+        self._purged_at = 0.0
         self.loop.add_pass_hook(self._end_of_pass)
         self.loop.add_pass_hook(self._schedule_tick)
 
@@ -213,11 +213,8 @@ class Master(Handler):
             self.sched.forget_finished(self.clock() - self.config.retention_s)
         self.loop.call_later(1.0, self._housekeeping)
 
-    _purged_at = 0.0
-
     def _schedule_tick(self) -> None:
-        if self.runs._fire_again:                   # a scheduled run ended: queued slots may start
-            self.runs._fire_again = False
+        if self.runs.slot_freed:                    # a scheduled run ended: queued slots may start
             self.runs.fire_due()
         times = [t for t in (self.sched.next_deadline(), self.planner.next_deadline()) if t is not None]
         deadline = min(times) if times else None
