@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from titan.errors import ProtocolError
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
 
-__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "parse_address", "format_address", "is_loopback"]
+__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "parse_address", "format_address", "is_loopback", "shut"]
 
 logger = logging.getLogger(__name__)
 
@@ -501,16 +501,25 @@ class Connection:
             return
         self.closed = True
         self.close_reason = reason
-        self.loop.unregister(self.sock)
-        self._events = 0
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        try:
-            self.handler.on_close(self, reason)
-        except Exception:
-            logger.exception("on_close handler failed for %s", self.peer)
+        shut(self, reason)
+
+
+def shut(conn: Any, reason: str) -> None:
+    """Take ``conn.sock`` out of its loop, close it, and tell ``conn.handler``.
+
+    Shared by every connection kind (TITAN_PROTO here, RESP in titan.io.respconn);
+    a failing ``on_close`` is logged, never raised into the loop.
+    """
+    conn.loop.unregister(conn.sock)
+    conn._events = 0
+    try:
+        conn.sock.close()
+    except OSError:
+        pass
+    try:
+        conn.handler.on_close(conn, reason)
+    except Exception:
+        logger.exception("on_close handler failed for %s", conn.peer)
 
 
 def _op_name(opcode: int) -> str:

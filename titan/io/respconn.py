@@ -21,7 +21,7 @@ import selectors
 import socket
 from typing import Any, List, Optional
 
-from titan.io.loop import Loop, format_address
+from titan.io.loop import Loop, format_address, shut
 from titan.store.resp import RespError, RespParser
 
 __all__ = ["RespHandler", "RespConnection", "RECV_BYTES"]
@@ -211,16 +211,7 @@ class RespConnection:
         self.close_reason = reason
         self._staged.clear()
         self._out.clear()
-        self.loop.unregister(self.sock)
-        self._events = 0
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        try:
-            self.handler.on_close(self, reason)
-        except Exception:
-            logger.exception("on_close handler failed for %s", self.peer)
+        shut(self, reason)
 
 
 def _one_line(text: str) -> bytes:
