@@ -331,6 +331,7 @@ BAD_MODULES: List[Tuple[str, bool, str, str, str]] = [
     ("titan.roles.master", False, "from . import worker\n", "(c)", "titan.roles.worker"),
     ("titan.roles.master", False, "import titan.roles\n", "(c)", "titan.roles"),
     ("titan.roles.worker", False, "from titan.cli import main\n", "(c)", "titan.cli"),
+    ("titan.roles.worker", False, "from titan.cli.common import fail\n", "(c)", "titan.cli.common"),
     ("titan.sdk.client", False, "from titan.io import loop\n", "(d)", "titan.io.loop"),
     ("titan", True, "from titan.roles.master import M\n", "(d)", "titan.roles.master"),
     ("titan.cli", False, "import requests\n", "(e)", "requests"),

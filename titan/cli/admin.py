@@ -1,0 +1,146 @@
+"""The cluster-running verbs: ``master``, ``worker``, ``store``, ``nodes``, ``drain``, ``kv``.
+
+``master``, ``worker`` and ``store`` start a role and serve until stopped
+(``store check`` validates an AOF directory instead); ``nodes``, ``drain``
+and ``kv`` are requests to a running master through the SDK.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, client_tls, make_client, print_json,
+                              print_table, server_tls, setup_logging, tags)
+from titan.errors import UsageError
+from titan.sdk.client import DEFAULT_MASTER
+
+__all__ = ["cmd_master", "cmd_worker", "cmd_store", "cmd_nodes", "cmd_drain", "cmd_kv"]
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    from titan.io.loop import parse_address
+    from titan.roles.master import Master, MasterConfig
+    setup_logging(args.log_level, "INFO")
+    config = MasterConfig(
+        data_dir=Path(args.data), bind=parse_address(args.bind), token=args.token,
+        insecure=args.insecure, name=args.name, heartbeat_timeout_s=args.heartbeat_timeout,
+        lost_grace_s=args.lost_grace, handshake_timeout_s=args.handshake_timeout,
+        frame_timeout_s=args.frame_timeout, max_connections=args.max_connections,
+        max_body_bytes=args.max_frame_bytes, log_max_bytes=args.log_max_bytes, tls=server_tls(args),
+        fsync=args.appendfsync, retention_s=args.retention, clock_offset_s=args.clock_offset)
+    master = Master(config)
+    try:
+        master.start()
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.bind}: {exc.strerror or exc}") from None
+    master.serve_forever()
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from titan.io.loop import parse_address
+    from titan.roles.worker import Worker, WorkerConfig
+    setup_logging(args.log_level, "INFO")
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    slots = args.slots if args.slots is not None else (os.cpu_count() or 1)
+    if slots < 1:
+        raise UsageError(f"--slots must be at least 1, not {slots}")
+    temp = args.data is None
+    data = Path(tempfile.mkdtemp(prefix="titan-worker-")) if temp else Path(args.data)
+    config = WorkerConfig(master=parse_address(args.master or DEFAULT_MASTER), name=name, data_dir=data,
+                          tags=frozenset(tags(args.tags)), slots=slots, token=args.token,
+                          dedicated=args.dedicated, heartbeat_interval_s=args.heartbeat_interval,
+                          master_timeout_s=args.master_timeout, tls=client_tls(args))
+    try:
+        Worker(config).serve_forever()
+    finally:
+        if temp:
+            shutil.rmtree(data, ignore_errors=True)
+    return EXIT_OK
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    if getattr(args, "store_action", None) == "check":
+        return _store_check(args)
+    from titan.io.loop import parse_address
+    from titan.roles.store import StoreConfig, StoreServer
+    setup_logging(args.log_level, "INFO")
+    try:
+        bind = parse_address(args.bind, 6380)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    config = StoreConfig(data_dir=Path(args.dir), bind=bind,
+                         appendfsync=args.appendfsync, insecure=args.insecure,
+                         rewrite_percentage=args.rewrite_percentage, rewrite_min_bytes=args.rewrite_min_bytes)
+    server = StoreServer(config)
+    server.start()
+    server.serve_forever()
+    return EXIT_OK
+
+
+def _store_check(args: argparse.Namespace) -> int:
+    """``titan store check DIR [--fix]``: list the AOF files, what was fixed and what is wrong."""
+    from titan.io.aofcheck import check
+    from titan.store.engine import Engine
+    report = check(Path(args.check_dir), fix=args.fix, engine=Engine(), now_ms=int(time.time() * 1000))
+    for entry in report.files:
+        print(entry.line())
+    for line in report.fixed:
+        print(f"fixed: {line}")
+    for line in report.problems:
+        print(f"titan: {line}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        nodes = c.nodes()
+    if args.json:
+        print_json(nodes)
+        return EXIT_OK
+    rows = [["NAME", "STATE", "TAGS", "RUNNING", "SLOTS", "LOAD", "ADDRESS"]]
+    for n in nodes:
+        rows.append([n["name"], n["state"], ",".join(n["tags"]) or "-", str(n["running"]), str(n["slots"]),
+                     f"{n['load']:.2f}", str(n.get("address", ""))])
+    print_table(rows)
+    return EXIT_OK
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        reply = c.drain(args.node, undo=args.undo)
+    if args.json:
+        print_json(reply)
+    else:
+        print(f"{reply['node']}: {reply['state']} ({reply['running']} running)")
+    return EXIT_OK
+
+
+def cmd_kv(args: argparse.Namespace) -> int:
+    if not args.kv_action:
+        raise UsageError("titan kv needs an action: get KEY, set KEY VALUE, del KEY..., keys [PATTERN]")
+    with make_client(args) as c:
+        if args.kv_action == "get":
+            value = c.kv.get(args.key)
+            if args.json:
+                print_json(value)
+                return EXIT_OK
+            if value is None:
+                print(f"titan: no key {args.key!r}", file=sys.stderr)
+                return EXIT_NOT_FOUND
+            sys.stdout.buffer.write(value + (b"" if value.endswith(b"\n") else b"\n"))
+        elif args.kv_action == "set":
+            c.kv.set(args.key, args.value, ttl_s=args.ttl)
+        elif args.kv_action == "del":
+            deleted = c.kv.delete(*args.keys)
+            print_json({"deleted": deleted}) if args.json else print(deleted)
+        else:
+            keys = c.kv.keys(args.pattern)
+            print_json(keys) if args.json else print("\n".join(keys)) if keys else None
+    return EXIT_OK

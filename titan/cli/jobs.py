@@ -1,0 +1,180 @@
+"""The job and schedule verbs: ``check``, ``submit``, ``trigger``, ``runs``, ``jobs``, ``dead``, ``cron``.
+
+Also owns how a run is shown (``titan status RUN``) and ``titan up FILE.ini``
+(:func:`run_file`), which :mod:`titan.cli.tasks` calls. ``check`` and
+``cron`` work offline; the others talk to the master through the SDK.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+from titan.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, make_client, print_json, print_table
+from titan.core.jobfile import JobFileError
+from titan.errors import UsageError
+from titan.sdk.client import Client
+from titan.sdk.runs import Run, RunResult
+
+__all__ = ["cmd_check", "cmd_submit", "cmd_trigger", "cmd_runs", "cmd_jobs", "cmd_dead", "cmd_cron",
+           "show_run", "run_file", "print_problems"]
+
+
+def print_problems(exc: JobFileError) -> int:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _progress(event: Dict[str, Any]) -> None:
+    node = f" on {event['node']}" if event.get("node") else ""
+    why = f" ({event['reason']})" if event.get("reason") and event.get("state") != "SUCCEEDED" else ""
+    print(f"{event['id']}  {event['state']}{node}{why}", file=sys.stderr, flush=True)
+
+
+def _finish(run: Run, wait: bool, as_json: bool) -> int:
+    if not wait:
+        if as_json:
+            print_json({"run": run.id, "tasks": run.task_ids})
+        else:
+            print(run.id or "(registered; the job runs on its schedule)")
+        return EXIT_OK
+    result = run.wait()
+    if as_json:
+        print_json({"run": result.id, "state": result.state, "tasks": result.tasks})
+    else:
+        print(f"{result.id}  {result.state}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from titan.core.jobfile import check_files, parse
+    failed = False
+    for name in args.files:
+        path = Path(name)
+        try:
+            spec = parse(path.read_bytes().decode("utf-8"), filename=name)
+            problems = [str(p) for p in check_files(spec, lambda f: (path.parent / f).is_file())]
+        except OSError as exc:
+            problems = [f"{name}: cannot read: {exc.strerror or exc}"]
+        except UnicodeDecodeError as exc:
+            problems = [f"{name}: not UTF-8 text (byte offset {exc.start})"]
+        except JobFileError as exc:
+            problems = [str(p) for p in exc.problems]
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            print(f"{name}: ok ({spec.summary()})")
+        failed = failed or bool(problems)
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Register a job file's job; start (and with --wait, follow) a run unless it has a schedule."""
+    with make_client(args) as c:
+        try:
+            run = c.submit_file(args.file, watch=args.wait, on_task=None if args.json else _progress)
+        except JobFileError as exc:
+            return print_problems(exc)
+        if run.id and not args.json and args.wait:
+            print(f"titan: {run.id} started: {len(run.task_ids)} tasks", file=sys.stderr)
+        return _finish(run, args.wait, args.json)
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        run = c.trigger(args.job, watch=args.wait, on_task=None if args.json else _progress)
+        return _finish(run, args.wait, args.json)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        runs = c.runs(args.job)
+    if args.json:
+        print_json(runs)
+        return EXIT_OK
+    rows = [["RUN", "STATE", "TASKS", "COUNTS"]]
+    for r in runs:
+        counts = " ".join(f"{k}={v}" for k, v in sorted(r["counts"].items()))
+        rows.append([r["id"], r["state"], str(r["tasks"]), counts])
+    print_table(rows)
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        jobs = c.jobs()
+    if args.json:
+        print_json(jobs)
+        return EXIT_OK
+    rows = [["JOB", "TASKS", "SCHEDULE", "NEXT", "RUNS", "LAST RUN", "LAST STATE"]]
+    for j in jobs:
+        when = f"{j['schedule']} {j['timezone']}" if j.get("schedule") else "-"
+        rows.append([j["name"], str(j["tasks"]), when, j.get("next") or "-", str(j["runs"]),
+                     j.get("last_run") or "-", j.get("last_state") or "-"])
+    print_table(rows)
+    return EXIT_OK
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        tasks = c.tasks(state="DEAD", limit=1000)
+    if args.json:
+        print_json(tasks)
+        return EXIT_OK
+    rows = [["ID", "NODE", "EXIT", "REASON"]]
+    for t in tasks:
+        rows.append([t["id"], t.get("node") or "-", "-" if t.get("exit_code") is None else str(t["exit_code"]),
+                     (t.get("reason") or "")[:60]])
+    print_table(rows)
+    return EXIT_OK
+
+
+def cmd_cron(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+    from titan.core.cron import CronError, load_zone, parse, parse_datetime
+    if getattr(args, "cron_action", None) != "next":
+        raise UsageError("use: titan cron next EXPR [--from ISO] [--count N] [--tz ZONE]")
+    expr = " ".join(args.expr)
+    try:
+        schedule = parse(expr)
+    except CronError as exc:
+        raise UsageError(f"bad cron expression {expr!r}: {exc}") from None
+    if args.count < 1:
+        raise UsageError(f"--count must be at least 1, not {args.count}")
+    zone = load_zone(args.tz)
+    start = parse_datetime(args.start, zone) if args.start else datetime.now(timezone.utc)
+    fires = [fire.isoformat() for _, fire in zip(range(args.count), schedule.iter_after(start, zone))]
+    if args.json:
+        print_json(fires)
+    else:
+        for line in fires:
+            print(line)
+    return EXIT_OK
+
+
+def show_run(view: Dict[str, Any]) -> int:
+    print(f"{view['id']}  {view['state']}")
+    for t in view["tasks"]:
+        node = f" on {t['node']}" if t.get("node") else ""
+        after = f"  (after {', '.join(a.rsplit('/', 1)[-1] for a in t['after'])})" if t.get("after") else ""
+        reason = f"  {t['reason']}" if t.get("reason") and t["state"] != "SUCCEEDED" else ""
+        print(f"  {t['id'].rsplit('/', 1)[-1]:<16} {t['state']:<10}{node}{after}{reason}")
+    return EXIT_OK
+
+
+def run_file(c: Client, path: str) -> int:
+    """``titan up FILE``: run the job once on the local cluster, then show each task's output."""
+    try:
+        run = c.submit_file(path, start=True, on_task=_progress)
+    except JobFileError as exc:
+        return print_problems(exc)
+    result: RunResult = run.wait()
+    for task_id in run.task_ids:
+        output = b"".join(c.logs(task_id)).decode("utf-8", "replace")
+        if output:
+            print(f"--- {task_id}")
+            print(output, end="" if output.endswith("\n") else "\n")
+    print(f"{result.id}  {result.state}")
+    return EXIT_OK if result.ok else EXIT_FAILED

@@ -1,0 +1,188 @@
+"""The ``titan`` argument parser: every verb, its options and its help text.
+
+Global options (``--master``, ``--token``, ``--json``, ``--tls*``) are added
+to the top-level parser and again, with ``SUPPRESS`` defaults, to every verb,
+so they are accepted before or after the verb without one overwriting the
+other. Verbs are added in the order ``titan --help`` lists them.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import titan
+from titan.sdk.client import DEFAULT_MASTER
+
+__all__ = ["build_parser"]
+
+
+def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--master", default=default, metavar="HOST:PORT",
+                        help=f"master address (env TITAN_MASTER, default {DEFAULT_MASTER})")
+    parser.add_argument("--token", default=default, help="cluster token (env TITAN_TOKEN)")
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="print machine-readable JSON")
+    parser.add_argument("--tls", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="dial the master over TLS (env TITAN_TLS=1)")
+    parser.add_argument("--tls-ca", default=default, metavar="FILE",
+                        help="CA that signs the peer's certificate (env TITAN_TLS_CA); implies --tls")
+    parser.add_argument("--tls-cert", default=default, metavar="FILE",
+                        help="this process's certificate (env TITAN_TLS_CERT)")
+    parser.add_argument("--tls-key", default=default, metavar="FILE",
+                        help="its private key, if not in the certificate file (env TITAN_TLS_KEY)")
+
+
+def _sub(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subs.add_parser(name, help=help_text, description=help_text)
+    _globals(p, suppress=True)
+    return p
+
+
+def _task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requires", default="", metavar="TAGS", help="comma-separated tags a worker must have")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="kill the task after this long")
+    p.add_argument("--name", default=None, help="task name (the id becomes NAME#N)")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument("--node", default=None, help="run only on this worker")
+    p.add_argument("--retries", type=int, default=0, help="re-run a failed task up to N times")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="titan", description="Titan: a self-healing distributed runtime.")
+    parser.add_argument("--version", action="version", version=f"titan {titan.__version__}")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO for daemons)")
+    _globals(parser, suppress=False)
+    subs = parser.add_subparsers(dest="verb", metavar="VERB")
+    _add_master(subs)
+    _add_worker(subs)
+    _add_up_and_run(subs)
+    _add_task_verbs(subs)
+    _sub(subs, "nodes", "list workers")
+    _add_job_verbs(subs)
+    p = _sub(subs, "drain", "give a node no new work; its running tasks finish")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--undo", action="store_true", help="let the node take work again")
+    _add_kv(subs)
+    p = _sub(subs, "tasks", "list recent tasks")
+    p.add_argument("--state", default=None)
+    p.add_argument("--limit", type=int, default=50)
+    p = _sub(subs, "check", "validate job files; print every problem with its file and line")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    _add_store(subs)
+    _add_cron(subs)
+    return parser
+
+
+def _add_master(subs: Any) -> None:
+    p = _sub(subs, "master", "run the control plane")
+    p.add_argument("--bind", default="127.0.0.1:9090", metavar="HOST:PORT")
+    p.add_argument("--data", default="titan-data", metavar="DIR", help="state and logs (default ./titan-data)")
+    p.add_argument("--name", default="master")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a token")
+    p.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--lost-grace", type=float, default=10.0, metavar="SECONDS",
+                   help="how long a lost worker's tasks wait before they are re-queued")
+    p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--frame-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="close a connection whose frame is not complete this long after its first byte")
+    p.add_argument("--max-connections", type=int, default=1024)
+    p.add_argument("--max-frame-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--log-max-bytes", type=int, default=64 * 1024 * 1024, help="cap per attempt log")
+    p.add_argument("--appendfsync", choices=("always", "everysec", "no"), default="always",
+                   help="when the store's AOF is fsynced (default always: nothing is acknowledged before it is on disk)")
+    p.add_argument("--retention", type=float, default=7 * 86400.0, metavar="SECONDS",
+                   help="how long finished tasks are kept (default 7 days)")
+    p.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS",
+                   help="run the master's clock this far ahead (to try out schedules without waiting)")
+
+
+def _add_worker(subs: Any) -> None:
+    p = _sub(subs, "worker", "run tasks for a master")
+    p.add_argument("--name", default=None, help="default: HOSTNAME-PID")
+    p.add_argument("--tags", default="", help="comma-separated capabilities, e.g. gpu,highmem")
+    p.add_argument("--slots", type=int, default=None, help="tasks at once (default: CPU count)")
+    p.add_argument("--data", default=None, metavar="DIR", help="workspaces (default: a temporary directory)")
+    p.add_argument("--dedicated", action="store_true", help="take only tasks that require one of my tags")
+    p.add_argument("--heartbeat-interval", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument("--master-timeout", type=float, default=10.0, metavar="SECONDS")
+
+
+def _add_up_and_run(subs: Any) -> None:
+    p = _sub(subs, "up", "a local master and workers in one command")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--slots", type=int, default=2, help="slots per worker")
+    p.add_argument("--tags", default="", help="comma-separated tags for the local workers, e.g. gpu")
+    p.add_argument("--data", default=None, metavar="DIR", help="default: a temporary directory")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="a job file (FILE.ini) to run once, or -- COMMAND; prints the output and exits")
+    p = _sub(subs, "run", "run a command on the cluster, stream its output, exit with its code")
+    p.add_argument("--detach", action="store_true", help="print the task id and return at once")
+    _task_options(p)
+
+
+def _add_task_verbs(subs: Any) -> None:
+    """status, cancel, retry, wait and logs: the verbs that take one TASK_ID."""
+    for verb, text in (("status", "a task's state, attempts and nodes"),
+                       ("cancel", "cancel a task and kill its process group"),
+                       ("retry", "re-queue a failed, dead or cancelled task"),
+                       ("wait", "wait for a task to end; exit 0 if it succeeded")):
+        _sub(subs, verb, text).add_argument("task_id", metavar="TASK_ID")
+    p = _sub(subs, "logs", "print a task's output")
+    p.add_argument("task_id", metavar="TASK_ID")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
+    p.add_argument("--attempt", type=int, default=None)
+
+
+def _add_job_verbs(subs: Any) -> None:
+    """submit, trigger, runs, jobs and dead."""
+    p = _sub(subs, "submit", "register a job file's job; start a run unless it has a schedule")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--wait", action="store_true", help="show progress; exit 0 only if the run succeeded")
+    p = _sub(subs, "trigger", "start a run of a registered job now")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--wait", action="store_true", help="show progress; exit 0 only if the run succeeded")
+    _sub(subs, "runs", "list recent runs").add_argument("job", nargs="?", default=None, metavar="JOB")
+    _sub(subs, "jobs", "list registered jobs")
+    _sub(subs, "dead", "the dead-letter list: tasks that used up their retries")
+
+
+def _add_kv(subs: Any) -> None:
+    p = _sub(subs, "kv", "the cluster's key-value store: get, set, del, keys")
+    kv = p.add_subparsers(dest="kv_action", metavar="ACTION")
+    kv.add_parser("get", help="print a value").add_argument("key")
+    q = kv.add_parser("set", help="store a value")
+    q.add_argument("key")
+    q.add_argument("value")
+    q.add_argument("--ttl", type=float, default=None, metavar="SECONDS", help="expire after this long")
+    kv.add_parser("del", help="delete keys").add_argument("keys", nargs="+")
+    kv.add_parser("keys", help="list keys").add_argument("pattern", nargs="?", default="*")
+
+
+def _add_store(subs: Any) -> None:
+    p = _sub(subs, "store", "serve TitanStore, a Redis-compatible store with a durable AOF")
+    p.add_argument("--bind", default="127.0.0.1:6380", metavar="HOST:PORT")
+    p.add_argument("--dir", default="titan-store", metavar="DIR", help="AOF directory (default ./titan-store)")
+    p.add_argument("--appendfsync", choices=("always", "everysec", "no"), default="always")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind (the store has no auth)")
+    p.add_argument("--rewrite-percentage", type=int, default=100, metavar="PCT",
+                   help="rewrite the AOF when the incremental files outgrow the base by this much")
+    p.add_argument("--rewrite-min-bytes", type=int, default=64 * 1024 * 1024, metavar="N")
+    check = p.add_subparsers(dest="store_action", metavar="check").add_parser(
+        "check", help="validate an AOF directory", description="validate an AOF directory; --fix cuts a torn tail")
+    check.add_argument("check_dir", metavar="DIR")
+    check.add_argument("--fix", action="store_true", help="truncate a torn or corrupt tail of the last file")
+
+
+def _add_cron(subs: Any) -> None:
+    p = _sub(subs, "cron", "cron expressions: when does a schedule fire")
+    p = p.add_subparsers(dest="cron_action", metavar="next").add_parser(
+        "next", help="print the next fire times", description="print the fire times strictly after --from")
+    _globals(p, suppress=True)
+    p.add_argument("expr", nargs="+", metavar="EXPR", help="5 fields or a nickname such as @daily (quote it)")
+    p.add_argument("--from", dest="start", default=None, metavar="ISO",
+                   help="start (default: now); without an offset it is wall time in --tz")
+    p.add_argument("--count", type=int, default=5, metavar="N", help="how many fire times (default 5)")
+    p.add_argument("--tz", default="UTC", metavar="ZONE", help="IANA time zone, e.g. Europe/Berlin (default UTC)")

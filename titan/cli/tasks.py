@@ -1,0 +1,209 @@
+"""The task verbs: ``run``, ``up``, ``status``, ``wait``, ``cancel``, ``retry``, ``logs``, ``tasks``.
+
+Each gets the parsed arguments, talks to the master through the SDK and
+prints. ``titan run`` and ``titan up -- CMD`` exit with the task's own code
+(:func:`exit_code_of`); the rest exit with the codes in :mod:`titan.cli.common`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+from titan.cli import jobs
+from titan.cli.common import (EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, make_client, print_json,
+                              print_table, setup_logging, tags)
+from titan.errors import UsageError
+from titan.sdk.client import TaskResult
+
+__all__ = ["exit_code_of", "cmd_run", "cmd_up", "cmd_status", "cmd_wait", "cmd_cancel", "cmd_retry",
+           "cmd_logs", "cmd_tasks"]
+
+
+def exit_code_of(result: TaskResult) -> int:
+    """The code ``titan run`` exits with for a finished task."""
+    if result.state == "SUCCEEDED":
+        return EXIT_OK
+    if result.state == "CANCELLED":
+        return EXIT_CANCELLED
+    if result.reason.startswith("timed out"):
+        return EXIT_TIMEOUT
+    code = result.exit_code
+    if code is None:
+        return EXIT_FAILED
+    return 128 - code if code < 0 else (code or EXIT_FAILED)
+
+
+def _command(words: Sequence[str]) -> Any:
+    words = list(words)
+    if words and words[0] == "--":
+        words = words[1:]
+    if not words:
+        raise UsageError("no command given: put it after --, e.g. titan run -- echo hello")
+    return words[0] if len(words) == 1 else words
+
+
+def _env_pairs(items: Sequence[str]) -> Dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad --env {item!r}: use KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _stream_output(stream: str, data: bytes) -> None:
+    target = sys.stderr if stream == "err" else sys.stdout
+    target.buffer.write(data)
+    target.flush()
+
+
+def _report(result: TaskResult) -> None:
+    if result.state != "SUCCEEDED":
+        detail = f": {result.reason}" if result.reason else ""
+        node = f" on {result.node}" if result.node else ""
+        print(f"titan: task {result.id} {result.state}{node}{detail}", file=sys.stderr)
+
+
+def _result_json(result: TaskResult) -> Dict[str, Any]:
+    return {"id": result.id, "state": result.state, "exit_code": result.exit_code, "node": result.node,
+            "reason": result.reason, "output": result.output, "attempts": result.attempts}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = _command(args.command)
+    with make_client(args) as c:
+        task = c.submit(command, requires=tags(args.requires), timeout_s=args.timeout, name=args.name,
+                        priority=args.priority, node=args.node, retries=args.retries,
+                        env=_env_pairs(args.env), watch=not args.detach,
+                        on_output=None if (args.detach or args.json) else _stream_output)
+        if args.detach:
+            print(task.id)
+            return EXIT_OK
+        if sys.stderr.isatty():
+            print(f"titan: {task.id} submitted", file=sys.stderr)
+        result = task.result()
+    if args.json:
+        print_json(_result_json(result))
+    else:
+        _report(result)
+    return exit_code_of(result)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from titan.roles.local import LocalCluster
+    setup_logging(args.log_level, "WARNING")
+    _interrupt_on(signal.SIGINT, signal.SIGTERM)
+    cluster = LocalCluster(workers=args.workers, slots=args.slots, worker_tags=tags(args.tags),
+                           data_dir=Path(args.data) if args.data else None, token=args.token)
+    command = _command(args.command) if args.command else None
+    address = cluster.start()
+    try:
+        if command is None:
+            return _serve_until_interrupted(cluster, address)
+        with cluster.client() as c:
+            if isinstance(command, str) and command.endswith(".ini") and os.path.isfile(command):
+                return jobs.run_file(c, command)
+            result = c.submit(command, on_output=_stream_output).result()
+        _report(result)
+        return exit_code_of(result)
+    finally:
+        cluster.stop()
+
+
+def _interrupt_on(*signals: int) -> None:
+    """Turn these signals into KeyboardInterrupt, even where a shell started us ignoring them,
+    so the cluster `up` started is always stopped."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    for sig in signals:
+        signal.signal(sig, interrupt)
+
+
+def _serve_until_interrupted(cluster: Any, address: str) -> int:
+    print(f"titan: local cluster up: master {address}, {cluster.workers} workers, data in {cluster.data_dir}",
+          file=sys.stderr)
+    print(f"titan: try  TITAN_MASTER={address} titan run -- echo hello   (Ctrl-C stops)", file=sys.stderr)
+    try:
+        while True:
+            if cluster.master.poll() is not None:
+                print("titan: the master exited; shutting down", file=sys.stderr)
+                return EXIT_FAILED
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    print("titan: shutting down", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        st = c.status(args.task_id)
+    if args.json:
+        print_json(st)
+        return EXIT_OK
+    if isinstance(st.get("tasks"), list):          # a run: its graph
+        return jobs.show_run(st)
+    print(f"{st['id']}  {st['state']}  {st['command']}")
+    if st.get("requires"):
+        print(f"  requires: {','.join(st['requires'])}")
+    for a in st.get("attempts", []):
+        code = "" if a.get("exit_code") is None else f" exit {a['exit_code']}"
+        reason = f" ({a['reason']})" if a.get("reason") else ""
+        print(f"  attempt {a['attempt']} on {a['node']}: {a['state']}{code}{reason}")
+    return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        result = c.task(args.task_id).result()
+    if args.json:
+        print_json(_result_json(result))
+    else:
+        print(f"{result.id}  {result.state}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        reply = c.cancel(args.task_id)
+    if args.json:
+        print_json(reply)
+    else:
+        what = "cancelling (its process group is being killed)" if reply.get("cancelling") else reply["state"]
+        print(f"{reply['id']}: {what}")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        reply = c.retry(args.task_id)
+    print_json(reply) if args.json else print(f"{reply['id']}: {reply['state']}")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        for chunk in c.logs(args.task_id, attempt=args.attempt, follow=args.follow):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    with make_client(args) as c:
+        tasks = c.tasks(state=args.state, limit=args.limit)
+    if args.json:
+        print_json(tasks)
+        return EXIT_OK
+    rows = [["ID", "STATE", "NODE", "EXIT", "COMMAND"]]
+    for t in tasks:
+        rows.append([t["id"], t["state"], t.get("node") or "-",
+                     "-" if t.get("exit_code") is None else str(t["exit_code"]), t["command"][:60]])
+    print_table(rows)
+    return EXIT_OK
