@@ -12,6 +12,7 @@ The package is split by responsibility::
         +-- VERBS[args.verb](args) -> tasks.cmd_*  run, up, status, wait, cancel, retry, logs, tasks
         |                             jobs.cmd_*   check, submit, trigger, runs, jobs, dead, cron
         |                             admin.cmd_*  master, worker, store, nodes, drain, kv
+        |                             services.cmd_*  deploy, ps, stop, restart
         |
         +-- TitanError -> common.fail: "titan: ..." on stderr, a named exit code
 
@@ -26,7 +27,7 @@ import os
 import sys
 from typing import Callable, Dict, Optional, Sequence
 
-from titan.cli import admin, jobs, tasks
+from titan.cli import admin, jobs, services, tasks
 from titan.cli.common import (EXIT_AUTH, EXIT_CANCELLED, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT,
                               EXIT_UNAVAILABLE, EXIT_USAGE, fail)
 from titan.cli.parser import build_parser
@@ -44,6 +45,8 @@ VERBS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "logs": tasks.cmd_logs, "nodes": admin.cmd_nodes, "tasks": tasks.cmd_tasks, "kv": admin.cmd_kv,
     "submit": jobs.cmd_submit, "trigger": jobs.cmd_trigger, "runs": jobs.cmd_runs, "jobs": jobs.cmd_jobs,
     "dead": jobs.cmd_dead, "drain": admin.cmd_drain, "store": admin.cmd_store, "cron": jobs.cmd_cron,
+    "deploy": services.cmd_deploy, "ps": services.cmd_ps, "stop": services.cmd_stop,
+    "restart": services.cmd_restart,
 }
 
 
@@ -58,6 +61,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return VERBS[args.verb](args)
     except KeyboardInterrupt:
         return EXIT_CANCELLED
+    except BrokenPipeError:             # `titan logs -f web | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except UsageError as exc:
         return fail(str(exc), EXIT_USAGE)
     except AuthError as exc:

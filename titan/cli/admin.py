@@ -25,6 +25,7 @@ __all__ = ["cmd_master", "cmd_worker", "cmd_store", "cmd_nodes", "cmd_drain", "c
 
 def cmd_master(args: argparse.Namespace) -> int:
     from titan.io.loop import parse_address
+    from titan.core.scaler import ScalerConfig
     from titan.roles.master import Master, MasterConfig
     setup_logging(args.log_level, "INFO")
     config = MasterConfig(
@@ -33,7 +34,9 @@ def cmd_master(args: argparse.Namespace) -> int:
         lost_grace_s=args.lost_grace, handshake_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout, max_connections=args.max_connections,
         max_body_bytes=args.max_frame_bytes, log_max_bytes=args.log_max_bytes, tls=server_tls(args),
-        fsync=args.appendfsync, retention_s=args.retention, clock_offset_s=args.clock_offset)
+        fsync=args.appendfsync, retention_s=args.retention, clock_offset_s=args.clock_offset,
+        scaler=ScalerConfig(wait_s=args.scale_after, cooldown_s=args.scale_cooldown,
+                            max_per_host=args.max_children_per_host, max_cluster=args.max_children_total))
     master = Master(config)
     try:
         master.start()
@@ -56,7 +59,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = WorkerConfig(master=parse_address(args.master or DEFAULT_MASTER), name=name, data_dir=data,
                           tags=frozenset(tags(args.tags)), slots=slots, token=args.token,
                           dedicated=args.dedicated, heartbeat_interval_s=args.heartbeat_interval,
-                          master_timeout_s=args.master_timeout, tls=client_tls(args))
+                          master_timeout_s=args.master_timeout, tls=client_tls(args),
+                          tls_files=(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None,
+                          ephemeral=args.ephemeral, idle_timeout_s=args.idle_timeout,
+                          max_children=args.max_children)
+    if args.max_children < 0 or args.idle_timeout <= 0:
+        raise UsageError("--max-children must be 0 or more and --idle-timeout greater than 0")
     try:
         Worker(config).serve_forever()
     finally:
@@ -104,10 +112,11 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     if args.json:
         print_json(nodes)
         return EXIT_OK
-    rows = [["NAME", "STATE", "TAGS", "RUNNING", "SLOTS", "LOAD", "ADDRESS"]]
+    rows = [["NAME", "STATE", "KIND", "TAGS", "RUNNING", "SLOTS", "LOAD", "PARENT", "ADDRESS"]]
     for n in nodes:
-        rows.append([n["name"], n["state"], ",".join(n["tags"]) or "-", str(n["running"]), str(n["slots"]),
-                     f"{n['load']:.2f}", str(n.get("address", ""))])
+        rows.append([n["name"], n["state"], "ephemeral" if n.get("ephemeral") else "permanent",
+                     ",".join(n["tags"]) or "-", str(n["running"]), str(n["slots"]), f"{n['load']:.2f}",
+                     n.get("parent") or "-", str(n.get("address", ""))])
     print_table(rows)
     return EXIT_OK
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from titan.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, make_client, print_json, print_table
 from titan.core.jobfile import JobFileError
@@ -34,10 +34,13 @@ def _progress(event: Dict[str, Any]) -> None:
 
 
 def _finish(run: Run, wait: bool, as_json: bool) -> int:
-    if not wait:
+    if not wait or not run.id:
         if as_json:
-            print_json({"run": run.id, "tasks": run.task_ids})
-        else:
+            print_json({"run": run.id, "tasks": run.task_ids, "services": run.services})
+            return EXIT_OK
+        if run.services:
+            print(f"services deployed: {', '.join(run.services)} (`titan ps` shows them)")
+        if run.id or not run.services:
             print(run.id or "(registered; the job runs on its schedule)")
         return EXIT_OK
     result = run.wait()
@@ -164,12 +167,21 @@ def show_run(view: Dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def run_file(c: Client, path: str) -> int:
-    """``titan up FILE``: run the job once on the local cluster, then show each task's output."""
+def run_file(c: Client, path: str) -> Tuple[int, List[str]]:
+    """``titan up FILE``: run the job once on the local cluster, then show each task's output.
+
+    Returns the exit code and the job's services (deployed with it; `up` keeps serving them).
+    """
     try:
         run = c.submit_file(path, start=True, on_task=_progress)
     except JobFileError as exc:
-        return print_problems(exc)
+        return print_problems(exc), []
+    for name in run.services:
+        row = c.services(name)[0]
+        print(f"service {name}: {row['state']}" + (f" on port {row['port']}" if row.get("port") else ""),
+              file=sys.stderr)
+    if not run.id:
+        return EXIT_OK, run.services
     result: RunResult = run.wait()
     for task_id in run.task_ids:
         output = b"".join(c.logs(task_id)).decode("utf-8", "replace")
@@ -177,4 +189,4 @@ def run_file(c: Client, path: str) -> int:
             print(f"--- {task_id}")
             print(output, end="" if output.endswith("\n") else "\n")
     print(f"{result.id}  {result.state}")
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return (EXIT_OK if result.ok else EXIT_FAILED), run.services

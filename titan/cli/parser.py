@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 import titan
+from titan.cli.services import add_service_verbs
 from titan.sdk.client import DEFAULT_MASTER
 
 __all__ = ["build_parser"]
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_verbs(subs)
     _sub(subs, "nodes", "list workers")
     _add_job_verbs(subs)
+    add_service_verbs(subs, _sub)
     p = _sub(subs, "drain", "give a node no new work; its running tasks finish")
     p.add_argument("node", metavar="NODE")
     p.add_argument("--undo", action="store_true", help="let the node take work again")
@@ -97,6 +99,12 @@ def _add_master(subs: Any) -> None:
                    help="how long finished tasks are kept (default 7 days)")
     p.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS",
                    help="run the master's clock this far ahead (to try out schedules without waiting)")
+    p.add_argument("--scale-after", type=float, default=3.0, metavar="SECONDS",
+                   help="inception: queued work waits this long on a full pool before a worker forks a child")
+    p.add_argument("--scale-cooldown", type=float, default=10.0, metavar="SECONDS",
+                   help="inception: the least time between two scaling decisions for one pool")
+    p.add_argument("--max-children-per-host", type=int, default=8, metavar="N")
+    p.add_argument("--max-children-total", type=int, default=32, metavar="N")
 
 
 def _add_worker(subs: Any) -> None:
@@ -108,6 +116,13 @@ def _add_worker(subs: Any) -> None:
     p.add_argument("--dedicated", action="store_true", help="take only tasks that require one of my tags")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, metavar="SECONDS")
     p.add_argument("--master-timeout", type=float, default=10.0, metavar="SECONDS")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--ephemeral", action="store_true", help="retire after --idle-timeout without work")
+    kind.add_argument("--permanent", action="store_true", help="never retire (the default)")
+    p.add_argument("--idle-timeout", type=float, default=45.0, metavar="SECONDS",
+                   help="how long an ephemeral worker stays idle before it retires (default 45)")
+    p.add_argument("--max-children", type=int, default=0, metavar="K",
+                   help="let the master ask this worker to fork up to K ephemeral child workers")
 
 
 def _add_up_and_run(subs: Any) -> None:
@@ -130,10 +145,11 @@ def _add_task_verbs(subs: Any) -> None:
                        ("retry", "re-queue a failed, dead or cancelled task"),
                        ("wait", "wait for a task to end; exit 0 if it succeeded")):
         _sub(subs, verb, text).add_argument("task_id", metavar="TASK_ID")
-    p = _sub(subs, "logs", "print a task's output")
-    p.add_argument("task_id", metavar="TASK_ID")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
-    p.add_argument("--attempt", type=int, default=None)
+    p = _sub(subs, "logs", "print a task's or a service's output")
+    p.add_argument("task_id", metavar="TASK_ID|SERVICE")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing until the task ends (a service: until interrupted)")
+    p.add_argument("--attempt", type=int, default=None, help="a task's attempt, or a service's deployment")
 
 
 def _add_job_verbs(subs: Any) -> None:

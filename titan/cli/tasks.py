@@ -106,9 +106,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         if command is None:
             return _serve_until_interrupted(cluster, address)
+        if isinstance(command, str) and command.endswith(".ini") and os.path.isfile(command):
+            with cluster.client() as c:
+                code, services = jobs.run_file(c, command)
+            if not services or code != EXIT_OK:
+                return code
+            return _serve_until_interrupted(cluster, address)   # the job's services: until Ctrl-C
         with cluster.client() as c:
-            if isinstance(command, str) and command.endswith(".ini") and os.path.isfile(command):
-                return jobs.run_file(c, command)
             result = c.submit(command, on_output=_stream_output).result()
         _report(result)
         return exit_code_of(result)

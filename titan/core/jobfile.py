@@ -78,6 +78,7 @@ class ServiceDef:
     health_interval_s: float = 5.0
     health_timeout_s: float = 2.0
     health_failures: int = 3
+    health_grace_s: float = 10.0
     stop_signal: str = "SIGTERM"
     stop_grace_s: float = 10.0
     files: Tuple[str, ...] = ()
@@ -303,6 +304,7 @@ _SERVICE_KEYS: Dict[str, Field] = {
     "health_interval": ("health_interval_s", convert.positive_duration),
     "health_timeout": ("health_timeout_s", convert.positive_duration),
     "health_failures": ("health_failures", partial(convert.integer, minimum=1, maximum=100)),
+    "health_grace": ("health_grace_s", convert.duration),
     "stop_signal": ("stop_signal", convert.signal_name),
     "stop_grace": ("stop_grace_s", convert.duration),
 }

@@ -36,6 +36,10 @@ __all__ = [
     "spec_to_wire",
     "SpecCache",
     "default_task_name",
+    "argv_from_wire",
+    "env_from_wire",
+    "files_from_wire",
+    "NAME_RE",
 ]
 
 
@@ -80,7 +84,7 @@ def transition(record: "TaskRecord", new: TaskState) -> TaskState:
     return old
 
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # used with fullmatch: "$" would allow a trailing "\n"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # used with fullmatch: "$" would allow a trailing "\n"
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,7 @@ def _want(cond: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def _argv_from_wire(command: object) -> Tuple[Tuple[str, ...], bool]:
+def argv_from_wire(command: object) -> Tuple[Tuple[str, ...], bool]:
     if isinstance(command, str):
         _want(bool(command.strip()), "empty command: give a shell string or an argv list")
         return ("/bin/sh", "-c", command), True
@@ -160,7 +164,7 @@ def safe_relative_path(path: object) -> bool:
     return all(p not in ("", ".", "..") for p in parts)
 
 
-def _files_from_wire(files: object) -> Tuple[Tuple[str, str, bool], ...]:
+def files_from_wire(files: object) -> Tuple[Tuple[str, str, bool], ...]:
     if not files:
         return ()
     _want(isinstance(files, dict), f"files must map workspace paths to [sha256, executable], not {files!r}")
@@ -173,22 +177,28 @@ def _files_from_wire(files: object) -> Tuple[Tuple[str, str, bool], ...]:
     return tuple(out)
 
 
+def env_from_wire(env: object) -> Tuple[Tuple[str, str], ...]:
+    """A wire ``env`` map, checked, as sorted (name, value) pairs."""
+    env = env or {}
+    _want(isinstance(env, dict) and all(isinstance(v, str) for v in env.values()),  # type: ignore[union-attr]
+          "env must map names to string values")
+    for key, value in env.items():  # type: ignore[union-attr]
+        _want(isinstance(key, str) and bool(key) and "=" not in key and "\0" not in key,
+              f"bad environment variable name {key!r}: it must be non-empty without '=' or NUL")
+        _want("\0" not in value, f"environment variable {key!r} contains a NUL byte")
+    return tuple(sorted(env.items()))  # type: ignore[union-attr]
+
+
 def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     """Build a :class:`TaskSpec` from a SUBMIT body; raise UsageError on bad input."""
-    argv, shell = _argv_from_wire(body.get("command"))
+    argv, shell = argv_from_wire(body.get("command"))
     name = body.get("name") or default_task_name(argv, shell)
-    _want(isinstance(name, str) and bool(_NAME_RE.fullmatch(name)),
+    _want(isinstance(name, str) and bool(NAME_RE.fullmatch(name)),
           f"bad task name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
     requires = body.get("requires") or []
     _want(isinstance(requires, list) and all(isinstance(t, str) and t for t in requires),
           f"requires must be a list of tag names, not {requires!r}")
-    env = body.get("env") or {}
-    _want(isinstance(env, dict) and all(isinstance(v, str) for v in env.values()),
-          "env must map names to string values")
-    for key, value in env.items():
-        _want(bool(key) and "=" not in key and "\0" not in key,
-              f"bad environment variable name {key!r}: it must be non-empty without '=' or NUL")
-        _want("\0" not in value, f"environment variable {key!r} contains a NUL byte")
+    env = env_from_wire(body.get("env"))
     _want(all("\0" not in a for a in argv), "the command contains a NUL byte, which no program can receive")
     node = body.get("node")
     _want(node is None or (isinstance(node, str) and bool(node)), f"node must be a worker name, not {node!r}")
@@ -199,12 +209,12 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     timeout_s = _number(body, "timeout_s", None)
     _want(timeout_s is None or timeout_s > 0, "timeout_s must be greater than 0")
     return TaskSpec(
-        files=_files_from_wire(body.get("files")),
+        files=files_from_wire(body.get("files")),
         argv=argv, name=name, requires=frozenset(requires), node=node,
         timeout_s=timeout_s, kill_grace_s=_number(body, "kill_grace_s", 5.0) or 0.0,
         priority=priority, retries=retries,
         retry_backoff_s=_number(body, "retry_backoff_s", 1.0) or 0.0,
-        env=tuple(sorted(env.items())), shell=shell,
+        env=env, shell=shell,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import FrozenSet, Iterable, List, Optional
 
-__all__ = ["WorkerView", "eligible", "choose_worker"]
+__all__ = ["WorkerView", "eligible", "choose_worker", "choose_for_service"]
 
 
 class WorkerView:
@@ -83,3 +83,16 @@ def choose_worker(workers: Iterable[WorkerView], requires: FrozenSet[str],
     if len(best) == 1:
         return best[0]
     return min(best, key=lambda w: (w.order - rr_cursor) % (1 << 30))
+
+
+def choose_for_service(workers: Iterable[WorkerView], requires: FrozenSet[str], node: Optional[str],
+                       placed: "dict[str, int]", exclude: Iterable[str] = ()) -> Optional[WorkerView]:
+    """Where a service goes: an eligible, connected, undrained worker not in ``exclude``
+    with the fewest services (``placed``: name -> count), then the least loaded, then the oldest.
+
+    Services take no task slots: a full worker can still run one.
+    """
+    skip = set(exclude)
+    candidates = [w for w in workers
+                  if w.connected and not w.draining and w.name not in skip and eligible(w, requires, node)]
+    return min(candidates, key=lambda w: (placed.get(w.name, 0), w.load, w.order), default=None)

@@ -16,7 +16,7 @@ from titan.core.jobfile import JobSpec
 from titan.core.model import TERMINAL, TaskState
 from titan.errors import UsageError
 
-__all__ = ["job_to_wire", "check_job", "run_state", "task_body", "summarize", "file_hashes"]
+__all__ = ["job_to_wire", "services_to_wire", "check_job", "run_state", "task_body", "summarize", "file_hashes"]
 
 
 FileReader = Callable[[str], Tuple[bytes, bool]]
@@ -32,25 +32,46 @@ def job_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,
     tasks = []
     for name in spec.topological_order():
         t = spec.tasks[name]
-        files: Dict[str, List[Any]] = {}
-        for path in t.files:
-            if read_file is None or blobs is None:
-                raise UsageError(f"{spec.filename}: [task:{name}] files: nothing to read them with")
-            data, executable = read_file(path)
-            sha = hashlib.sha256(data).hexdigest()
-            blobs[sha] = data
-            files[path] = [sha, executable]
+        files = _ship(spec, f"task:{name}", t.files, read_file, blobs)
         tasks.append({
             "name": name, "command": t.run, "after": list(t.after), "requires": sorted(t.requires),
             "affinity": t.affinity, "node": t.node, "retries": t.retries,
             "retry_backoff_s": t.retry_backoff_s, "timeout_s": t.timeout_s, "priority": t.priority,
             "delay_s": t.delay_s, "env": spec.environment(name), "files": files or None,
         })
-    if spec.services:
-        raise UsageError(f"{spec.filename}: [service:*] sections are not supported by this version yet")
     return {"name": spec.name, "schedule": spec.schedule, "timezone": spec.timezone, "overlap": spec.overlap,
             "catchup": spec.catchup, "catchup_limit": spec.catchup_limit, "jitter_s": spec.jitter_s,
-            "tasks": tasks}
+            "tasks": tasks, "services": services_to_wire(spec, read_file, blobs)}
+
+
+def services_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,
+                     blobs: Optional[Dict[str, bytes]] = None) -> List[Dict[str, Any]]:
+    """The DEPLOY entries of a job file's ``[service:NAME]`` sections (job env merged in)."""
+    out = []
+    for name, svc in spec.services.items():
+        body: Dict[str, Any] = {"name": name, "command": svc.run, "env": spec.environment(name),
+                                "files": _ship(spec, f"service:{name}", svc.files, read_file, blobs),
+                                "requires": sorted(svc.requires)}
+        for key in ("port", "node", "restart", "backoff_s", "backoff_max_s", "stable_s", "max_restarts",
+                    "restart_window_s", "health", "health_interval_s", "health_timeout_s", "health_failures", "health_grace_s",
+                    "stop_signal", "stop_grace_s"):
+            body[key] = getattr(svc, key)
+        out.append(body)
+    return out
+
+
+def _ship(spec: JobSpec, label: str, paths: Iterable[str], read_file: Optional[FileReader],
+          blobs: Optional[Dict[str, bytes]]) -> Optional[Dict[str, List[Any]]]:
+    """Read the files a task or service names; their contents go to ``blobs`` by sha256."""
+    files: Dict[str, List[Any]] = {}
+    for path in paths:
+        if read_file is None or blobs is None:
+            raise UsageError(f"{spec.filename}: [{label}] files: nothing to read them with")
+        data, executable = read_file(path)
+        sha = hashlib.sha256(data).hexdigest()
+        blobs[sha] = data
+        files[path] = [sha, executable]
+    return files or None
 
 
 def check_job(job: Any) -> Dict[str, Any]:
@@ -58,8 +79,9 @@ def check_job(job: Any) -> Dict[str, Any]:
     if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
         raise UsageError("a job needs a name")
     tasks = job.get("tasks")
-    if not isinstance(tasks, list) or not tasks:
-        raise UsageError(f"job {job['name']!r} has no tasks")
+    services = job.get("services") or []
+    if not isinstance(tasks, list) or not isinstance(services, list) or not (tasks or services):
+        raise UsageError(f"job {job['name']!r} has no tasks and no services")
     seen: set = set()
     for t in tasks:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
@@ -74,7 +96,8 @@ def check_job(job: Any) -> Dict[str, Any]:
 
 def file_hashes(job: Mapping[str, Any]) -> List[str]:
     """Every file hash a job's tasks refer to."""
-    return sorted({entry[0] for t in job.get("tasks") or [] for entry in (t.get("files") or {}).values()})
+    units = list(job.get("tasks") or []) + list(job.get("services") or [])
+    return sorted({entry[0] for t in units for entry in (t.get("files") or {}).values()})
 
 
 def task_body(task: Mapping[str, Any]) -> Dict[str, Any]:

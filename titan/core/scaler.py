@@ -247,5 +247,6 @@ class Scaler:
 
     def _reason(self, now: float, pool: PoolDemand, workers: List[WorkerInfo]) -> str:
         busy = len(_serving(workers, pool.requires))
-        return (f"{_plural(pool.queued, 'task')} needing {_tag_text(pool.requires)} waited "
+        what = f"needing {_tag_text(pool.requires)}" if pool.requires else "queued"
+        return (f"{_plural(pool.queued, 'task')} {what} waited "
                 f"{now - pool.oldest_since:.1f}s on {_plural(busy, 'busy worker')}")

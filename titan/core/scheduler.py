@@ -498,6 +498,25 @@ class Scheduler:
             note += f"; {len(held)} running attempt(s) re-queued unless it returns within {self.lost_grace_s:g}s"
         return [Note(note)]
 
+    def worker_retired(self, name: str) -> None:
+        """An idle ephemeral worker left for good: forget it (its record goes from the store too)."""
+        if self.workers.pop(name, None) is not None:
+            self.workers_dirty.add(name)
+
+    def pools(self) -> List[Tuple[FrozenSet[str], Optional[str], int, float]]:
+        """Per routing class with queued work: (requires, node, how many, since when the oldest is ready)."""
+        out = []
+        for (requires, node), heap in self._classes.items():
+            count, oldest = 0, 0.0
+            for _, _, gen, task_id in heap:
+                record = self.tasks.get(task_id)
+                if record is not None and record.state is S.QUEUED and record.qgen == gen:
+                    oldest = record.ready_at if not count else min(oldest, record.ready_at)
+                    count += 1
+            if count:
+                out.append((requires, node, count, oldest))
+        return out
+
     def heartbeat(self, name: str, now: float, info: Optional[dict] = None) -> None:
         w = self.workers.get(name)
         if w is not None:

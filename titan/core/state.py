@@ -22,7 +22,7 @@ from titan.core.model import Attempt, SpecCache, TaskRecord, TaskSpec, TaskState
 from titan.core.model import spec_to_wire
 from titan.wire.codec import decode, encode
 
-__all__ = ["TASK_PREFIX", "WORKER_PREFIX", "JOB_PREFIX", "CRON_KEY", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
+__all__ = ["TASK_PREFIX", "WORKER_PREFIX", "JOB_PREFIX", "SERVICE_PREFIX", "CRON_KEY", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
            "record_to_blob", "record_from_blob", "save_task", "save_worker", "worker_from_blob",
            "save_counters", "needs_saving", "Command"]
 
@@ -31,6 +31,7 @@ Command = List[bytes]
 TASK_PREFIX = b"titan:task:"
 WORKER_PREFIX = b"titan:worker:"
 JOB_PREFIX = b"titan:job:"
+SERVICE_PREFIX = b"titan:svc:"
 CRON_KEY = b"titan:cron"
 COUNTERS_KEY = b"titan:counters"
 USER_PREFIX = b"kv:"

@@ -24,6 +24,7 @@ from titan.errors import ConnectionLost, RemoteError, UnknownTask, UsageError
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
 from titan.sdk.kv import KV
 from titan.sdk.runs import Run, RunResult
+from titan.sdk.services import file_request, load_job_file, service_body
 from titan.sdk.tls import client_context
 from titan.wire.handshake import ClientHandshake
 
@@ -385,8 +386,10 @@ class Client:
         body = reply.body if isinstance(reply.body, dict) else {}
         if not (watch and body.get("run")):
             self._forget(req_id)
-        return Run(self, body.get("run"), list(body.get("tasks") or []),
-                   req_id if watch and body.get("run") else None, on_task)
+        run = Run(self, body.get("run"), list(body.get("tasks") or []),
+                  req_id if watch and body.get("run") else None, on_task)
+        run.services = list(body.get("services") or [])
+        return run
 
     def submit_file(self, path: str, *, start: Optional[bool] = None, watch: bool = True,
                     on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> Run:
@@ -394,20 +397,8 @@ class Client:
 
         Raises :class:`titan.core.jobfile.JobFileError` (a UsageError) listing every problem.
         """
-        from titan.core.jobfile import JobFileError, check_files, parse   # only this method needs them
-        from titan.core.runs import job_to_wire
-        with open(path, encoding="utf-8") as f:
-            spec = parse(f.read(), filename=str(path))
-        base = os.path.dirname(os.path.abspath(path))
-        problems = check_files(spec, lambda p: os.path.isfile(os.path.join(base, p)))
-        if problems:
-            raise JobFileError(problems)
-
-        def read(rel: str) -> Tuple[bytes, bool]:
-            full = os.path.join(base, rel)
-            with open(full, "rb") as f:
-                return f.read(), os.access(full, os.X_OK)
-
+        from titan.core.runs import job_to_wire     # only this method needs it
+        spec, read = load_job_file(path)
         blobs: Dict[str, bytes] = {}
         job = job_to_wire(spec, read, blobs)
         return self.submit_job(job, start=(spec.schedule is None) if start is None else start,
@@ -450,6 +441,34 @@ class Client:
 
     def retry(self, task_id: str) -> Dict[str, Any]:
         return self._call(Op.RETRY, {"task": task_id})
+
+    # ----- services ------------------------------------------------------
+    def deploy(self, command: Union[str, Sequence[str]], *, name: str, timeout: Optional[float] = 120.0,
+               **settings: Any) -> Dict[str, Any]:
+        """Deploy (or update) one service; returns its row once RUNNING, FATAL, EXITED or PENDING.
+
+        ``settings``: port (number or "auto"), requires, node, env, restart, health,
+        backoff_s, max_restarts, stop_signal, ... (see ``titan.core.service``).
+        """
+        rows = self._call(Op.DEPLOY, {"services": [service_body(command, name=name, **settings)]},
+                          timeout).get("services", [])
+        return dict(rows[0]) if rows else {}
+
+    def deploy_file(self, path: str, *, timeout: Optional[float] = 120.0) -> List[Dict[str, Any]]:
+        """Deploy every ``[service:NAME]`` of a job file (its tasks are not run: see submit_file)."""
+        body, _ = file_request(path)
+        if not body["services"]:
+            raise UsageError(f"{path} has no [service:NAME] section; `titan submit` runs its tasks")
+        return list(self._call(Op.DEPLOY, body, timeout).get("services", []))
+
+    def services(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Every service (or the one named): node, pid, state, uptime, restarts, health, port."""
+        return list(self._call(Op.SERVICES, {"name": name}).get("services", []))
+
+    def service_ctl(self, name: str, action: str, *, timeout: Optional[float] = 60.0) -> Dict[str, Any]:
+        """``stop`` (kills its process group; no restart), ``restart`` or ``remove`` a service."""
+        rows = self._call(Op.SERVICE_CTL, {"name": name, "action": action}, timeout).get("services", [])
+        return dict(rows[0]) if rows else {}
 
     def drain(self, node: str, *, undo: bool = False) -> Dict[str, Any]:
         """Give ``node`` no new work (its running tasks finish); ``undo`` lets it take work again."""

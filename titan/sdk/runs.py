@@ -46,6 +46,7 @@ class Run:
         self._on_task = on_task
         self._seen = 0
         self._result: Optional[RunResult] = None
+        self.services: List[str] = []      # the job's services, deployed with it (see Client.services)
 
     def __repr__(self) -> str:
         return f"<titan.Run {self.id}>"

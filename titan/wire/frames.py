@@ -49,7 +49,7 @@ _U32_MAX = 0xFFFFFFFF
 
 
 class Op(enum.IntEnum):
-    """Frame opcodes.  0x01-0x09 any peer, 0x10-0x1f client->master, 0x20-0x2f master<->worker."""
+    """Frame opcodes.  0x01-0x09 any peer, 0x10-0x1f and 0x30-0x3f client->master, 0x20-0x2f master<->worker."""
 
     HELLO = 0x01
     CHALLENGE = 0x02
@@ -83,8 +83,16 @@ class Op(enum.IntEnum):
     STARTED = 0x26
     RUN_DONE = 0x27
     FETCH = 0x28
+    SVC_START = 0x29
+    SVC_STOP = 0x2A
+    SVC_STATE = 0x2B
+    SPAWN = 0x2C
+    RETIRE = 0x2D
     KV = 0x30
     SUBSCRIBE = 0x31
+    DEPLOY = 0x32
+    SERVICES = 0x33
+    SERVICE_CTL = 0x34
 
 
 class Frame(NamedTuple):

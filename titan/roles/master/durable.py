@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, SpecCache, TaskRecord
 from titan.core.scheduler import Scheduler
-from titan.core.state import (COUNTERS_KEY, CRON_KEY, JOB_PREFIX, TASK_PREFIX, WORKER_PREFIX, needs_saving, record_from_blob,
+from titan.core.state import (COUNTERS_KEY, CRON_KEY, JOB_PREFIX, SERVICE_PREFIX, TASK_PREFIX, WORKER_PREFIX, needs_saving, record_from_blob,
                               save_counters, save_task, save_worker, worker_from_blob)
 from titan.io.aof import AppendOnlyFile
 from titan.wire.codec import decode, encode
@@ -41,6 +41,7 @@ class SavedState:
     counters: Dict[str, int] = field(default_factory=dict)
     jobs: List[Dict[str, Any]] = field(default_factory=list)
     cursors: Dict[str, float] = field(default_factory=dict)
+    services: List[Dict[str, Any]] = field(default_factory=list)
     unreadable: int = 0
 
 
@@ -55,6 +56,7 @@ class Durable:
         self.counters_dirty: Dict[str, int] = {}
         self.jobs_dirty: Dict[str, Dict[str, Any]] = {}
         self.cursors_dirty: Dict[str, float] = {}
+        self.services_dirty: Dict[str, Optional[Dict[str, Any]]] = {}   # None: forget it
 
     # ----- start-up ------------------------------------------------------
     def open(self, now: float, specs: SpecCache) -> SavedState:
@@ -76,6 +78,10 @@ class Durable:
             job = decode(blob)
             if isinstance(job, dict) and isinstance(job.get("name"), str):
                 state.jobs.append(job)
+        for _, blob in self._values(SERVICE_PREFIX, now):
+            service = decode(blob)
+            if isinstance(service, dict) and isinstance(service.get("name"), str):
+                state.services.append(service)
         reply, _ = self.engine.execute([b"HGETALL", COUNTERS_KEY], _ms(now))
         pairs = list(reply) if isinstance(reply, list) else []
         for name, n in zip(pairs[::2], pairs[1::2]):
@@ -117,10 +123,16 @@ class Durable:
             if w is not None:
                 out += self._run(save_worker(w.name, w.tags, w.slots, w.dedicated, w.last_seen, w.info,
                                              draining=w.draining), now_ms)
+            else:                                   # retired
+                out += self._run([b"DEL", WORKER_PREFIX + name.encode()], now_ms)
         sched.workers_dirty.clear()
         for name, job in self.jobs_dirty.items():
             out += self._run([b"SET", JOB_PREFIX + name.encode(), encode(job)], now_ms)
         self.jobs_dirty.clear()
+        for name, service in self.services_dirty.items():
+            key = SERVICE_PREFIX + name.encode()
+            out += self._run([b"SET", key, encode(service)] if service is not None else [b"DEL", key], now_ms)
+        self.services_dirty.clear()
         if self.cursors_dirty:                  # cron claims: in the same write as the runs they start
             command = [b"HSET", CRON_KEY]
             for name, cursor in sorted(self.cursors_dirty.items()):

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, TaskRecord, TaskState
+from titan.core.service import service_from_wire
 from titan.core.runs import check_job, file_hashes, run_state, summarize, task_body
 from titan.errors import TitanError, UsageError
 from titan.io.loop import Connection
@@ -46,25 +47,34 @@ class RunService:
     # ----- requests ------------------------------------------------------
     def run(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         job = check_job(body.get("job"))
+        services = [service_from_wire(item) for item in job.get("services") or []]
+        for spec in services:
+            self.master.services.check_node(spec)
         self._store_files(job, body.get("blobs"))
         self._plan(job, None)
         self.jobs[job["name"]] = job
         self.master.durable.jobs_dirty[job["name"]] = job
-        reply: Dict[str, Any] = {"job": job["name"], "run": None, "tasks": []}
-        if body.get("start", True):
+        reply: Dict[str, Any] = {"job": job["name"], "run": None, "tasks": [],
+                                 "services": [spec.name for spec in services]}
+        for spec in services:                       # a job's services: deployed (or updated) with it
+            self.master.services.deploy_spec(spec, job=job["name"])
+        if body.get("start", True) and job["tasks"]:
             reply.update(self._start(job))
             self._watch(conn, req_id, reply["run"], bool(body.get("watch")))
         self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") and reply["run"] else 0)
 
     def _store_files(self, job: Dict[str, Any], blobs: Any) -> None:
-        """Keep the job's files by content (each once); every file it names must be here."""
+        self.store_blobs(blobs, file_hashes(job), f"job {job['name']!r}")
+
+    def store_blobs(self, blobs: Any, needed: List[str], what: str) -> None:
+        """Keep shipped files by content (each once); every file ``needed`` must be here."""
         store = self.master.blobs
         for sha, data in (blobs.items() if isinstance(blobs, dict) else ()):
             if isinstance(sha, str) and isinstance(data, bytes):
                 store.put(sha, data)
-        missing = [sha for sha in file_hashes(job) if not store.has(sha)]
+        missing = [sha for sha in needed if not store.has(sha)]
         if missing:
-            raise UsageError(f"job {job['name']!r} names {len(missing)} file(s) it did not send "
+            raise UsageError(f"{what} names {len(missing)} file(s) it did not send "
                              f"(first: {missing[0][:12]}...)")
 
     def trigger(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
@@ -73,6 +83,9 @@ class RunService:
         if job is None:
             raise UsageError(f"no job {name!r}: `titan jobs` lists the jobs this master knows; "
                              f"`titan submit FILE` registers one")
+        if not job["tasks"]:
+            raise UsageError(f"job {name!r} has only services: `titan ps` shows them, `titan restart NAME` "
+                             f"restarts one")
         reply = self._start(job)
         self._watch(conn, req_id, reply["run"], bool(body.get("watch")))
         self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") else 0)
@@ -80,7 +93,7 @@ class RunService:
     def _plan(self, job: Dict[str, Any], cursor: Optional[float]) -> None:
         """Give a scheduled job to the planner (or take an unscheduled one away)."""
         planner, now = self.master.planner, self.master.clock()
-        if not job.get("schedule"):
+        if not job.get("schedule") or not job["tasks"]:
             planner.remove_job(job["name"])
             return
         try:

@@ -23,15 +23,18 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from titan import __version__
-from titan.core.model import TERMINAL, SpecCache, TaskRecord, TaskState
+from titan.core.model import SpecCache, TaskRecord, TaskState
 from titan.core.planner import Planner
+from titan.core.scaler import PoolDemand, Scaler, ScalerConfig, WorkerInfo
 from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Scheduler
-from titan.errors import InvalidTransition, ProtocolError, UsageError
+from titan.errors import ProtocolError, UsageError
 from titan.io.blobs import BlobStore
 from titan.io.logfiles import LogStore
 from titan.roles.master.durable import Durable, SavedState
 from titan.roles.master.kv import KvService
+from titan.roles.master.requests import LAZY, ClientRequests, UnknownTaskId
 from titan.roles.master.runs import RunService
+from titan.roles.master.services import ServiceManager
 from titan.io.loop import Connection, Handler, Listener, Loop, Timer, format_address, is_loopback
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, FLAG_MORE, Frame, Op
 from titan.wire.handshake import ServerHandshake
@@ -40,7 +43,6 @@ __all__ = ["MasterConfig", "Master"]
 
 logger = logging.getLogger(__name__)
 
-LOG_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class MasterConfig:
     retention_s: float = 7 * 86400.0
     aof_rewrite_min_bytes: int = 64 * 1024 * 1024
     clock_offset_s: float = 0.0     # added to the wall clock (to test schedules without waiting)
+    scaler: ScalerConfig = ScalerConfig()
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,13 +84,12 @@ def check_exposure(config: MasterConfig) -> None:
 
 
 Frame_ = Tuple[Connection, int, int, Any, int, Any]   # conn, request id, opcode, body, flags, when
-LAZY = "lazy"      # a held frame that may ride along with the connection's next write
 
 
 class Peer:
     """Per-connection state: handshake progress and who is on the other end."""
 
-    __slots__ = ("handshake", "role", "name", "watching", "following", "subscriptions")
+    __slots__ = ("handshake", "role", "name", "watching", "following", "subscriptions", "retiring")
 
     def __init__(self, handshake: ServerHandshake) -> None:
         self.handshake = handshake
@@ -96,9 +98,10 @@ class Peer:
         self.watching: List[Tuple[str, int]] = []
         self.following: List[Tuple[str, int]] = []
         self.subscriptions: List[int] = []
+        self.retiring = False
 
 
-class Master(Handler):
+class Master(ClientRequests, Handler):
     """The control plane: one loop, one scheduler, many connections."""
 
     def __init__(self, config: MasterConfig, *, clock: Callable[[], float] = time.time) -> None:
@@ -132,8 +135,11 @@ class Master(Handler):
         self._restore(saved)
         self.kv = KvService(self)
         self.planner = Planner()
+        self.scaler = Scaler(config.scaler)
         self.runs = RunService(self)
         self.runs.restore(saved.jobs, saved.cursors)
+        self.services = ServiceManager(self)
+        self.services.restore(saved.services, self.clock())
         self._purged_at = 0.0
         self.loop.add_pass_hook(self._end_of_pass)
         self.loop.add_pass_hook(self._schedule_tick)
@@ -211,12 +217,30 @@ class Master(Handler):
         if now - self._purged_at > min(60.0, max(1.0, self.config.retention_s / 4)):
             self._purged_at = now
             self.sched.forget_finished(self.clock() - self.config.retention_s)
+        self._scale()
         self.loop.call_later(1.0, self._housekeeping)
+
+    def _scale(self) -> None:
+        """Inception: ask workers that may fork children to do so for pools that waited too long."""
+        workers = list(self.sched.workers.values())
+        if not any(w.connected and w.info.get("max_children") for w in workers):
+            return
+        pools = [PoolDemand(requires, node, queued, since) for requires, node, queued, since in self.sched.pools()]
+        infos = [WorkerInfo(name=w.name, tags=w.tags, slots=w.slots, busy=w.busy, host=str(w.info.get("host") or ""),
+                            max_children=int(w.info.get("max_children") or 0), parent=w.info.get("parent"),
+                            ephemeral=bool(w.info.get("ephemeral")), connected=w.connected, draining=w.draining,
+                            dedicated=w.dedicated) for w in workers]
+        for fork in self.scaler.decide(self.clock(), pools, infos):
+            conn = self.worker_conns.get(fork.parent)
+            if conn is not None:
+                logger.info("scaling: %s forks a child worker: %s", fork.parent, fork.reason)
+                conn.send(Op.SPAWN, 0, {"count": 1, "reason": fork.reason}, urgent=True)
 
     def _schedule_tick(self) -> None:
         if self.runs.slot_freed:                    # a scheduled run ended: queued slots may start
             self.runs.fire_due()
-        times = [t for t in (self.sched.next_deadline(), self.planner.next_deadline()) if t is not None]
+        times = [t for t in (self.sched.next_deadline(), self.planner.next_deadline(),
+                             self.services.next_deadline(self.config.lost_grace_s)) if t is not None]
         deadline = min(times) if times else None
         if deadline == self._tick_at:
             return
@@ -268,6 +292,7 @@ class Master(Handler):
         self._tick_at = None
         self._tick_timer = None
         self.apply(self.sched.tick(self.clock()))
+        self.services.tick(self.clock(), self.config.lost_grace_s)
         self.runs.fire_due()
 
     # ----- frames --------------------------------------------------------
@@ -324,8 +349,13 @@ class Master(Handler):
             return
         if peer.role == "worker" and self.worker_conns.get(peer.name) is conn:
             del self.worker_conns[peer.name]
-            logger.info("worker %s disconnected: %s", peer.name, reason)
-            self.apply(self.sched.worker_left(peer.name, self.clock()))
+            if peer.retiring:
+                logger.info("worker %s retired", peer.name)
+                self.sched.worker_retired(peer.name)
+            else:
+                logger.info("worker %s disconnected: %s", peer.name, reason)
+                self.apply(self.sched.worker_left(peer.name, self.clock()))
+                self.services.worker_left(peer.name, self.clock())
         for task_id, _ in peer.watching:
             self.watchers[task_id] = [w for w in self.watchers.get(task_id, []) if w[0] is not conn]
         for task_id, _ in peer.following:
@@ -334,6 +364,7 @@ class Master(Handler):
             self.kv.dropped(peer.subscriptions)
         if peer.role == "client":
             self.runs.dropped(conn)
+            self.services.dropped(conn)
 
     # ----- actions -------------------------------------------------------
     def apply(self, actions: List[Any]) -> None:
@@ -404,17 +435,32 @@ class Master(Handler):
         running = [(t, a) for t, a in _pairs(hello.get("running"))]
         finished = [(t, a) for t, a in _pairs(hello.get("finished"))]
         self.worker_conns[peer.name] = conn
-        info = {k: hello.get(k) for k in ("host", "pid", "version", "ephemeral", "parent") if k in hello}
+        info = {k: hello.get(k) for k in ("host", "pid", "version", "ephemeral", "parent", "max_children")
+                if k in hello}
         info["address"] = conn.peer
         logger.info("worker %s joined from %s: tags=%s slots=%d", peer.name, conn.peer, ",".join(tags) or "-", slots)
         self.apply(self.sched.worker_joined(peer.name, tags, slots, self.clock(),
                                             dedicated=bool(hello.get("dedicated")),
                                             running=running, finished=finished, info=info))
+        self.services.worker_joined(peer.name, hello.get("services"))
+        if isinstance(hello.get("parent"), str):
+            self.scaler.child_joined(hello["parent"])
 
     def _w_heartbeat(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         peer: Peer = conn.state
         self.sched.heartbeat(peer.name, self.clock(), {"reported_running": body.get("running")})
         conn.send(Op.HEARTBEAT, req_id, {"time": self.clock()})
+
+    def _w_retire(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        """An idle ephemeral worker asks to leave; not while anything runs or is being placed on it."""
+        peer: Peer = conn.state
+        w = self.sched.workers.get(peer.name)
+        if w is None or w.busy or self.services.on_node(peer.name):
+            conn.send(Op.OK, req_id, {"retire": False})
+            return
+        self.sched.set_draining(peer.name, True)      # no dispatch from now on: it may go
+        peer.retiring = True
+        conn.send(Op.OK, req_id, {"retire": True})
 
     def _w_output(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         task_id, attempt, data = body.get("task"), body.get("attempt"), body.get("data")
@@ -457,152 +503,6 @@ class Master(Handler):
         self.apply(actions)
         self._tails.pop(task_id, None)
 
-    # ----- client requests -----------------------------------------------
-    def _record(self, body: Dict[str, Any]) -> TaskRecord:
-        task_id = body.get("task")
-        record = self.sched.tasks.get(task_id) if isinstance(task_id, str) else None
-        if record is None:
-            raise UnknownTaskId(task_id)
-        return record
-
-    def _c_submit(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        broken = self.durable.broken
-        if broken is not None:
-            conn.send_error(req_id, "store_unavailable",
-                            f"not accepted: the master cannot write its state to disk "
-                            f"({broken.strerror or broken}); free space in {self.config.data_dir} and retry")
-            return
-        spec = self.specs.get(body)
-        n = self.counters.get(spec.name, 0) + 1
-        self.counters[spec.name] = n
-        self.durable.counters_dirty[spec.name] = n
-        task_id = f"{spec.name}#{n}"
-        peer: Peer = conn.state
-        watch = bool(body.get("watch", True))
-        flags = FLAG_MORE if watch else 0
-        self.hold(conn, req_id, Op.OK, {"id": task_id}, flags, LAZY if watch else False)
-        if watch:
-            self.watchers.setdefault(task_id, []).append((conn, req_id))
-            peer.watching.append((task_id, req_id))
-            if body.get("follow"):
-                peer.following.append((task_id, req_id))
-        self.apply(self.sched.task_submitted(task_id, spec, self.clock()))
-
-    def _c_status(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        if body.get("task") in self.runs.runs:
-            conn.send(Op.OK, req_id, self.runs.view(body["task"]))
-            return
-        record = self._record(body)
-        conn.send(Op.OK, req_id, record.to_wire())
-
-    def _c_wait(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        record = self._record(body)
-        if record.state in TERMINAL:
-            conn.send(Op.EVENT, req_id, {"kind": "result", "result": self.result_body(record)})
-            return
-        self.watchers.setdefault(record.id, []).append((conn, req_id))
-        conn.state.watching.append((record.id, req_id))
-
-    def _c_cancel(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        if body.get("task") in self.runs.runs:
-            self.runs.cancel(body["task"])
-            view = self.runs.view(body["task"], detail=False)
-            conn.send(Op.OK, req_id, {"id": view["id"], "state": view["state"], "was": "RUNNING",
-                                      "cancelling": view["state"] == "RUNNING"})
-            return
-        record = self._record(body)
-        was = record.state
-        self.apply(self.sched.cancel(record.id, self.clock()))
-        conn.send(Op.OK, req_id, {"id": record.id, "was": was.value, "state": record.state.value,
-                                  "cancelling": record.cancel_requested and record.state is TaskState.RUNNING})
-
-    def _c_retry(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        if body.get("task") in self.runs.runs:          # a run: retry what failed in it
-            retried = self.runs.retry(body["task"])
-            if not retried:
-                raise UsageError(f"run {body['task']} has no FAILED, DEAD or CANCELLED task to retry")
-            conn.send(Op.OK, req_id, {"id": body["task"], "state": "RUNNING", "retried": retried})
-            return
-        record = self._record(body)
-        try:
-            self.apply(self.sched.retry(record.id, self.clock()))
-        except InvalidTransition:
-            raise UsageError(f"task {record.id} is {record.state.value}; only FAILED, DEAD, CANCELLED "
-                             f"or SKIPPED tasks can be retried")
-        conn.send(Op.OK, req_id, {"id": record.id, "state": record.state.value})
-
-    def _c_drain(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        """No new work for a node (its running tasks finish), or, with ``undo``, work again."""
-        name = body.get("node")
-        w = self.sched.workers.get(name) if isinstance(name, str) else None
-        if w is None:
-            raise UsageError(f"no node {name!r}: `titan nodes` lists the workers this master knows")
-        self.sched.set_draining(w.name, not body.get("undo"))
-        self.sched.workers_dirty.add(w.name)
-        self.apply(self.sched.tick(self.clock()))       # undrained: queued work may go there now
-        self.hold(conn, req_id, Op.OK, {"node": w.name, "state": _worker_state(w), "running": w.busy})
-
-    def _c_nodes(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        now = self.clock()
-        nodes = []
-        for w in self.sched.workers.values():
-            nodes.append({
-                "name": w.name, "tags": sorted(w.tags), "slots": w.slots, "running": w.busy,
-                "load": round(w.load, 3), "state": _worker_state(w), "dedicated": w.dedicated,
-                "last_seen_s": round(now - w.last_seen, 3), **w.info,
-            })
-        conn.send(Op.OK, req_id, {"nodes": nodes})
-
-    def _c_tasks(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        limit = body.get("limit") if isinstance(body.get("limit"), int) else 50
-        state = body.get("state")
-        records = [r for r in self.sched.tasks.values() if state is None or r.state.value == state]
-        records.sort(key=lambda r: r.seq, reverse=True)
-        rows = []
-        for r in records[:max(0, limit)]:
-            row = r.to_wire()
-            del row["attempts"]
-            rows.append(row)
-        conn.send(Op.OK, req_id, {"tasks": rows, "total": len(records)})
-
-    def _c_logs(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        record = self._record(body)
-        attempt = body.get("attempt")
-        if not isinstance(attempt, int):
-            attempt = record.current.number if record.current else 0
-        if attempt and (attempt < 1 or attempt > len(record.attempts)):
-            raise UsageError(f"task {record.id} has no attempt {attempt} (it has {len(record.attempts)})")
-        offset = 0
-        size = self.logs.size(record.id, attempt) if attempt else 0
-        while offset < size:
-            chunk = self.logs.read(record.id, attempt, offset, min(LOG_CHUNK_BYTES, size - offset))
-            if not chunk:
-                break
-            conn.send(Op.EVENT, req_id, {"kind": "output", "data": chunk}, FLAG_MORE)
-            offset += len(chunk)
-        live = record.state not in TERMINAL and attempt == (record.current.number if record.current else 0)
-        if body.get("follow") and (live or not record.attempts):
-            if record.state not in TERMINAL:
-                self.followers.setdefault(record.id, []).append((conn, req_id))
-                conn.state.following.append((record.id, req_id))
-                return
-        conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code,
-                                  "attempt": attempt})
-
-
-class UnknownTaskId(UsageError):
-    """Raised inside the master when a request names a task it does not know."""
-
-    def __init__(self, task_id: object) -> None:
-        super().__init__(f"no task {task_id!r}: `titan tasks` lists the tasks this master knows")
-
-
-def _worker_state(w: Any) -> str:
-    if not w.connected:
-        return "lost"
-    return "draining" if w.draining else "ready"
-
-
 def _pairs(value: object) -> List[Tuple[str, int]]:
     out: List[Tuple[str, int]] = []
     for item in value if isinstance(value, list) else []:
@@ -618,6 +518,9 @@ CLIENT_OPS: Dict[int, Callable[..., None]] = {
     Op.KV: lambda m, conn, req_id, body: m.kv.request(conn, req_id, body),
     Op.SUBSCRIBE: lambda m, conn, req_id, body: m.kv.subscribe(conn, req_id, body),
     Op.DRAIN: Master._c_drain,
+    Op.DEPLOY: lambda m, conn, req_id, body: m.services.deploy(conn, req_id, body),
+    Op.SERVICES: lambda m, conn, req_id, body: m.services.listing(conn, req_id, body),
+    Op.SERVICE_CTL: lambda m, conn, req_id, body: m.services.control(conn, req_id, body),
     Op.RUN: lambda m, conn, req_id, body: m.runs.run(conn, req_id, body),
     Op.TRIGGER: lambda m, conn, req_id, body: m.runs.trigger(conn, req_id, body),
     Op.RUNS: lambda m, conn, req_id, body: m.runs.list_runs(conn, req_id, body),
@@ -625,5 +528,6 @@ CLIENT_OPS: Dict[int, Callable[..., None]] = {
 }
 WORKER_OPS: Dict[int, Callable[..., None]] = {
     Op.HEARTBEAT: Master._w_heartbeat, Op.OUTPUT: Master._w_output, Op.FINISHED: Master._w_finished,
-    Op.FETCH: Master._w_fetch,
+    Op.FETCH: Master._w_fetch, Op.RETIRE: Master._w_retire,
+    Op.SVC_STATE: lambda m, conn, req_id, body: m.services.reported(conn.state.name, body),
 }

@@ -27,12 +27,14 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import quote
 
 from titan import __version__
-from titan.core.model import safe_relative_path
-from titan.errors import AuthError, UsageError
-from titan.io.blobs import BlobStore
+from titan.errors import AuthError
 from titan.io.reaper import ProcessLedger
 from titan.io.loop import Connection, Handler, Loop, Timer, format_address
 from titan.io.proc import OsProcesses, Spawned
+from titan.roles.worker.children import Children
+from titan.roles.worker.files import JobFiles
+from titan.roles.worker.services import ServiceRunner
+from titan.roles.worker.workspaces import WorkspacePool
 from titan.wire.frames import Frame, Op
 from titan.wire.handshake import ClientHandshake
 
@@ -62,15 +64,21 @@ class WorkerConfig:
     high_water_bytes: int = 4 * 1024 * 1024
     exit_linger_s: float = 1.0
     tls: Optional[ssl.SSLContext] = None
+    tls_files: Optional[Tuple[Optional[str], Optional[str], Optional[str]]] = None   # (ca, cert, key): for children
+    ephemeral: bool = False           # retires after idle_timeout_s without work
+    idle_timeout_s: float = 45.0
+    max_children: int = 0             # how many ephemeral children the master may ask it to fork
+    parent: Optional[str] = None      # the worker that forked this one
 
 
 class Job:
     """One attempt running on this worker."""
 
     __slots__ = ("key", "run", "spawned", "started_at", "timers", "exit_code", "open_fds",
-                 "reason", "terminating", "workspace")
+                 "reason", "terminating", "workspace", "service")
 
-    def __init__(self, key: Key, run: str, spawned: Spawned, workspace: Path) -> None:
+    def __init__(self, key: Key, run: str, spawned: Spawned, workspace: Path,
+                 service: Optional[str] = None) -> None:
         self.key = key
         self.run = run
         self.spawned = spawned
@@ -81,6 +89,7 @@ class Job:
         self.reason = ""
         self.terminating = False
         self.workspace = workspace
+        self.service = service          # the service this process is an instance of (None: a task)
 
 
 class Worker(Handler):
@@ -98,9 +107,7 @@ class Worker(Handler):
         self.outbox_bytes: Dict[Key, int] = {}
         self.dropped: Dict[Key, int] = {}
         self.outboxed: "set[Key]" = set()       # results already waiting in the outbox
-        self.cache = BlobStore(config.data_dir.resolve() / "cache")
-        self.fetch_reqs: Dict[int, str] = {}    # request id -> file hash asked for
-        self.fetching_for: Dict[Key, Tuple[Dict[str, Any], "set[str]"]] = {}   # attempts waiting for files
+        self.files = JobFiles(self, config.data_dir.resolve() / "cache")
         self.next_req = 1
         self.grace_of: Dict[Key, float] = {}    # TERM-to-KILL grace per running attempt
         self.paused = False
@@ -119,6 +126,9 @@ class Worker(Handler):
         self.base_env["TITAN_NODE"] = config.name
         if config.token:
             self.base_env["TITAN_TOKEN"] = config.token
+        self.services = ServiceRunner(self)
+        self.children = Children(self)
+        self.reaped += self.children.reap_leftovers()
 
     # ----- lifecycle -----------------------------------------------------
     def serve_forever(self) -> None:
@@ -140,8 +150,11 @@ class Worker(Handler):
         if self.stopping:
             return
         self.stopping = True
+        self.children.stop_all()
+        self.services.shutdown(grace_s)
         for job in list(self.jobs.values()):
-            self._terminate(job, "worker shutting down", grace_s=grace_s)
+            if job.service is None:
+                self.terminate(job, "worker shutting down", grace_s=grace_s)
         self._maybe_exit()
 
     def _maybe_exit(self) -> None:
@@ -192,8 +205,11 @@ class Worker(Handler):
         return {
             "tags": sorted(self.config.tags), "slots": self.config.slots,
             "dedicated": self.config.dedicated, "host": socket.gethostname(), "pid": os.getpid(),
-            "version": __version__,
-            "running": [list(k) for k in self.jobs] + [list(k) for k in self.fetching_for],
+            "version": __version__, "ephemeral": self.config.ephemeral, "parent": self.config.parent,
+            "max_children": self.config.max_children,
+            "running": [list(k) for k, job in self.jobs.items() if job.service is None]
+                       + [list(k) for k in self.files.waiting if not k[0].startswith("@")],
+            "services": self.services.hello(),
             "finished": [list(k) for k in self.unacked],
         }
 
@@ -232,18 +248,27 @@ class Worker(Handler):
         elif frame.opcode == Op.KILL:
             key = (body.get("task"), body.get("attempt"))
             job = self.jobs.get(key)       # type: ignore[arg-type]
-            if job is not None:
-                self._terminate(job, str(body.get("reason") or "cancelled"))
-            elif key in self.fetching_for:  # not started yet: it never will be
-                del self.fetching_for[key]  # type: ignore[arg-type]
+            if job is not None and job.service is None:
+                self.terminate(job, str(body.get("reason") or "cancelled"))
+            elif key in self.files.waiting:  # not started yet: it never will be
+                del self.files.waiting[key]  # type: ignore[arg-type]
                 self._finish_now(key, -15, str(body.get("reason") or "cancelled"))  # type: ignore[arg-type]
         elif frame.opcode == Op.ACK:
             for task_id, attempt in body.get("items") or ():
                 self.unacked.pop((task_id, attempt), None)
+        elif frame.opcode == Op.SVC_START:
+            self.services.start(body)
+        elif frame.opcode == Op.SVC_STOP:
+            self.services.stop(body)
+        elif frame.opcode == Op.SPAWN:
+            count = body.get("count")
+            self.children.spawn(count if isinstance(count, int) else 1, str(body.get("reason") or "asked by the master"))
+        elif frame.req_id and frame.req_id == self.children.retire_req:
+            self.children.retire_answer(frame.opcode == Op.OK and bool(body.get("retire")))
         elif frame.opcode == Op.RUN_DONE:
             self._run_done(str(body.get("run") or ""))
-        elif frame.req_id in self.fetch_reqs:
-            self._fetched(self.fetch_reqs.pop(frame.req_id), frame.opcode, body)
+        elif frame.req_id in self.files.reqs:
+            self.files.fetched(frame.req_id, frame.opcode, body)
         elif frame.opcode == Op.ERROR:
             logger.error("the master reported an error: %s", body.get("message", body))
 
@@ -268,9 +293,8 @@ class Worker(Handler):
                 if (body["task"], body["attempt"]) not in self.outboxed:
                     conn.send(Op.FINISHED, 0, body)
             self.outboxed.clear()
-            self.fetch_reqs.clear()
-            for sha in sorted({s for _, want in self.fetching_for.values() for s in want}):
-                self._fetch(sha)               # asked on the old connection: ask again
+            self.services.registered()
+            self.files.ask_again()
 
     def _heartbeat(self) -> None:
         conn = self.conn
@@ -278,8 +302,25 @@ class Worker(Handler):
             if self.loop.clock() - self.last_rx > self.config.master_timeout_s:
                 conn.close(f"the master was silent for {self.config.master_timeout_s:g}s")
             else:
-                conn.send(Op.HEARTBEAT, 0, {"running": len(self.jobs), "slots": self.config.slots})
+                running = sum(1 for job in self.jobs.values() if job.service is None)
+                conn.send(Op.HEARTBEAT, 0, {"running": running, "slots": self.config.slots})
+                self.children.maybe_retire(conn)
         self.loop.call_later(self.config.heartbeat_interval_s, self._heartbeat)
+
+    def new_request_id(self) -> int:
+        self.next_req = self.next_req % 0xFFFFFFF0 + 2
+        return self.next_req
+
+    def idle(self) -> bool:
+        """No task, service, child or file fetch here."""
+        return not self.files.waiting and not self.services.runs and not self.children.count and not any(
+            job.service is None for job in self.jobs.values())
+
+    def connected(self) -> bool:
+        return self._ready() is not None
+
+    def ready_conn(self) -> Optional[Connection]:
+        return self._ready()
 
     def _ready(self) -> Optional[Connection]:
         if self.conn is not None and self.handshake is not None and self.handshake.done:
@@ -306,81 +347,56 @@ class Worker(Handler):
     # ----- attempts ------------------------------------------------------
     def _start(self, body: Dict[str, Any]) -> None:
         key = (str(body["task"]), int(body["attempt"]))
-        if key in self.jobs or key in self.unacked or key in self.fetching_for:
+        self.children.busy()
+        if key in self.jobs or key in self.unacked or key in self.files.waiting:
             return
-        missing = sorted({entry[0] for entry in (body.get("files") or {}).values()
-                          if isinstance(entry, list) and entry and not self.cache.has(entry[0])})
+        missing = self.files.missing(body.get("files") or {})
         if missing:                      # fetch the job's files first; start when they are here
-            self.fetching_for[key] = (body, set(missing))
-            for sha in missing:
-                self._fetch(sha)
+            self.files.fetch_for(key, body, missing)
             return
         run = str(body.get("run") or key[0])
         workspace = shared = None
         try:
             workspace = self.spaces.acquire()
             shared = workspace if run == key[0] else self._run_dir(run)   # a one-task run shares with itself
-            self._materialise(body.get("files") or {}, workspace)
+            self.files.materialise(body.get("files") or {}, workspace)
             env = self._env(body, key, run, workspace, shared)
-            spawned = self.procs.spawn(body["argv"], cwd=str(workspace), env=env)
+            job = self.spawn_job(key, body["argv"], workspace, env, run=run)
         except (OSError, ValueError) as exc:    # ValueError: a NUL byte in argv/env, '=' in an env name
             argv0 = body["argv"][0] if body.get("argv") else "?"
             self._finish_now(key, 127, f"cannot start {argv0!r}: {getattr(exc, 'strerror', None) or exc}")
             if workspace is not None:
                 self.spaces.release(workspace)
             return
-        job = Job(key, run, spawned, workspace)
-        self.jobs[key] = job
-        self.ledger.record(spawned.pid, key[0], key[1])
-        self._watch(job)
         timeout_s = body.get("timeout_s")
         grace = float(body.get("kill_grace_s") or 0.0)
         if timeout_s:
             job.timers.append(self.loop.call_later(
-                float(timeout_s), lambda: self._terminate(job, f"timed out after {timeout_s:g}s", grace)))
+                float(timeout_s), lambda: self.terminate(job, f"timed out after {timeout_s:g}s", grace)))
         self.grace_of[key] = grace
 
-    # ----- job files ---------------------------------------------------
-    def _fetch(self, sha: str) -> None:
-        conn = self._ready()
-        if conn is None or sha in self.fetch_reqs.values():
-            return                      # asked again once registered
-        self.next_req = self.next_req % 0xFFFFFFF0 + 2
-        self.fetch_reqs[self.next_req] = sha
-        conn.send(Op.FETCH, self.next_req, {"sha": sha}, urgent=True)
+    def spawn_job(self, key: Key, argv: List[str], workspace: Path, env: Dict[str, str], *,
+                  run: str = "", service: Optional[str] = None) -> Job:
+        """Start a process group for a task attempt or a service instance and watch it."""
+        spawned = self.procs.spawn(argv, cwd=str(workspace), env=env)
+        job = Job(key, run or key[0], spawned, workspace, service)
+        self.jobs[key] = job
+        self.ledger.record(spawned.pid, key[0], key[1])
+        self._watch(job)
+        return job
 
-    def _fetched(self, sha: str, opcode: int, body: Dict[str, Any]) -> None:
-        data = body.get("data")
-        error = ""
-        if opcode == Op.OK and isinstance(data, bytes):
-            try:
-                self.cache.put(sha, data)
-            except (UsageError, OSError) as exc:
-                error = str(exc)
+    def output(self, key: Key, stream: str, data: bytes) -> None:
+        """Output of an attempt or a service (also the markers titan writes into its log)."""
+        self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": stream, "data": data}, key)
+
+    def files_ready(self, key: Key, start: Dict[str, Any], error: str) -> None:
+        """The files a start waited for are here (or could not be fetched: ``error``)."""
+        if "service" in start:
+            self.services.files_ready(start["service"], start["gen"], error)
+        elif error:
+            self._finish_now(key, 127, error)
         else:
-            error = str(body.get("message") or "the master did not send it")
-        for key, (dispatch, want) in list(self.fetching_for.items()):
-            if sha not in want:
-                continue
-            if error:
-                del self.fetching_for[key]
-                self._finish_now(key, 127, f"cannot fetch the job's file {sha[:12]}...: {error}")
-            else:
-                want.discard(sha)
-                if not want:
-                    del self.fetching_for[key]
-                    self._start(dispatch)
-
-    def _materialise(self, files: Dict[str, Any], workspace: Path) -> None:
-        """Copy the job's files into the attempt's workspace (copies: tasks may change them)."""
-        for rel, (sha, executable) in sorted(files.items()):
-            if not safe_relative_path(rel):
-                raise OSError(errno.EINVAL, f"file path {rel!r} would leave the workspace")
-            dest = workspace / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.cache.path(sha), dest)
-            if executable:
-                os.chmod(dest, 0o755)
+            self._start(start)
 
     def _run_done(self, run: str) -> None:
         """A run ended: its $TITAN_SHARED here goes, unless a task of it still runs."""
@@ -501,6 +517,10 @@ class Worker(Handler):
         self.procs.release(job.spawned)
         self.ledger.forget(job.spawned.pid)
         reason = job.reason or _describe_exit(job.exit_code)
+        if job.service is not None:
+            self.services.exited(job, _describe_exit(job.exit_code) or "exited with code 0")
+            self._maybe_exit()
+            return
         self._finish_now(job.key, job.exit_code, reason, started_at=job.started_at)
         self.spaces.release(job.workspace)
         self._maybe_exit()
@@ -517,15 +537,16 @@ class Worker(Handler):
         self.unacked[key] = body
         self._report(Op.FINISHED, body, key)
 
-    def _terminate(self, job: Job, reason: str, grace_s: Optional[float] = None) -> None:
-        """TERM the attempt's process group, then KILL it after the grace period."""
+    def terminate(self, job: Job, reason: str, grace_s: Optional[float] = None,
+                  sig: int = signal.SIGTERM) -> None:
+        """TERM (or ``sig``) the process group, then KILL it after the grace period."""
         if job.terminating or job.exit_code is not None:
             return
         job.terminating = True
         job.reason = reason
         grace = self.grace_of.get(job.key, 5.0) if grace_s is None else grace_s
         logger.info("stopping %s attempt %d: %s", job.key[0], job.key[1], reason)
-        self.procs.kill_group(job.spawned.pid, signal.SIGTERM)
+        self.procs.kill_group(job.spawned.pid, sig)
         job.timers.append(self.loop.call_later(
             grace, lambda: self.procs.kill_group(job.spawned.pid, signal.SIGKILL)))
 
@@ -548,45 +569,6 @@ class Worker(Handler):
         for job in self.jobs.values():
             for fd in job.open_fds:
                 self.loop.register(fd, 1, lambda mask, fd=fd, job=job: self._readable(job, fd))
-
-
-class WorkspacePool:
-    """Empty directories for attempts, reused so a quiet task costs no mkdir/rmdir.
-
-    An attempt gets a fresh-looking empty directory; when it ends, an empty
-    directory goes back to the pool and one with files in it is removed.
-    """
-
-    def __init__(self, root: Path, *, keep: int) -> None:
-        self.root = root
-        self.keep = keep
-        self.free: List[Path] = []
-        self.count = 0
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-
-    def acquire(self) -> Path:
-        if self.free:
-            return self.free.pop()
-        while True:
-            self.count += 1
-            path = self.root / f"ws-{self.count}"
-            try:
-                path.mkdir()
-                return path
-            except FileExistsError:
-                continue
-
-    def release(self, path: Path) -> None:
-        try:
-            with os.scandir(path) as entries:
-                empty = next(entries, None) is None
-        except OSError:
-            return
-        if empty and len(self.free) < self.keep:
-            self.free.append(path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _describe_exit(code: int) -> str:

@@ -1,0 +1,163 @@
+"""Elasticity end to end: ephemeral workers retire when idle, and busy pools fork child workers."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from conftest import TitanProcs, child_env, wait_until
+from titan.errors import TitanError
+from titan.sdk.client import Client
+from titan.wire.frames import FrameDecoder, Frame, Op, pack
+from titan.wire.handshake import ClientHandshake
+
+
+def nodes(address: str) -> Dict[str, Dict[str, Any]]:
+    with Client(address, token="", timeout=2.0) as c:
+        return {n["name"]: n for n in c.nodes()}
+
+
+def test_a_busy_one_slot_worker_forks_children_that_drain_the_backlog_then_retire(
+        titan_procs: TitanProcs) -> None:
+    master = titan_procs.start_master("--scale-after", "0.3", "--scale-cooldown", "0.5")
+    titan_procs.start_worker(master.address, "p1", "--max-children", "2", "--idle-timeout", "1.5", slots=1)
+    titan_procs.wait_ready(master.address, ["p1"])
+    with Client(master.address, token="") as c:
+        tasks = [c.submit("sleep 1", watch=True) for _ in range(8)]
+        # While the backlog waits, p1 forks ephemeral children that show it as their parent
+        seen = wait_until(lambda: {n: v for n, v in nodes(master.address).items() if v.get("parent") == "p1"}
+                          or None, 20, lambda: "children of p1\n" + titan_procs.logs(), interval_s=0.1,
+                          ignore=(TitanError, OSError))
+        assert all(v["ephemeral"] and v["tags"] == [] for v in seen.values())
+        ran_on = {t.result(timeout=60).node for t in tasks}
+    assert "p1" in ran_on and len(ran_on) >= 2          # the children took part of the backlog
+    # Idle, the children retire; the permanent parent stays
+    wait_until(lambda: set(nodes(master.address)) == {"p1"}, 20,
+               lambda: "the children to retire\n" + titan_procs.logs(), ignore=(TitanError, OSError))
+    wait_until(lambda: "exited (retired)" in (titan_procs.base_dir / "p1.log").read_text(), 10,
+               "the parent to reap its children")
+
+
+def test_an_ephemeral_worker_retires_when_idle_and_a_permanent_one_never(titan_procs: TitanProcs) -> None:
+    master = titan_procs.start_master()
+    titan_procs.start_worker(master.address, "eph", "--ephemeral", "--idle-timeout", "1", slots=1)
+    keeper = titan_procs.start_worker(master.address, "perm", "--permanent", "--idle-timeout", "1", slots=1)
+    titan_procs.wait_ready(master.address, ["eph", "perm"])
+    assert nodes(master.address)["eph"]["ephemeral"] is True
+    wait_until(lambda: "eph" not in nodes(master.address), 15, "the ephemeral worker to retire",
+               ignore=(TitanError, OSError))
+    time.sleep(1.5)
+    assert "perm" in nodes(master.address) and keeper.poll() is None
+
+
+class FakeWorker:
+    """Speaks TITAN_PROTO as a worker, so a test decides exactly when it asks to retire."""
+
+    def __init__(self, address: str, name: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=5)
+        self.decoder = FrameDecoder()
+        self.pending: List[Frame] = []
+        shake = ClientHandshake(role="worker", name=name, token=None,
+                                extra={"slots": 1, "tags": [], "ephemeral": True, "running": [], "finished": []})
+        self.send(Op.HELLO, 1, shake.hello())
+        while not shake.done:
+            for opcode, body in shake.on_frame(self.next()):
+                self.send(opcode, 1, body)
+
+    def send(self, opcode: int, req_id: int, body: Any) -> None:
+        self.sock.sendall(pack(opcode, req_id, body))
+
+    def next(self, opcode: int = 0) -> Frame:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for i, frame in enumerate(self.pending):
+                if not opcode or frame.opcode == opcode:
+                    return self.pending.pop(i)
+            self.pending += self.decoder.feed(self.sock.recv(65536))
+        raise AssertionError(f"no frame {opcode:#x} within 10s")
+
+    def reply_to(self, req_id: int) -> Frame:
+        while True:
+            frame = self.next()
+            if frame.req_id == req_id:
+                return frame
+
+
+def test_the_master_refuses_to_retire_a_worker_while_it_places_work_on_it(titan_procs: TitanProcs) -> None:
+    master = titan_procs.start_master()
+    fake = FakeWorker(master.address, "eph")
+    try:
+        with Client(master.address, token="") as c:
+            task = c.submit("echo hi")
+            dispatch = fake.next(Op.DISPATCH).body
+            assert dispatch["task"] == task.id
+            # It asks to retire with the task in flight: refused
+            fake.send(Op.RETIRE, 7, {"idle_s": 99})
+            assert fake.reply_to(7).body == {"retire": False}
+            fake.send(Op.FINISHED, 0, {"task": task.id, "attempt": dispatch["attempt"], "exit_code": 0,
+                                       "reason": ""})
+            assert task.result(timeout=10).state == "SUCCEEDED"
+            # Idle now: granted, and once it leaves it is gone from the cluster, not "lost"
+            fake.send(Op.RETIRE, 9, {"idle_s": 99})
+            assert fake.reply_to(9).body == {"retire": True}
+            fake.sock.close()
+            wait_until(lambda: "eph" not in nodes(master.address), 10, "the retired worker to be forgotten",
+                       ignore=(TitanError, OSError))
+    finally:
+        fake.sock.close()
+
+
+@pytest.fixture
+def pyz_cluster(tmp_path: Path) -> Iterator[List[subprocess.Popen]]:
+    procs: List[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait(10)
+
+
+def test_inception_works_the_same_from_the_zipapp(tmp_path: Path, pyz_cluster: List[subprocess.Popen]) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo))
+    try:
+        import zipapp_build
+    finally:
+        sys.path.remove(str(repo))
+    pyz = zipapp_build.build(tmp_path / "dist" / "titan.pyz")
+    env = {k: v for k, v in child_env().items() if k != "PYTHONPATH"}     # only the archive's code
+    data = tmp_path / "run"
+    data.mkdir()
+
+    def start(*args: str, log: str) -> subprocess.Popen:
+        with open(data / log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, str(pyz), *args], cwd=str(data), env=env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        pyz_cluster.append(proc)
+        return proc
+
+    start("master", "--bind", "127.0.0.1:0", "--data", "m", "--scale-after", "0.3", "--scale-cooldown", "0.5",
+          log="master.log")
+    addr_file = data / "m" / "master.addr"
+    wait_until(addr_file.exists, 20, "the master to listen")
+    address = addr_file.read_text().strip()
+    start("worker", "--master", address, "--name", "z1", "--slots", "1", "--max-children", "1",
+          "--idle-timeout", "1", "--data", "z1", "--heartbeat-interval", "0.3", log="z1.log")
+    wait_until(lambda: "z1" in nodes(address), 20, "z1 to join", ignore=(TitanError, OSError))
+    with Client(address, token="") as c:
+        tasks = [c.submit("sleep 1") for _ in range(4)]
+        wait_until(lambda: "z1.1" in nodes(address), 30,
+                   lambda: "a child from the zipapp\n" + (data / "z1.log").read_text(), ignore=(TitanError, OSError))
+        assert nodes(address)["z1.1"]["parent"] == "z1"
+        assert all(t.result(timeout=60).state == "SUCCEEDED" for t in tasks)
+    wait_until(lambda: "z1.1" not in nodes(address), 20, "the child to retire", ignore=(TitanError, OSError))
