@@ -27,15 +27,16 @@ def nodes(address: str) -> Dict[str, Dict[str, Any]]:
 def test_a_busy_one_slot_worker_forks_children_that_drain_the_backlog_then_retire(
         titan_procs: TitanProcs) -> None:
     master = titan_procs.start_master("--scale-after", "0.3", "--scale-cooldown", "0.5")
-    titan_procs.start_worker(master.address, "p1", "--max-children", "2", "--idle-timeout", "1.5", slots=1)
+    titan_procs.start_worker(master.address, "p1", "--max-children", "2", "--idle-timeout", "1.5", slots=1,
+                             tags=["gpu"])
     titan_procs.wait_ready(master.address, ["p1"])
     with Client(master.address, token="") as c:
-        tasks = [c.submit("sleep 1", watch=True) for _ in range(8)]
+        tasks = [c.submit("sleep 1", requires={"gpu"}) for _ in range(8)]
         # While the backlog waits, p1 forks ephemeral children that show it as their parent
         seen = wait_until(lambda: {n: v for n, v in nodes(master.address).items() if v.get("parent") == "p1"}
                           or None, 20, lambda: "children of p1\n" + titan_procs.logs(), interval_s=0.1,
                           ignore=(TitanError, OSError))
-        assert all(v["ephemeral"] and v["tags"] == [] for v in seen.values())
+        assert all(v["ephemeral"] and v["tags"] == ["gpu"] for v in seen.values())   # the parent's tags
         ran_on = {t.result(timeout=60).node for t in tasks}
     assert "p1" in ran_on and len(ran_on) >= 2          # the children took part of the backlog
     # Idle, the children retire; the permanent parent stays

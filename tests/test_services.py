@@ -304,3 +304,56 @@ def test_restarting_or_changing_a_running_service_replaces_its_process(cluster: 
         reborn = c.deploy("echo three; exec sleep 300", name="svc")
         assert reborn["gen"] == 4                                          # numbering goes on
         assert b"".join(c.logs("svc")).decode().split() == ["three"]
+
+
+TRAP = r"""
+import signal, sys, time
+def bye(signum, frame):
+    print("got", signal.Signals(signum).name, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, bye)
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_stop_sends_the_stop_signal_and_a_deaf_service_is_killed_after_the_grace(cluster: Any,
+                                                                                tmp_path: Path) -> None:
+    local = cluster(workers=1)
+    script = tmp_path / "trap.py"
+    script.write_text(TRAP)
+    with Client(local.address, token="") as c:
+        c.deploy([sys.executable, "-u", str(script)], name="polite", stop_signal="INT")
+        wait_until(lambda: "ready" in b"".join(c.logs("polite")).decode(), 10, "the service to start")
+        assert c.service_ctl("polite", "stop")["state"] == "STOPPED"
+        assert "got SIGINT" in b"".join(c.logs("polite")).decode()
+        deaf = c.deploy("trap '' TERM; echo ready; while true; do sleep 0.1; done", name="deaf", stop_grace_s=0.5)
+        started = time.monotonic()
+        assert c.service_ctl("deaf", "stop")["state"] == "STOPPED"
+        assert 0.4 < time.monotonic() - started < 10 and pid_gone(deaf["pid"])
+
+
+def test_a_service_runs_only_where_its_required_tags_are_and_waits_for_them(titan_procs: TitanProcs) -> None:
+    master = titan_procs.start_master()
+    titan_procs.start_worker(master.address, "plain")
+    titan_procs.wait_ready(master.address, ["plain"])
+    with Client(master.address, token="") as c:
+        r = c.deploy("exec sleep 300", name="gpu-svc", requires=["gpu"])
+        assert r["state"] == "PENDING" and "waiting for a worker with tags gpu" in r["reason"]
+        titan_procs.start_worker(master.address, "gpu-1", tags=["gpu"])
+        r = wait_service(master.address, "gpu-svc", lambda x: x["state"] == "RUNNING")
+        assert r["node"] == "gpu-1"
+
+
+def test_following_a_service_log_streams_its_output_as_it_comes(cluster: Any) -> None:
+    local = cluster(workers=1)
+    with Client(local.address, token="") as c:
+        c.deploy("i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done", name="ticker")
+        seen = b""
+        with Client(local.address, token="") as follower:
+            for chunk in follower.logs("ticker", follow=True, timeout=20):
+                seen += chunk
+                if seen.count(b"tick") >= 5:
+                    break
+    assert b"tick 1\n" in seen and b"tick 5" in seen
