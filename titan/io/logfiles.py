@@ -115,6 +115,11 @@ class LogStore:
         except FileNotFoundError:
             return b""
 
+    def written(self, task_id: str, attempt: int) -> Optional[int]:
+        """Bytes written to an attempt's log in this process's life; None if nothing came (no stat)."""
+        entry = self._open.get((task_id, attempt))
+        return entry.written if entry is not None else None
+
     def size(self, task_id: str, attempt: int) -> int:
         entry = self._open.get((task_id, attempt))
         if entry is not None:

@@ -15,6 +15,7 @@ import os
 import signal
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -178,6 +179,14 @@ def _pidfd(pid: int) -> Optional[int]:
     try:
         return opener(pid)
     except OSError:
+        return None
+
+
+def boot_ticks() -> Optional[int]:
+    """Now, in the clock ticks since boot that ``/proc/PID/stat`` counts start times in (Linux)."""
+    try:
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, OSError, ValueError):
         return None
 
 

@@ -20,7 +20,12 @@ from typing import Dict, List, Optional, Tuple
 from titan.errors import TitanError
 from titan.io.proc import process_start_time
 
-__all__ = ["DataDirLocked", "ProcessLedger"]
+__all__ = ["DataDirLocked", "ProcessLedger", "START_SLACK_TICKS"]
+
+# A recorded start time is taken just before the spawn, so the real one is
+# the same tick or a little later.  A pid reused within this window would
+# need the whole pid space to wrap around in it.
+START_SLACK_TICKS = 100
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +68,14 @@ class ProcessLedger:
             self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         os.write(self._fd, line.encode())
 
-    def record(self, pgid: int, task: str, attempt: int) -> None:
-        start = process_start_time(pgid)
+    def record(self, pgid: int, task: str, attempt: int, start: Optional[int] = None) -> None:
+        """Note a new group; ``start`` is :func:`boot_ticks` taken just before it was spawned.
+
+        Reading the start time from ``/proc`` instead would wait on the child's
+        exec and cost hundreds of microseconds per task on a busy host.
+        """
+        if start is None:
+            start = process_start_time(pgid)
         self._write(f"+ {pgid} {start if start is not None else -1} {task} {attempt}\n")
 
     def forget(self, pgid: int) -> None:
@@ -127,7 +138,7 @@ def _members(pgid: int, since: int) -> List[int]:
 def _kill_group(pgid: int, start: int) -> int:
     """SIGKILL the group if its leader is ours (same start time) or gone; count its members."""
     leader_start = process_start_time(pgid)
-    if leader_start is not None and leader_start != start:
+    if leader_start is not None and not 0 <= leader_start - start <= START_SLACK_TICKS:
         return 0                        # the pid now belongs to someone else
     members = _members(pgid, start)
     if not members:

@@ -109,6 +109,7 @@ class Master(ClientRequests, Handler):
         self.config = config
         offset = config.clock_offset_s
         self.clock = clock if not offset else (lambda: clock() + offset)
+        self.started_at = self.clock()
         self.loop = Loop()
         self.sched = Scheduler(lost_grace_s=config.lost_grace_s,
                                heartbeat_timeout_s=config.heartbeat_timeout_s)
@@ -490,11 +491,15 @@ class Master(ClientRequests, Handler):
         if not isinstance(task_id, str) or not isinstance(attempt, int):
             conn.send_error(req_id, "bad_request", "FINISHED needs task and attempt")
             return
-        log_bytes = self.logs.size(task_id, attempt)
+        log_bytes = self.logs.written(task_id, attempt)
         self._tails[task_id] = self.logs.finish(task_id, attempt)
         record = self.sched.tasks.get(task_id)
-        if record is not None and record.current is not None and record.current.number == attempt:
-            record.current.log_bytes = log_bytes       # the log index: kept with the attempt
+        current = record.current if record is not None else None
+        if current is not None and current.number == attempt and current.finished_at is None:
+            if log_bytes is None:      # no output in this master's life: none at all, unless it began before
+                fresh = current.started_at >= self.started_at
+                log_bytes = 0 if fresh else self.logs.size(task_id, attempt)
+            current.log_bytes = log_bytes              # the log index: kept with the attempt
         exit_code = body.get("exit_code")
         actions = self.sched.attempt_finished(peer.name, task_id, attempt,
                                               exit_code if isinstance(exit_code, int) else None,

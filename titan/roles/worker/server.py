@@ -30,7 +30,7 @@ from titan import __version__
 from titan.errors import AuthError
 from titan.io.reaper import ProcessLedger
 from titan.io.loop import Connection, Handler, Loop, Timer, format_address
-from titan.io.proc import OsProcesses, Spawned
+from titan.io.proc import OsProcesses, Spawned, boot_ticks
 from titan.roles.worker.children import Children
 from titan.roles.worker.files import JobFiles
 from titan.roles.worker.services import ServiceRunner
@@ -378,10 +378,11 @@ class Worker(Handler):
     def spawn_job(self, key: Key, argv: List[str], workspace: Path, env: Dict[str, str], *,
                   run: str = "", service: Optional[str] = None) -> Job:
         """Start a process group for a task attempt or a service instance and watch it."""
+        ticks = boot_ticks()
         spawned = self.procs.spawn(argv, cwd=str(workspace), env=env)
         job = Job(key, run or key[0], spawned, workspace, service)
         self.jobs[key] = job
-        self.ledger.record(spawned.pid, key[0], key[1])
+        self.ledger.record(spawned.pid, key[0], key[1], ticks)
         self._watch(job)
         return job
 
