@@ -84,9 +84,14 @@ def test_too_many_restarts_within_the_window_is_fatal_with_the_reason() -> None:
 
 def test_restarts_outside_the_window_do_not_count() -> None:
     sup = Supervision(spec(backoff_s=0.1, max_restarts=1, restart_window_s=10), no_jitter)
-    assert crash(sup, 0.0) is not None
-    assert crash(sup, 20.0) is not None        # the first restart left the window
-    assert crash(sup, 21.0) is None and sup.state is V.FATAL
+
+    def crash_after_coming_up(now: float) -> object:
+        sup.start(now)
+        sup.up(now + 0.05)
+        return sup.exited("exit code 1", True, now + 0.1)
+    assert crash_after_coming_up(0.0) is not None
+    assert crash_after_coming_up(20.0) is not None        # the first restart left the window
+    assert crash_after_coming_up(21.0) is None and sup.state is V.FATAL
 
 
 def test_max_restarts_zero_means_the_first_crash_is_fatal() -> None:
@@ -151,3 +156,25 @@ def test_a_service_never_healthy_is_restarted_after_its_startup_limit() -> None:
     assert sup.health(False, "refused", 1.0) is False      # still starting: within max(2 s, 3 x 1 s)
     assert sup.health(False, "refused", 3.0) is True
     assert "not healthy within 3s" in sup.health_note
+
+
+def test_a_service_that_never_comes_up_goes_fatal_however_slowly_it_fails() -> None:
+    sup = Supervision(spec(backoff_s=1, max_restarts=2, restart_window_s=10), no_jitter)
+    for t in (0.0, 100.0):                  # far apart: the window alone would never trip
+        sup.start(t)
+        assert sup.exited("unhealthy: no answer", True, t + 15) is not None
+    sup.start(200.0)
+    assert sup.exited("unhealthy: no answer", True, 215.0) is None
+    assert sup.state is V.FATAL and "never came up in 3 starts" in sup.reason
+
+
+def test_a_run_that_came_up_resets_the_count_of_failed_starts() -> None:
+    sup = Supervision(spec(backoff_s=1, max_restarts=1, restart_window_s=10), no_jitter)
+    sup.start(0.0)
+    assert sup.exited("exit code 1", True, 1.0) is not None       # never up: 1 failed start
+    sup.start(100.0)
+    sup.up(101.0)
+    assert sup.exited("exit code 1", True, 200.0) is not None     # it was up: the count starts over
+    sup.start(300.0)
+    assert sup.exited("exit code 1", True, 301.0) is not None
+

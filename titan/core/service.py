@@ -18,7 +18,9 @@ Restart policy: ``always`` restarts after any exit, ``on-failure`` after a
 non-zero exit or a failed health check, ``never`` not at all.  Delays grow
 exponentially from ``backoff_s`` to ``backoff_max_s`` with jitter that only
 shortens them; a process that ran ``stable_s`` starts the growth over.  More
-than ``max_restarts`` restarts within ``restart_window_s`` ends in FATAL.
+than ``max_restarts`` restarts within ``restart_window_s`` ends in FATAL, and
+so do more than ``max_restarts`` starts in a row that never reach RUNNING
+(however far apart: a service that never becomes healthy gives up).
 Pure: the caller passes ``now`` and a random source.
 """
 from __future__ import annotations
@@ -219,6 +221,8 @@ class Supervision:
         self.failures = 0                     # consecutive failed health checks
         self.intent = ""                      # while STOPPING: "stop" or "restart"
         self._streak = 0                      # restarts since the last stable run
+        self._came_up = False                 # this process reached RUNNING
+        self._failed_starts = 0               # processes in a row that never reached RUNNING
         self._recent: Deque[float] = collections.deque()
 
     def _move(self, new: ServiceState) -> None:
@@ -230,6 +234,7 @@ class Supervision:
         """STOPPED|EXITED|FATAL|BACKOFF -> STARTING: the process was spawned."""
         self._move(V.STARTING)
         self.started_at = now
+        self._came_up = False
         self.failures = 0
         self.health_note = ""
         self.intent = ""
@@ -239,6 +244,7 @@ class Supervision:
         if self.state is V.STARTING:
             self._move(V.RUNNING)
             self.reason = ""
+            self._came_up = True
 
     def fatal(self, reason: str) -> None:
         """Give up at once (a busy port, a command that cannot start): no restart."""
@@ -272,10 +278,16 @@ class Supervision:
             return None
         while self._recent and self._recent[0] <= now - self.spec.restart_window_s:
             self._recent.popleft()
+        self._failed_starts = 0 if self._came_up else self._failed_starts + 1
         if len(self._recent) >= self.spec.max_restarts:
             self._move(V.FATAL)
             window = f"{self.spec.restart_window_s:g}s"
             self.reason = (f"{how or 'exited'}; gave up after {len(self._recent)} restarts within {window} "
+                           f"(max_restarts = {self.spec.max_restarts})")
+            return None
+        if self._failed_starts > self.spec.max_restarts:    # however slowly: it never comes up
+            self._move(V.FATAL)
+            self.reason = (f"{how or 'exited'}; gave up: it never came up in {self._failed_starts} starts "
                            f"(max_restarts = {self.spec.max_restarts})")
             return None
         self._recent.append(now)

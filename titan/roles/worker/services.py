@@ -277,6 +277,8 @@ class ServiceRunner:
         run.job = None
         run.cancel_timers()
         failed = job.exit_code != 0 or run.sup.intent == "restart"
+        if run.sup.intent == "restart" and run.sup.health_note:
+            how = f"unhealthy: {run.sup.health_note}"        # killed for failing its health check
         delay = run.sup.exited(how or "exited", failed, time.time())
         if run.replacement is not None:
             body, run.replacement = run.replacement, None
