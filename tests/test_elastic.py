@@ -162,3 +162,16 @@ def test_inception_works_the_same_from_the_zipapp(tmp_path: Path, pyz_cluster: L
         assert nodes(address)["z1.1"]["parent"] == "z1"
         assert all(t.result(timeout=60).state == "SUCCEEDED" for t in tasks)
     wait_until(lambda: "z1.1" not in nodes(address), 20, "the child to retire", ignore=(TitanError, OSError))
+
+
+def test_a_killed_ephemeral_worker_is_forgotten_after_the_grace_a_permanent_one_is_not(
+        titan_procs: TitanProcs) -> None:
+    master = titan_procs.start_master("--lost-grace", "1", "--heartbeat-timeout", "1")
+    eph = titan_procs.start_worker(master.address, "eph", "--ephemeral", slots=1)
+    perm = titan_procs.start_worker(master.address, "perm", slots=1)
+    titan_procs.wait_ready(master.address, ["eph", "perm"])
+    titan_procs.kill(eph)
+    titan_procs.kill(perm)
+    wait_until(lambda: "eph" not in nodes(master.address), 20, "the lost ephemeral worker to be forgotten",
+               ignore=(TitanError, OSError))
+    assert nodes(master.address)["perm"]["state"] == "lost"

@@ -219,7 +219,17 @@ class Master(ClientRequests, Handler):
             self._purged_at = now
             self.sched.forget_finished(self.clock() - self.config.retention_s)
         self._scale()
+        self._forget_lost_ephemerals()
         self.loop.call_later(1.0, self._housekeeping)
+
+    def _forget_lost_ephemerals(self) -> None:
+        """An ephemeral worker gone past the grace period will not be back: it leaves `titan nodes`."""
+        now = self.clock()
+        wait = self.config.lost_grace_s + self.config.heartbeat_timeout_s
+        for w in list(self.sched.workers.values()):
+            if not w.connected and w.info.get("ephemeral") and now - w.last_seen > wait and not w.busy:
+                logger.info("forgetting ephemeral worker %s: lost for %.0fs", w.name, now - w.last_seen)
+                self.sched.worker_retired(w.name)
 
     def _scale(self) -> None:
         """Inception: ask workers that may fork children to do so for pools that waited too long."""
