@@ -79,7 +79,7 @@ def test_too_many_restarts_within_the_window_is_fatal_with_the_reason() -> None:
     assert crash(sup, 1.0) is not None
     assert crash(sup, 2.0, "exit code 7") is None
     assert sup.state is V.FATAL
-    assert "exit code 7" in sup.reason and "2 restarts within 60s" in sup.reason
+    assert "exit code 7" in sup.reason and "gave up: 2 restarts within 60s" in sup.reason
 
 
 def test_restarts_outside_the_window_do_not_count() -> None:

@@ -276,25 +276,27 @@ class Supervision:
             self._move(V.EXITED)
             self.reason = how or "exited"
             return None
-        while self._recent and self._recent[0] <= now - self.spec.restart_window_s:
-            self._recent.popleft()
-        self._failed_starts = 0 if self._came_up else self._failed_starts + 1
-        if len(self._recent) >= self.spec.max_restarts:
+        give_up = self._give_up(now)
+        if give_up:
             self._move(V.FATAL)
-            window = f"{self.spec.restart_window_s:g}s"
-            self.reason = (f"{how or 'exited'}; gave up after {len(self._recent)} restarts within {window} "
-                           f"(max_restarts = {self.spec.max_restarts})")
-            return None
-        if self._failed_starts > self.spec.max_restarts:    # however slowly: it never comes up
-            self._move(V.FATAL)
-            self.reason = (f"{how or 'exited'}; gave up: it never came up in {self._failed_starts} starts "
-                           f"(max_restarts = {self.spec.max_restarts})")
+            self.reason = f"{how or 'exited'}; gave up: {give_up} (max_restarts = {self.spec.max_restarts})"
             return None
         self._recent.append(now)
         self._move(V.BACKOFF)
         self.reason = how or "exited"
         self.restarts += 1
         return self._delay(now)
+
+    def _give_up(self, now: float) -> str:
+        """Why another restart is one too many (crash loop, or never up), or ""."""
+        while self._recent and self._recent[0] <= now - self.spec.restart_window_s:
+            self._recent.popleft()
+        self._failed_starts = 0 if self._came_up else self._failed_starts + 1
+        if len(self._recent) >= self.spec.max_restarts:
+            return f"{len(self._recent)} restarts within {self.spec.restart_window_s:g}s"
+        if self._failed_starts > self.spec.max_restarts:    # however slowly: it never comes up
+            return f"it never came up in {self._failed_starts} starts"
+        return ""
 
     def _delay(self, now: float) -> float:
         if self.started_at is not None and now - self.started_at >= self.spec.stable_s:
