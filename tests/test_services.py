@@ -358,3 +358,19 @@ def test_following_a_service_log_streams_its_output_as_it_comes(cluster: Any) ->
                 if seen.count(b"tick") >= 5:
                     break
     assert b"tick 1\n" in seen and b"tick 5" in seen
+
+
+def test_a_service_stopped_while_its_worker_was_away_is_stopped_when_it_returns(titan_procs: TitanProcs) -> None:
+    master = titan_procs.start_master("--heartbeat-timeout", "1", "--lost-grace", "60")
+    worker = titan_procs.start_worker(master.address, "w1", "--master-timeout", "60")
+    titan_procs.wait_ready(master.address, ["w1"])
+    with Client(master.address, token="") as c:
+        r = c.deploy("exec sleep 300", name="quiet")
+        os.kill(worker.pid, signal.SIGSTOP)              # away: the master drops it after 1 s
+        try:
+            wait_service(master.address, "quiet", lambda x: x["state"] == "LOST", what="the service to be LOST")
+            assert c.service_ctl("quiet", "stop")["state"] == "STOPPED"
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        wait_until(lambda: pid_gone(r["pid"]), 20, "the returning worker to stop it")
+        assert wait_service(master.address, "quiet", lambda x: x["state"] == "STOPPED")["desired"] == "stopped"

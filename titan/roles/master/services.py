@@ -275,6 +275,11 @@ class ServiceManager:
         entry.reason = str(body.get("reason") or "")
         entry.health = str(body.get("health") or "")
         entry.lost_since = None
+        if entry.desired != "running" and state in (V.STARTING, V.RUNNING, V.BACKOFF):
+            # stopped while its node was away: it still runs there, so stop it now
+            self._send(worker, Op.SVC_STOP, {"name": entry.spec.name, "gen": gen, "reason": "stopped by request"})
+            self._set(entry, V.STOPPING)
+            return
         if state is V.STOPPED and entry.desired == "running":
             self._set(entry, state)
             self._place(entry, exclude=(worker,))      # it was moved, or its worker is shutting down
