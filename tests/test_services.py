@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from conftest import TitanProcs, pid_gone, run_cli, wait_until
+from conftest import TitanProcs, child_env, cli_argv, pid_gone, run_cli, wait_until
 from titan.errors import RemoteError, TitanError
 from titan.sdk.client import Client
 
@@ -374,3 +375,25 @@ def test_a_service_stopped_while_its_worker_was_away_is_stopped_when_it_returns(
             os.kill(worker.pid, signal.SIGCONT)
         wait_until(lambda: pid_gone(r["pid"]), 20, "the returning worker to stop it")
         assert wait_service(master.address, "quiet", lambda x: x["state"] == "STOPPED")["desired"] == "stopped"
+
+
+def test_titan_up_runs_a_job_files_tasks_then_serves_its_services_until_interrupted(tmp_path: Path) -> None:
+    job = tmp_path / "site.ini"
+    job.write_text(JOB.format(server=" ".join(SERVER)))
+    err = tmp_path / "up.err"
+    with open(err, "wb") as stderr:
+        up = subprocess.Popen(cli_argv("up", str(job)), stdout=subprocess.PIPE, stderr=stderr,
+                              env=child_env(), cwd=str(tmp_path), start_new_session=True)
+    try:
+        wait_until(lambda: "local cluster up: master" in err.read_text(), 60, lambda: err.read_text())
+        address = err.read_text().split("master ", 1)[1].split(",")[0]
+        web = wait_service(address, "web", lambda r: r["state"] == "RUNNING")
+        assert answers(web["port"])
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+    assert up.returncode == 0 and "site#1  SUCCEEDED" in out.decode()
+    wait_until(lambda: pid_gone(web["pid"]), 10, "the service to stop with the cluster")
