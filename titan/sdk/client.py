@@ -185,12 +185,15 @@ class Client:
 
     def _handshake(self, timeout: float) -> None:
         hs = ClientHandshake(role="client", name=self.name, token=self.token)
-        self._sock.sendall(pack(Op.HELLO, 0, hs.hello()))
         deadline = time.monotonic() + timeout
-        while not hs.done:
-            for frame in self._read_frames(deadline):
-                for opcode, body in hs.on_frame(frame):
-                    self._sock.sendall(pack(opcode, 0, body))
+        try:
+            self._sock.sendall(pack(Op.HELLO, 0, hs.hello()))
+            while not hs.done:
+                for frame in self._read_frames(deadline):
+                    for opcode, body in hs.on_frame(frame):
+                        self._sock.sendall(pack(opcode, 0, body))
+        except (ConnectionError, ssl.SSLError) as exc:    # e.g. a TLS master that refused our certificate
+            raise ConnectionLost(f"the master at {self.address} refused the connection: {exc}") from None
         self.master_name = hs.welcome.get("name", "")
 
     def _read_frames(self, deadline: Optional[float]) -> List[Frame]:
