@@ -123,3 +123,17 @@ def test_mutual_tls_requires_a_client_certificate_signed_by_the_ca(
 def test_a_tls_master_without_a_certificate_is_refused_at_start(tmp_path: Path) -> None:
     res = run_cli("master", "--bind", "127.0.0.1:0", "--data", str(tmp_path / "m"), "--tls")
     assert res.code == 2 and "--tls-cert" in res.stderr, res
+
+
+def test_child_workers_of_an_mtls_worker_dial_with_its_certificates(titan_procs: TitanProcs,
+                                                                    certs: Dict[str, str]) -> None:
+    master = titan_procs.start_master("--tls-cert", certs["server"] + ".pem", "--tls-key", certs["server"] + ".key",
+                                      "--tls-ca", certs["ca"] + ".pem", "--scale-after", "0.3")
+    titan_procs.start_worker(master.address, "p1", "--tls-ca", certs["ca"] + ".pem",
+                             "--tls-cert", certs["client"] + ".pem", "--tls-key", certs["client"] + ".key",
+                             "--max-children", "1", "--idle-timeout", "1", slots=1)
+    ctx = client_context(certs["ca"] + ".pem", certs["client"] + ".pem", certs["client"] + ".key")
+    wait_until(lambda: _ready(master.address, ctx), 20, "p1 to register", ignore=(ConnectionLost, OSError))
+    with Client(master.address, token="", tls=ctx) as c:
+        tasks = [c.submit("sleep 0.5") for _ in range(6)]
+        assert {t.result(timeout=60).node for t in tasks} == {"p1", "p1.1"}

@@ -56,11 +56,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"--slots must be at least 1, not {slots}")
     temp = args.data is None
     data = Path(tempfile.mkdtemp(prefix="titan-worker-")) if temp else Path(args.data)
+    tls = client_tls(args)
     config = WorkerConfig(master=parse_address(args.master or DEFAULT_MASTER), name=name, data_dir=data,
                           tags=frozenset(tags(args.tags)), slots=slots, token=args.token,
                           dedicated=args.dedicated, heartbeat_interval_s=args.heartbeat_interval,
-                          master_timeout_s=args.master_timeout, tls=client_tls(args),
-                          tls_files=(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None,
+                          master_timeout_s=args.master_timeout, tls=tls,
+                          tls_files=(args.tls_ca, args.tls_cert, args.tls_key) if tls is not None else None,
                           ephemeral=args.ephemeral, idle_timeout_s=args.idle_timeout,
                           max_children=args.max_children)
     if args.max_children < 0 or args.idle_timeout <= 0:
