@@ -337,3 +337,45 @@ def test_the_sdk_and_cli_refuse_empty_commands_before_sending(served: Served) ->
     assert out.code == 2, out
     assert "no command given" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert_still_serving(served)
+
+
+@pytest.mark.parametrize("opcode, body, words", [
+    (Op.DEPLOY, {}, "non-empty list of services"),
+    (Op.DEPLOY, {"services": "web"}, "non-empty list of services"),
+    (Op.DEPLOY, {"services": ["web"]}, "a service must be a map"),
+    (Op.DEPLOY, {"services": [{"name": ["web"], "command": "x"}]}, "bad service name"),
+    (Op.DEPLOY, {"services": [{"name": "web"}]}, "must be a string or a list"),
+    (Op.DEPLOY, {"services": [{"name": "web", "command": "x", "port": 0.5}]}, "port must be a number"),
+    (Op.DEPLOY, {"services": [{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]}, "same name"),
+    (Op.SERVICE_CTL, {"name": "nosuch", "action": "stop"}, "no service 'nosuch'"),
+    (Op.SERVICE_CTL, {"name": ["x"], "action": "stop"}, "no service"),
+    (Op.SERVICES, {"name": "nosuch"}, "no service 'nosuch'"),
+])
+def test_malformed_service_requests_get_bad_request(served: Served, raw: Raw, opcode: Op, body: Dict[str, Any],
+                                                    words: str) -> None:
+    raw.hello()
+    raw.send_frame(opcode, 30, body)
+    raw.expect_error("bad_request", words, req_id=30)
+    raw.ping(31)
+    assert_still_serving(served)
+
+
+def test_a_worker_reporting_nonsense_about_services_disturbs_nothing(served: Served) -> None:
+    # Given a peer that registers as a worker with junk in its service list, then sends junk states
+    peer = Raw(served.master.address)
+    try:
+        body = ClientHandshake(role="worker", name="junk-w", token=None,
+                               extra={"slots": 1, "services": [7, {"name": ["x"]}, {"name": "ghost", "gen": "1"}],
+                                      "running": [], "finished": []}).hello()
+        peer.send_frame(Op.HELLO, 1, body)
+        assert peer.read_frame().opcode == Op.WELCOME
+        for junk in ({"name": 5}, {"name": "ghost", "gen": 1, "state": "DANCING"}, {"state": None}):
+            peer.send_frame(Op.SVC_STATE, 0, junk)
+        peer.send_frame(Op.PING, 9, {})
+        while True:                          # the master answers; it may also ask it to stop 'ghost'
+            frame = peer.read_frame()
+            if frame.opcode == Op.PONG:
+                break
+    finally:
+        peer.close()
+    assert_still_serving(served)

@@ -397,3 +397,45 @@ def test_titan_up_runs_a_job_files_tasks_then_serves_its_services_until_interrup
             up.wait()
     assert up.returncode == 0 and "site#1  SUCCEEDED" in out.decode()
     wait_until(lambda: pid_gone(web["pid"]), 10, "the service to stop with the cluster")
+
+
+SERVE = r"""
+import http.server, sys
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+def test_a_services_files_are_shipped_to_its_workspace(cluster: Any, tmp_path: Path) -> None:
+    local = cluster(workers=1)
+    (tmp_path / "serve.py").write_text(SERVE)
+    (tmp_path / "index.html").write_text("hello from a shipped file\n")
+    job = tmp_path / "site.ini"
+    job.write_text(f"[job]\nname = site\n\n[service:files]\nrun = {sys.executable} serve.py $PORT\n"
+                   "port = auto\nhealth = tcp\nfiles = serve.py index.html\n")
+    res = run_cli("--master", local.address, "deploy", str(job))
+    assert res.code == 0 and "files: RUNNING" in res.stdout, res
+    port = int(res.stdout.split("port ")[1].split(")")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+        reply = b""
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            reply += data
+    assert b"hello from a shipped file" in reply
+
+
+def test_a_worker_that_shuts_down_hands_its_services_to_another(titan_procs: TitanProcs) -> None:
+    master = titan_procs.start_master()
+    first = titan_procs.start_worker(master.address, "w1")
+    titan_procs.wait_ready(master.address, ["w1"])
+    with Client(master.address, token="") as c:
+        r = c.deploy(HTTP_SERVE, name="web", port="auto", health="tcp")
+    titan_procs.start_worker(master.address, "w2")
+    titan_procs.wait_ready(master.address, ["w1", "w2"])
+    titan_procs.kill(first, signal.SIGTERM)              # a clean stop: its services stop with it ...
+    assert pid_gone(r["pid"])
+    moved = wait_service(master.address, "web", lambda x: x["state"] == "RUNNING" and x["node"] == "w2",
+                         what="the service on w2")        # ... and start at once on the other worker
+    assert answers(moved["port"])

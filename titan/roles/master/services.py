@@ -305,7 +305,8 @@ class ServiceManager:
                 self._place(entry)
 
     def _adoptable(self, worker: str, item: Dict[str, Any]) -> bool:
-        entry = self.entries.get(item.get("name"))  # type: ignore[arg-type]
+        name = item.get("name")
+        entry = self.entries.get(name) if isinstance(name, str) else None
         return (entry is not None and entry.node == worker and entry.gen == item.get("gen")
                 and entry.desired == "running" and item.get("state") in {s.value for s in LIVE})
 
