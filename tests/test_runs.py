@@ -58,6 +58,13 @@ run = echo report
     assert "load             SKIPPED" in res.stdout and "upstream task etl#1/transform FAILED" in res.stdout
     res = run_cli("--master", local.address, "trigger", "etl", "--wait")
     assert res.code == 1 and "etl#2  FAILED" in res.stdout, res
+    # progress events come to those who ask for them; the final result carries every task's state
+    seen: list = []
+    with local.client() as c:
+        result = c.trigger("etl", on_task=seen.append).wait(timeout=60)
+        quiet = c.trigger("etl").wait(timeout=60)
+    assert sorted(e["id"] for e in seen) == sorted(result.tasks) and len(seen) == 4
+    assert sorted(quiet.tasks.values()) == ["FAILED", "SKIPPED", "SUCCEEDED", "SUCCEEDED"]
 
 
 def test_cancelling_a_run_kills_its_running_task_and_cancels_the_rest(cluster: Cluster, tmp_path: Path) -> None:

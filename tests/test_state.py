@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from titan.core.model import SpecCache, TaskState
 from titan.core.scheduler import Dispatch, Ended, Kill, Scheduler
-from titan.core.state import (COUNTERS_KEY, record_from_blob, record_to_blob, save_counters, save_task,
+from titan.core.state import (COUNTERS_KEY, needs_saving, record_from_blob, record_to_blob, save_counters, save_task,
                               task_key)
 from titan.testing import make_spec
 
@@ -111,3 +111,63 @@ def test_the_dispatch_hold_ends_when_its_grace_runs_out() -> None:
     assert not [a for a in s.tick(24.9) if isinstance(a, Dispatch)]
     started = [a for a in s.tick(25.0) if isinstance(a, Dispatch)]
     assert [(d.task_id, d.attempt, d.worker) for d in started] == [("q#1", 1, "w2")]
+
+
+_STORE: dict = {}    # task id -> the blob last written, as the master's persist pass would
+
+
+def _stored(s: Scheduler) -> list:
+    """What the store holds: each record as of its last write that ``needs_saving`` allowed."""
+    return list(_STORE.values())
+
+
+def _persist(s: Scheduler) -> None:
+    for task_id in sorted(s.dirty):
+        record = s.tasks[task_id]
+        if needs_saving(record):
+            save_task(record, terminal=False, retention_s=60.0)     # marks it saved
+            _STORE[task_id] = record_to_blob(record)
+    s.dirty.clear()
+
+
+def test_becoming_ready_and_being_dispatched_write_nothing_and_a_restart_works_them_out() -> None:
+    _STORE.clear()
+    # Given a -> b, stored as each change was persisted
+    s = Scheduler(lost_grace_s=5.0)
+    s.worker_joined("w1", [], 1, 10.0)
+    s.task_submitted("r#1/a", make_spec("true", name="a"), 10.0, run="r#1")
+    s.task_submitted("r#1/b", make_spec("true", name="b"), 10.0, after=["r#1/a"], run="r#1")
+    _persist(s)
+    written = dict(_STORE)
+    # When a succeeds, b becomes QUEUED then RUNNING on w1: only a's end is written
+    s.attempt_finished("w1", "r#1/a", 1, 0, "", 11.0)
+    assert s.tasks["r#1/b"].state is TaskState.RUNNING
+    _persist(s)
+    assert _STORE["r#1/b"] == written["r#1/b"]               # b is still WAITING in the store
+    assert _STORE["r#1/a"] != written["r#1/a"]
+    # And a master restarted now finds b ready, and adopts the attempt w1 reports instead of running it again
+    specs = SpecCache()
+    after = Scheduler(lost_grace_s=5.0)
+    after.restore_worker("w1", [], 1, dedicated=False, last_seen=11.0)
+    after.restore([record_from_blob(b, specs) for b in _stored(s)], 20.0)
+    after.hold_dispatch(25.0)
+    assert after.tasks["r#1/b"].state is TaskState.QUEUED
+    actions = after.worker_joined("w1", [], 1, 21.0, running=[("r#1/b", 1)])
+    assert not [a for a in actions if isinstance(a, (Dispatch, Kill))]
+    assert after.tasks["r#1/b"].state is TaskState.RUNNING and len(after.tasks["r#1/b"].attempts) == 1
+
+
+def test_a_restart_queues_a_stored_waiting_task_whose_dependencies_succeeded() -> None:
+    _STORE.clear()
+    s = Scheduler()
+    s.worker_joined("w1", [], 1, 10.0)
+    s.task_submitted("r#1/a", make_spec("true", name="a"), 10.0, run="r#1")
+    s.task_submitted("r#1/b", make_spec("true", name="b"), 10.0, after=["r#1/a"], run="r#1")
+    _persist(s)                                  # b stored as WAITING
+    s.attempt_finished("w1", "r#1/a", 1, 0, "", 11.0)
+    _persist(s)                                  # a's success stored; b (QUEUED, RUNNING) not
+    assert record_from_blob(_STORE["r#1/b"], SpecCache()).state is TaskState.WAITING
+    after = Scheduler(lost_grace_s=5.0)
+    after.restore([record_from_blob(b, SpecCache()) for b in _stored(s)], 20.0)
+    dispatched = [a for a in after.worker_joined("w3", [], 1, 21.0) if isinstance(a, Dispatch)]
+    assert [(d.task_id, d.attempt) for d in dispatched] == [("r#1/b", 1)]

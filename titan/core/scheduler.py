@@ -100,7 +100,8 @@ class Scheduler:
     def restore(self, records: Iterable[TaskRecord], now: float) -> None:
         """Take back tasks read from durable storage after a restart.
 
-        QUEUED tasks queue again in their original order; RUNNING ones wait
+        QUEUED tasks queue again in their original order, and so do WAITING
+        ones whose dependencies all succeeded; RUNNING ones wait
         ``lost_grace_s`` for their worker to come back and report them.
         """
         for record in sorted(records, key=lambda r: r.seq):
@@ -112,6 +113,10 @@ class Scheduler:
                 self._enqueue(record, record.ready_at, now)
             elif record.state is S.RUNNING:
                 self._lost[record.id] = now
+        for record in sorted(self.tasks.values(), key=lambda r: r.seq):
+            # WAITING -> QUEUED is not written (see state.needs_saving): work it out again
+            if record.state is S.WAITING and all(dep in self.tasks for dep in record.after):
+                self._consider(record, now)
 
     def hold_dispatch(self, until: float) -> None:
         """After a restart: dispatch nothing until the restored workers are back (or ``until``).

@@ -112,15 +112,23 @@ def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
 
 
 def needs_saving(record: TaskRecord) -> bool:
-    """False for the one change a restart can do without: QUEUED -> RUNNING.
+    """False for the changes a restart can work out again: WAITING -> QUEUED -> RUNNING.
 
-    A task the store holds as QUEUED with one attempt fewer is adopted from
-    its worker's report after a restart (see Scheduler.hold_dispatch), so
-    the dispatch of a queued task costs no write.
+    A WAITING task whose dependencies all succeeded is queued again by
+    Scheduler.restore, and a task the store holds as QUEUED (or WAITING)
+    with one attempt fewer is adopted from its worker's report (see
+    Scheduler.hold_dispatch), so neither becoming ready nor being dispatched
+    costs a write.
     """
     saved = record.saved
-    return not (record.state is TaskState.RUNNING and saved is not None
-                and saved == (TaskState.QUEUED, len(record.attempts) - 1))
+    if saved is None:
+        return True
+    state, attempts = record.state, len(record.attempts)
+    if state is TaskState.QUEUED:
+        return saved != (TaskState.WAITING, attempts)
+    if state is TaskState.RUNNING:
+        return not (saved[1] == attempts - 1 and saved[0] in (TaskState.QUEUED, TaskState.WAITING))
+    return True
 
 
 def save_task(record: TaskRecord, *, terminal: bool, retention_s: float) -> Command:

@@ -383,7 +383,8 @@ class Client:
 
         ``blobs`` carries the contents of the files its tasks list (sha256 -> bytes).
         """
-        req_id = self._send(Op.RUN, {"job": job, "start": start, "watch": watch, "blobs": blobs or {}})
+        req_id = self._send(Op.RUN, {"job": job, "start": start, "watch": watch, "blobs": blobs or {},
+                                     "progress": on_task is not None})
         reply = self._wait_for(req_id, time.monotonic() + 30.0).reply
         assert reply is not None
         body = reply.body if isinstance(reply.body, dict) else {}
@@ -410,7 +411,7 @@ class Client:
     def trigger(self, job: str, *, watch: bool = True,
                 on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> Run:
         """Start a run of a registered job now, whatever its schedule."""
-        req_id = self._send(Op.TRIGGER, {"job": job, "watch": watch})
+        req_id = self._send(Op.TRIGGER, {"job": job, "watch": watch, "progress": on_task is not None})
         reply = self._wait_for(req_id, time.monotonic() + 30.0).reply
         assert reply is not None
         if not watch:

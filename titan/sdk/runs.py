@@ -71,7 +71,7 @@ class Run:
             for event in pending.events:
                 if event.get("kind") == "run":
                     self.client._forget(self._req_id)
-                    self._result = self._final()
+                    self._result = self._from_event(event.get("run") or {}) or self._final()
                     return self._result
             self.client._wait_more(self._req_id, deadline, len(pending.events))
 
@@ -80,6 +80,14 @@ class Run:
             if event.get("kind") == "task" and self._on_task is not None:
                 self._on_task(event)
         self._seen = len(events)
+
+    @staticmethod
+    def _from_event(view: Dict[str, Any]) -> Optional[RunResult]:
+        """The result the run's last EVENT carries (None from a master that sends no states)."""
+        states = view.get("states")
+        if not isinstance(states, dict):
+            return None
+        return RunResult(view["id"], view["state"], dict(states), dict(view.get("counts") or {}))
 
     def _final(self) -> RunResult:
         view = self.status()

@@ -32,7 +32,7 @@ class RunService:
         self.master = master
         self.jobs: Dict[str, Dict[str, Any]] = {}
         self.runs: Dict[str, List[str]] = {}
-        self.watchers: Dict[str, List[Tuple[Connection, int]]] = {}
+        self.watchers: Dict[str, List[Tuple[Connection, int, bool]]] = {}   # run -> (conn, req, progress)
         self._touched: "set[str]" = set()
         self.slot_freed = False     # a scheduled run ended since fire_due last ran
 
@@ -60,7 +60,7 @@ class RunService:
             self.master.services.deploy_spec(spec, job=job["name"])
         if body.get("start", True) and job["tasks"]:
             reply.update(self._start(job))
-            self._watch(conn, req_id, reply["run"], bool(body.get("watch")))
+            self._watch(conn, req_id, reply["run"], body)
         self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") and reply["run"] else 0)
 
     def _store_files(self, job: Dict[str, Any], blobs: Any) -> None:
@@ -87,7 +87,7 @@ class RunService:
             raise UsageError(f"job {name!r} has only services: `titan ps` shows them, `titan restart NAME` "
                              f"restarts one")
         reply = self._start(job)
-        self._watch(conn, req_id, reply["run"], bool(body.get("watch")))
+        self._watch(conn, req_id, reply["run"], body)
         self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") else 0)
 
     def _plan(self, job: Dict[str, Any], cursor: Optional[float]) -> None:
@@ -148,9 +148,10 @@ class RunService:
         self.runs[run_id] = ids
         return {"job": job["name"], "run": run_id, "tasks": ids}
 
-    def _watch(self, conn: Connection, req_id: int, run_id: str, watch: bool) -> None:
-        if watch and run_id:
-            self.watchers.setdefault(run_id, []).append((conn, req_id))
+    def _watch(self, conn: Connection, req_id: int, run_id: str, body: Dict[str, Any]) -> None:
+        """``watch``: the run's end as an EVENT; ``progress`` (default on): each task's end too."""
+        if body.get("watch") and run_id:
+            self.watchers.setdefault(run_id, []).append((conn, req_id, bool(body.get("progress", True))))
 
     def list_runs(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         job = body.get("job")
@@ -212,10 +213,14 @@ class RunService:
         if run_id not in self.watchers:
             self._touched.add(run_id)
             return
+        if not any(w[2] for w in self.watchers[run_id]):
+            self._touched.add(run_id)
+            return
         event = {"kind": "task", "id": record.id, "state": record.state.value, "node": record.node,
                  "exit_code": record.exit_code, "reason": record.note or (record.current.reason if record.current else "")}
-        for conn, req_id in self.watchers[run_id]:
-            conn.send(Op.EVENT, req_id, event, FLAG_MORE, urgent=True)
+        for conn, req_id, progress in self.watchers[run_id]:
+            if progress:
+                conn.send(Op.EVENT, req_id, event, FLAG_MORE, urgent=True)
         self._touched.add(run_id)
 
     def close_finished(self) -> None:
@@ -225,11 +230,12 @@ class RunService:
             if self._live(run_id):
                 continue
             view = self.view(run_id, detail=False)
+            view["states"] = {r.id: r.state.value for r in self._records(run_id)}
             for conn in self.master.worker_conns.values():     # they may drop its $TITAN_SHARED
                 conn.send(Op.RUN_DONE, 0, {"run": run_id}, lazy=True)
             if "@" in run_id:
                 self.slot_freed = True                         # overlap=queue slots may start now
-            for conn, req_id in self.watchers.pop(run_id, []):
+            for conn, req_id, _ in self.watchers.pop(run_id, []):
                 conn.send(Op.EVENT, req_id, {"kind": "run", "run": view}, 0, urgent=True)
 
     def dropped(self, conn: Connection) -> None:
