@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, List, Tuple
@@ -131,3 +132,50 @@ def test_a_master_on_a_non_loopback_address_needs_a_token_or_insecure(tmp_path: 
     with pytest.raises(UsageError, match="without a cluster token"):
         Master(MasterConfig(data_dir=tmp_path / "m", bind=("0.0.0.0", 0)))
     assert not (tmp_path / "m").exists()
+
+
+class SlowDisk(FileOps):
+    """fsync takes ``delay`` seconds; notes the thread each one ran on."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.threads: List[int] = []
+
+    def fsync(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        time.sleep(self.delay)
+        super().fsync(fd)
+
+
+def test_fsyncs_run_on_the_loop_while_the_disk_is_fast_and_on_the_helper_thread_once_it_is_slow(
+        tmp_path: Path) -> None:
+    from titan.core.model import SpecCache
+    from titan.io.loop import Loop
+    from titan.roles.master.durable import Durable
+    disk = SlowDisk()
+    durable = Durable(tmp_path / "store", fsync="always")
+    durable.aof.ops = disk
+    durable.open(time.time(), SpecCache())
+    loop = Loop()
+    durable.start_syncer(loop, lambda: None)
+    me = threading.get_ident()
+    try:
+        # A fast disk: the fsync runs inline and the data is durable when flush returns
+        durable.execute([b"SET", b"a", b"1"], time.time())
+        assert durable.flush() and durable.durable_total == durable.appended_total
+        assert disk.threads[-1] == me
+        # It turns slow: after one slow fsync the next ones go to the thread, and still complete
+        disk.delay = 0.01
+        durable.execute([b"SET", b"b", b"2"], time.time())
+        durable.flush()
+        assert durable.fsync_s > 0.0005
+        durable.execute([b"SET", b"c", b"3"], time.time())
+        durable.flush()
+        deadline = time.monotonic() + 5
+        while durable.durable_total < durable.appended_total and time.monotonic() < deadline:
+            loop.run_once(0.05)
+        assert durable.durable_total == durable.appended_total
+        assert disk.threads[-1] != me
+    finally:
+        durable.close()
+        loop.close()

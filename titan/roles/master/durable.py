@@ -12,6 +12,7 @@ The store lives in ``DATA/store/`` in Redis 7's AOF layout, so a stock
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -30,6 +31,12 @@ from titan.store.reply import ErrorReply
 __all__ = ["Durable", "SavedState"]
 
 logger = logging.getLogger(__name__)
+
+# fsyncs that take less than this on average are done on the loop thread:
+# handing each one to the helper thread and back costs more than it saves.
+# Slower ones (a spinning disk, a busy volume) go to the thread, so the loop
+# goes on reading and dispatching while the disk works.
+INLINE_FSYNC_S = 0.0005
 
 
 @dataclass
@@ -159,16 +166,23 @@ class Durable:
         return reply
 
     def start_syncer(self, loop: Loop, on_durable: Callable[[], None]) -> None:
-        """fsync on a helper thread from now on; ``on_durable`` runs when more data is safe."""
+        """fsync on a helper thread from now on, when the disk is slow; ``on_durable`` runs when more data is safe."""
         def done(error: Optional[OSError]) -> None:
+            self._observe(time.perf_counter() - self._requested_at)
             self.aof.sync_done(error, self._request_fsync)
             on_durable()
         self._syncer = Syncer(loop, done, fsync=self.aof.ops.fsync)
 
     _syncer: Optional[Syncer] = None
+    _requested_at = 0.0
+    fsync_s = 0.0                       # how long an fsync takes, on average of the recent ones
+
+    def _observe(self, seconds: float) -> None:
+        self.fsync_s = 0.8 * self.fsync_s + 0.2 * seconds
 
     def _request_fsync(self, fd: int) -> None:
         if self._syncer is not None:
+            self._requested_at = time.perf_counter()
             self._syncer.request(fd)
             return
         error: Optional[OSError] = None           # closing: the thread is gone, fsync here
@@ -179,15 +193,19 @@ class Durable:
         self.aof.sync_done(error, self._request_fsync)
 
     def flush(self) -> bool:
-        """Write this pass's commands; fsync inline, or on the syncer's thread once started.
+        """Write this pass's commands; fsync inline, or on the syncer's thread when the disk is slow.
 
         False while the disk refuses them.  :attr:`durable_total` tells how
         far the data is safe.
         """
-        if self._syncer is None:
+        if self._syncer is None or (self.fsync_s < INLINE_FSYNC_S and not self.aof.syncing):
+            timed = self._syncer is not None and self.aof.pending_bytes > 0
+            start = time.perf_counter()
             ok = self.aof.flush()
             if ok:
                 self.aof.durable_total = self.aof.appended_total
+            if timed:
+                self._observe(time.perf_counter() - start)
             return ok
         return self.aof.flush_async(self._request_fsync)
 
