@@ -39,7 +39,7 @@ class Entry:
     """One service as the master knows it."""
 
     __slots__ = ("spec", "gen", "desired", "node", "state", "pid", "port", "started_at", "restarts",
-                 "reason", "health", "lost_since", "moving", "job")
+                 "reason", "health", "lost_since", "job")
 
     def __init__(self, spec: ServiceSpec, gen: int, job: Optional[str] = None) -> None:
         self.spec = spec
@@ -54,7 +54,6 @@ class Entry:
         self.reason = ""
         self.health = ""
         self.lost_since: Optional[float] = None
-        self.moving = False
         self.job = job
 
     def to_store(self) -> Dict[str, Any]:
@@ -179,7 +178,7 @@ class ServiceManager:
         self.check_node(entry.spec)
         old_node = entry.node if entry.state in OCCUPYING else None
         old_gen, entry.gen = entry.gen, self._next_gen(entry.spec.name)
-        entry.desired, entry.restarts, entry.reason, entry.moving = "running", 0, "", False
+        entry.desired, entry.restarts, entry.reason = "running", 0, ""
         logger.info("service %s: restart (deployment %d)", entry.spec.name, entry.gen)
         self._place(entry, prefer=entry.node)
         if old_node is not None and entry.node != old_node:
@@ -187,7 +186,6 @@ class ServiceManager:
 
     def _stop(self, entry: Entry, reason: str) -> None:
         entry.desired = "stopped"
-        entry.moving = False
         if entry.node is not None and entry.state in LIVE and entry.node in self.master.worker_conns:
             self._send(entry.node, Op.SVC_STOP, {"name": entry.spec.name, "gen": entry.gen, "reason": reason})
             self._set(entry, V.STOPPING)
@@ -226,7 +224,7 @@ class ServiceManager:
             w = choose_for_service(workers.values(), spec.requires, spec.node, self._placed(), exclude)
         entry.pid = entry.started_at = None
         hint, entry.port = entry.port, None
-        entry.lost_since, entry.moving, entry.health = None, False, ""
+        entry.lost_since, entry.health = None, ""
         if w is None:
             want = f"node {spec.node}" if spec.node else (
                 "a worker with tags " + ",".join(sorted(spec.requires)) if spec.requires else "a worker")
@@ -328,7 +326,6 @@ class ServiceManager:
                 logger.warning("service %s stays on draining node %s: no other worker may run it",
                                spec.name, worker)
                 continue
-            entry.moving = True
             self._send(worker, Op.SVC_STOP, {"name": spec.name, "gen": entry.gen, "reason": f"node {worker} drained"})
 
     def undrained(self) -> None:
