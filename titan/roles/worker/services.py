@@ -64,9 +64,9 @@ def free_port() -> int:
 class ServiceRun:
     """One deployed service on this worker."""
 
-    __slots__ = ("name", "gen", "spec", "sup", "job", "port", "timer", "probe", "replacement", "files")
+    __slots__ = ("name", "gen", "spec", "sup", "job", "port", "timer", "probe", "replacement")
 
-    def __init__(self, name: str, gen: int, spec: ServiceSpec, files: Dict[str, Any]) -> None:
+    def __init__(self, name: str, gen: int, spec: ServiceSpec) -> None:
         self.name = name
         self.gen = gen
         self.spec = spec
@@ -76,7 +76,11 @@ class ServiceRun:
         self.timer: Optional[Timer] = None
         self.probe: Optional[health.Probe] = None
         self.replacement: Optional[Dict[str, Any]] = None   # a newer SVC_START waiting for this one to stop
-        self.files = files
+
+    @property
+    def files(self) -> Dict[str, Any]:
+        """The spec's files as DISPATCH carries them: path -> [sha256, executable]."""
+        return {path: [sha, executable] for path, sha, executable in self.spec.files}
 
     @property
     def key(self) -> tuple:
@@ -121,7 +125,7 @@ class ServiceRunner:
         except UsageError as exc:
             self._send({"name": name, "gen": gen, "state": V.FATAL.value, "reason": str(exc)})
             return
-        run = self.runs[name] = ServiceRun(name, gen, spec, body.get("spec", {}).get("files") or {})
+        run = self.runs[name] = ServiceRun(name, gen, spec)
         hint = body.get("port")
         self._launch(run, hint if isinstance(hint, int) and 0 < hint < 65536 else None)
 
