@@ -139,8 +139,9 @@ def test_illegal_moves_name_both_states() -> None:
 def test_consecutive_health_failures_ask_for_a_restart_that_counts_as_a_failure() -> None:
     sup = Supervision(spec(port=80, health="tcp", health_failures=3, backoff_s=1), no_jitter)
     sup.start(0.0)
-    assert sup.health(True, "ok", 0.5) is False and sup.state is V.RUNNING
-    assert sup.health(False, "refused", 5.0) is False
+    assert sup.healthy is None
+    assert sup.health(True, "ok", 0.5) is False and sup.state is V.RUNNING and sup.healthy is True
+    assert sup.health(False, "refused", 5.0) is False and sup.healthy is False
     assert sup.health(True, "ok", 10.0) is False            # a pass resets the count
     assert [sup.health(False, "refused", t) for t in (15.0, 20.0, 25.0)] == [False, False, True]
     assert "3 health checks failed" in sup.health_note

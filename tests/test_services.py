@@ -205,6 +205,7 @@ def test_the_cli_deploys_lists_follows_stops_and_restarts_a_service(cluster: Any
     header, line = ps.stdout.splitlines()[:2]
     assert header.split() == ["NAME", "STATE", "NODE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "NOTE"]
     assert line.split()[:5] == ["web", "RUNNING", "local-1", line.split()[3], str(port)]
+    assert line.split()[7] == "ok"                       # its tcp check passes
     assert answers(port)
     logs = run_cli(*m, "logs", "web")
     assert logs.code == 0 and "Serving HTTP" in logs.stdout + logs.stderr, logs

@@ -118,10 +118,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def _health(r: Dict[str, Any]) -> str:
-    if not r.get("health"):
-        return "-"
-    return "ok" if r["health"] in ("ok",) or r["health"].startswith("HTTP 2") or r["health"].startswith(
-        "HTTP 3") else "failing"
+    healthy = r.get("healthy")
+    return "-" if healthy is None else "ok" if healthy else "failing"
 
 
 def uptime(seconds: Any) -> str:

@@ -218,6 +218,7 @@ class Supervision:
         self.restarts = 0
         self.reason = ""
         self.health_note = ""
+        self.healthy: Optional[bool] = None   # the last check's outcome; None before the first
         self.failures = 0                     # consecutive failed health checks
         self.intent = ""                      # while STOPPING: "stop" or "restart"
         self._streak = 0                      # restarts since the last stable run
@@ -237,6 +238,7 @@ class Supervision:
         self._came_up = False
         self.failures = 0
         self.health_note = ""
+        self.healthy = None
         self.intent = ""
 
     def up(self, now: float) -> None:
@@ -308,6 +310,7 @@ class Supervision:
     def health(self, ok: bool, detail: str, now: float) -> bool:
         """One check's outcome; True when the process must be killed and restarted."""
         self.health_note = detail
+        self.healthy = ok
         if ok:
             self.failures = 0
             self.up(now)
@@ -328,7 +331,7 @@ class Supervision:
     def view(self) -> Dict[str, Any]:
         """What the worker reports about it (the master adds node, pid and port)."""
         return {"state": self.state.value, "started_at": self.started_at, "restarts": self.restarts,
-                "reason": self.reason, "health": self.health_note}
+                "reason": self.reason, "health": self.health_note, "healthy": self.healthy}
 
 
 def describe(spec: ServiceSpec) -> List[str]:

@@ -39,7 +39,7 @@ class Entry:
     """One service as the master knows it."""
 
     __slots__ = ("spec", "gen", "desired", "node", "state", "pid", "port", "started_at", "restarts",
-                 "reason", "health", "lost_since", "job")
+                 "reason", "health", "healthy", "lost_since", "job")
 
     def __init__(self, spec: ServiceSpec, gen: int, job: Optional[str] = None) -> None:
         self.spec = spec
@@ -53,6 +53,7 @@ class Entry:
         self.restarts = 0
         self.reason = ""
         self.health = ""
+        self.healthy: Optional[bool] = None
         self.lost_since: Optional[float] = None
         self.job = job
 
@@ -77,7 +78,7 @@ class Entry:
     def view(self, now: float) -> Dict[str, Any]:
         up = self.state in (V.RUNNING, V.STARTING) and self.started_at is not None
         return {"name": self.spec.name, "state": self.state.value, "node": self.node, "pid": self.pid,
-                "port": self.port, "restarts": self.restarts, "reason": self.reason, "health": self.health,
+                "port": self.port, "restarts": self.restarts, "reason": self.reason, "health": self.health, "healthy": self.healthy,
                 "uptime_s": round(max(0.0, now - self.started_at), 1) if up else None,  # type: ignore[operator]
                 "gen": self.gen, "desired": self.desired, "requires": sorted(self.spec.requires),
                 "job": self.job, "command": list(self.spec.argv)}
@@ -224,7 +225,7 @@ class ServiceManager:
             w = choose_for_service(workers.values(), spec.requires, spec.node, self._placed(), exclude)
         entry.pid = entry.started_at = None
         hint, entry.port = entry.port, None
-        entry.lost_since, entry.health = None, ""
+        entry.lost_since, entry.health, entry.healthy = None, "", None
         if w is None:
             want = f"node {spec.node}" if spec.node else (
                 "a worker with tags " + ",".join(sorted(spec.requires)) if spec.requires else "a worker")
@@ -272,6 +273,7 @@ class ServiceManager:
         entry.restarts = body.get("restarts") if isinstance(body.get("restarts"), int) else entry.restarts
         entry.reason = str(body.get("reason") or "")
         entry.health = str(body.get("health") or "")
+        entry.healthy = body.get("healthy") if isinstance(body.get("healthy"), bool) else None
         entry.lost_since = None
         if entry.desired != "running" and state in (V.STARTING, V.RUNNING, V.BACKOFF):
             # stopped while its node was away: it still runs there, so stop it now
