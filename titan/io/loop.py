@@ -30,7 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from titan.errors import ProtocolError
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
 
-__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "parse_address", "format_address", "is_loopback", "shut"]
+__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "parse_address", "format_address", "is_loopback", "shut",
+           "prepare_socket"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def prepare_socket(sock: socket.socket) -> str:
+    """Make an accepted or dialled socket ready for a loop: non-blocking, no Nagle delay.
+
+    Returns the peer's address for logs ("?" if it is already gone).
+    """
+    try:
+        peer = format_address(sock.getpeername())
+    except OSError:
+        peer = "?"
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return peer
 
 
 def format_address(addr: Tuple[str, int]) -> str:
@@ -336,13 +352,7 @@ class Connection:
         self.opened_at = self.last_progress
         self.frame_started_at = 0.0     # when the partial frame now buffered began
         self.state: Any = None          # the role's per-connection state
-        try:
-            self.peer = format_address(sock.getpeername())
-        except OSError:
-            self.peer = "?"
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peer = prepare_socket(sock)
         loop.register(sock, self._events, self._on_events)
         if self._handshaking:
             self._tls_handshake()     # a client sends its hello now; a server waits for one

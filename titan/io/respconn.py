@@ -21,7 +21,7 @@ import selectors
 import socket
 from typing import Any, List, Optional
 
-from titan.io.loop import Loop, format_address, shut
+from titan.io.loop import Loop, prepare_socket, shut
 from titan.store.resp import RespError, RespParser
 
 __all__ = ["RespHandler", "RespConnection", "RECV_BYTES"]
@@ -66,13 +66,7 @@ class RespConnection:
         self.closed = False
         self.close_reason = ""
         self.state: Any = None                     # the role's per-client state
-        try:
-            self.peer = format_address(sock.getpeername())
-        except OSError:
-            self.peer = "?"
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peer = prepare_socket(sock)
         loop.register(sock, self._events, self._on_events)
 
     # ----- outbound ------------------------------------------------------
