@@ -9,10 +9,11 @@ Pure: no I/O.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from titan.core.jobfile import JobSpec
+from titan.core.jobfile import JobSpec, ServiceDef
 from titan.core.model import TERMINAL, TaskState
 from titan.errors import UsageError
 
@@ -44,6 +45,11 @@ def job_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,
             "tasks": tasks, "services": services_to_wire(spec, read_file, blobs)}
 
 
+# The [service:NAME] settings that travel as they are (the same names as ServiceSpec's).
+_SERVICE_SETTINGS = tuple(f.name for f in dataclasses.fields(ServiceDef)
+                          if f.name not in ("name", "run", "requires", "env", "files", "line"))
+
+
 def services_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,
                      blobs: Optional[Dict[str, bytes]] = None) -> List[Dict[str, Any]]:
     """The DEPLOY entries of a job file's ``[service:NAME]`` sections (job env merged in)."""
@@ -52,9 +58,7 @@ def services_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,
         body: Dict[str, Any] = {"name": name, "command": svc.run, "env": spec.environment(name),
                                 "files": _ship(spec, f"service:{name}", svc.files, read_file, blobs),
                                 "requires": sorted(svc.requires)}
-        for key in ("port", "node", "restart", "backoff_s", "backoff_max_s", "stable_s", "max_restarts",
-                    "restart_window_s", "health", "health_interval_s", "health_timeout_s", "health_failures", "health_grace_s",
-                    "stop_signal", "stop_grace_s"):
+        for key in _SERVICE_SETTINGS:
             body[key] = getattr(svc, key)
         out.append(body)
     return out
