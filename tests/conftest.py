@@ -30,6 +30,8 @@ from titan.errors import TitanError
 from titan.io.proc import titan_command, titan_env
 from titan.roles.local import LocalCluster
 from titan.sdk.client import Client
+from titan.wire.frames import Frame, FrameDecoder, Op, pack
+from titan.wire.handshake import ClientHandshake
 
 # Short timeouts so failures and restarts are noticed within a second or two.
 FAST_MASTER_ARGS: Tuple[str, ...] = ("--heartbeat-timeout", "5", "--lost-grace", "5")
@@ -314,3 +316,97 @@ def run_cli(*args: str, token: Optional[str] = None, cwd: Optional[Path] = None,
         raise AssertionError(f"`titan {' '.join(args)}` did not finish in {timeout_s:g}s\n"
                              f"stdout: {out.decode(errors='replace')}\nstderr: {err.decode(errors='replace')}")
     return CliResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+# ----- speaking TITAN_PROTO by hand --------------------------------------------
+READ_TIMEOUT_S = 5.0
+
+
+class Raw:
+    """A bare TCP connection to the master that speaks frames by hand."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=READ_TIMEOUT_S)
+        self.decoder = FrameDecoder()
+        self.frames: List[Frame] = []
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_frame(self, opcode: int, req_id: int, body: object = None) -> None:
+        self.send(pack(opcode, req_id, body))
+
+    def hello(self, **overrides: Any) -> Optional[Frame]:
+        body = ClientHandshake(role="client", name="raw-test", token=None).hello()
+        body.update(overrides)
+        self.send_frame(Op.HELLO, 1, body)
+        if overrides:
+            return None
+        welcome = self.read_frame()
+        assert welcome.opcode == Op.WELCOME, welcome
+        return welcome
+
+    def read_frame(self, timeout_s: float = READ_TIMEOUT_S) -> Frame:
+        deadline = time.monotonic() + timeout_s
+        while not self.frames:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError(f"no frame from the master within {timeout_s:g}s") from None
+            assert data, "the master closed the connection without a reply"
+            self.frames.extend(self.decoder.feed(data))
+        return self.frames.pop(0)
+
+    def expect_error(self, code: str, *words: str, req_id: Optional[int] = None,
+                     timeout_s: float = READ_TIMEOUT_S) -> str:
+        """Read one frame: an ERROR with ``code`` whose message holds ``words``; return the message."""
+        frame = self.read_frame(timeout_s)
+        assert frame.opcode == Op.ERROR, frame
+        body = frame.body
+        assert isinstance(body, dict) and body.get("code") == code, body
+        message = body.get("message")
+        assert isinstance(message, str)
+        for word in words:
+            assert word in message, (word, message)
+        if req_id is not None:
+            assert frame.req_id == req_id, frame
+        return message
+
+    def expect_closed(self, timeout_s: float = READ_TIMEOUT_S) -> None:
+        """The master closes the connection (EOF or reset) within ``timeout_s``."""
+        assert not self.frames, f"unexpected frames before the close: {self.frames}"
+        self.sock.settimeout(timeout_s)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            return
+        except socket.timeout:
+            raise AssertionError(f"the master kept the connection open for {timeout_s:g}s") from None
+        assert data == b"", f"expected the connection to close, got {data!r}"
+
+    def read_frame_where(self, wanted: Callable[[Frame], bool], timeout_s: float = READ_TIMEOUT_S) -> Frame:
+        """The next frame ``wanted`` accepts; the ones before it are dropped."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            frame = self.read_frame(max(0.01, deadline - time.monotonic()))
+            if wanted(frame):
+                return frame
+
+    def hello_as_worker(self, name: str, **extra: Any) -> None:
+        """Register as a worker (slots 1, nothing running unless ``extra`` says so)."""
+        shake = ClientHandshake(role="worker", name=name, token=None,
+                                extra={"slots": 1, "tags": [], "running": [], "finished": [], **extra})
+        self.send_frame(Op.HELLO, 1, shake.hello())
+        while not shake.done:
+            for opcode, body in shake.on_frame(self.read_frame()):
+                self.send_frame(opcode, 1, body)
+
+    def ping(self, req_id: int) -> None:
+        self.send_frame(Op.PING, req_id, {})
+        pong = self.read_frame()
+        assert (pong.opcode, pong.req_id) == (Op.PONG, req_id), pong

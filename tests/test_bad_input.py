@@ -8,7 +8,6 @@ still serves a normal SDK client whose task runs on the worker.
 """
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +15,14 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from conftest import StandaloneMaster, TitanProcs, register_logs, run_cli
+from conftest import Raw, StandaloneMaster, TitanProcs, register_logs, run_cli
 from titan.errors import RemoteError, UnknownTask, UsageError
 from titan.sdk.client import Client
-from titan.wire.frames import HEADER, PROTOCOL_VERSION, Frame, FrameDecoder, Op, pack
+from titan.wire.frames import HEADER, PROTOCOL_VERSION, Op, pack
 from titan.wire.handshake import ClientHandshake
 
 FRAME_TIMEOUT_S = 1.0
 HANDSHAKE_TIMEOUT_S = 2.0
-READ_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -45,79 +43,6 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield Served(procs, master)
     finally:
         procs.cleanup()
-
-
-class Raw:
-    """A bare TCP connection to the master that speaks frames by hand."""
-
-    def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=READ_TIMEOUT_S)
-        self.decoder = FrameDecoder()
-        self.frames: List[Frame] = []
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def send_frame(self, opcode: int, req_id: int, body: object = None) -> None:
-        self.send(pack(opcode, req_id, body))
-
-    def hello(self, **overrides: Any) -> Optional[Frame]:
-        body = ClientHandshake(role="client", name="raw-test", token=None).hello()
-        body.update(overrides)
-        self.send_frame(Op.HELLO, 1, body)
-        if overrides:
-            return None
-        welcome = self.read_frame()
-        assert welcome.opcode == Op.WELCOME, welcome
-        return welcome
-
-    def read_frame(self, timeout_s: float = READ_TIMEOUT_S) -> Frame:
-        deadline = time.monotonic() + timeout_s
-        while not self.frames:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                raise AssertionError(f"no frame from the master within {timeout_s:g}s") from None
-            assert data, "the master closed the connection without a reply"
-            self.frames.extend(self.decoder.feed(data))
-        return self.frames.pop(0)
-
-    def expect_error(self, code: str, *words: str, req_id: Optional[int] = None,
-                     timeout_s: float = READ_TIMEOUT_S) -> str:
-        """Read one frame: an ERROR with ``code`` whose message holds ``words``; return the message."""
-        frame = self.read_frame(timeout_s)
-        assert frame.opcode == Op.ERROR, frame
-        body = frame.body
-        assert isinstance(body, dict) and body.get("code") == code, body
-        message = body.get("message")
-        assert isinstance(message, str)
-        for word in words:
-            assert word in message, (word, message)
-        if req_id is not None:
-            assert frame.req_id == req_id, frame
-        return message
-
-    def expect_closed(self, timeout_s: float = READ_TIMEOUT_S) -> None:
-        """The master closes the connection (EOF or reset) within ``timeout_s``."""
-        assert not self.frames, f"unexpected frames before the close: {self.frames}"
-        self.sock.settimeout(timeout_s)
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            return
-        except socket.timeout:
-            raise AssertionError(f"the master kept the connection open for {timeout_s:g}s") from None
-        assert data == b"", f"expected the connection to close, got {data!r}"
-
-    def ping(self, req_id: int) -> None:
-        self.send_frame(Op.PING, req_id, {})
-        pong = self.read_frame()
-        assert (pong.opcode, pong.req_id) == (Op.PONG, req_id), pong
 
 
 @pytest.fixture
@@ -364,18 +289,11 @@ def test_a_worker_reporting_nonsense_about_services_disturbs_nothing(served: Ser
     # Given a peer that registers as a worker with junk in its service list, then sends junk states
     peer = Raw(served.master.address)
     try:
-        body = ClientHandshake(role="worker", name="junk-w", token=None,
-                               extra={"slots": 1, "services": [7, {"name": ["x"]}, {"name": "ghost", "gen": "1"}],
-                                      "running": [], "finished": []}).hello()
-        peer.send_frame(Op.HELLO, 1, body)
-        assert peer.read_frame().opcode == Op.WELCOME
+        peer.hello_as_worker("junk-w", services=[7, {"name": ["x"]}, {"name": "ghost", "gen": "1"}])
         for junk in ({"name": 5}, {"name": "ghost", "gen": 1, "state": "DANCING"}, {"state": None}):
             peer.send_frame(Op.SVC_STATE, 0, junk)
         peer.send_frame(Op.PING, 9, {})
-        while True:                          # the master answers; it may also ask it to stop 'ghost'
-            frame = peer.read_frame()
-            if frame.opcode == Op.PONG:
-                break
+        peer.read_frame_where(lambda f: f.opcode == Op.PONG)    # it may also be asked to stop 'ghost'
     finally:
         peer.close()
     assert_still_serving(served)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,10 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from conftest import TitanProcs, child_env, wait_until
+from conftest import Raw, TitanProcs, child_env, wait_until
 from titan.errors import TitanError
 from titan.sdk.client import Client
-from titan.wire.frames import FrameDecoder, Frame, Op, pack
-from titan.wire.handshake import ClientHandshake
+from titan.wire.frames import Op
 
 
 def nodes(address: str) -> Dict[str, Dict[str, Any]]:
@@ -58,62 +56,29 @@ def test_an_ephemeral_worker_retires_when_idle_and_a_permanent_one_never(titan_p
     assert "perm" in nodes(master.address) and keeper.poll() is None
 
 
-class FakeWorker:
-    """Speaks TITAN_PROTO as a worker, so a test decides exactly when it asks to retire."""
-
-    def __init__(self, address: str, name: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=5)
-        self.decoder = FrameDecoder()
-        self.pending: List[Frame] = []
-        shake = ClientHandshake(role="worker", name=name, token=None,
-                                extra={"slots": 1, "tags": [], "ephemeral": True, "running": [], "finished": []})
-        self.send(Op.HELLO, 1, shake.hello())
-        while not shake.done:
-            for opcode, body in shake.on_frame(self.next()):
-                self.send(opcode, 1, body)
-
-    def send(self, opcode: int, req_id: int, body: Any) -> None:
-        self.sock.sendall(pack(opcode, req_id, body))
-
-    def next(self, opcode: int = 0) -> Frame:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            for i, frame in enumerate(self.pending):
-                if not opcode or frame.opcode == opcode:
-                    return self.pending.pop(i)
-            self.pending += self.decoder.feed(self.sock.recv(65536))
-        raise AssertionError(f"no frame {opcode:#x} within 10s")
-
-    def reply_to(self, req_id: int) -> Frame:
-        while True:
-            frame = self.next()
-            if frame.req_id == req_id:
-                return frame
-
-
 def test_the_master_refuses_to_retire_a_worker_while_it_places_work_on_it(titan_procs: TitanProcs) -> None:
     master = titan_procs.start_master()
-    fake = FakeWorker(master.address, "eph")
+    fake = Raw(master.address)
     try:
+        fake.hello_as_worker("eph", ephemeral=True)
         with Client(master.address, token="") as c:
             task = c.submit("echo hi")
-            dispatch = fake.next(Op.DISPATCH).body
+            dispatch = fake.read_frame_where(lambda f: f.opcode == Op.DISPATCH).body
             assert dispatch["task"] == task.id
             # It asks to retire with the task in flight: refused
-            fake.send(Op.RETIRE, 7, {"idle_s": 99})
-            assert fake.reply_to(7).body == {"retire": False}
-            fake.send(Op.FINISHED, 0, {"task": task.id, "attempt": dispatch["attempt"], "exit_code": 0,
-                                       "reason": ""})
+            fake.send_frame(Op.RETIRE, 7, {"idle_s": 99})
+            assert fake.read_frame_where(lambda f: f.req_id == 7).body == {"retire": False}
+            fake.send_frame(Op.FINISHED, 0, {"task": task.id, "attempt": dispatch["attempt"], "exit_code": 0,
+                                             "reason": ""})
             assert task.result(timeout=10).state == "SUCCEEDED"
             # Idle now: granted, and once it leaves it is gone from the cluster, not "lost"
-            fake.send(Op.RETIRE, 9, {"idle_s": 99})
-            assert fake.reply_to(9).body == {"retire": True}
-            fake.sock.close()
+            fake.send_frame(Op.RETIRE, 9, {"idle_s": 99})
+            assert fake.read_frame_where(lambda f: f.req_id == 9).body == {"retire": True}
+            fake.close()
             wait_until(lambda: "eph" not in nodes(master.address), 10, "the retired worker to be forgotten",
                        ignore=(TitanError, OSError))
     finally:
-        fake.sock.close()
+        fake.close()
 
 
 @pytest.fixture
