@@ -32,6 +32,7 @@ from typing import Callable, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from titan.io import health  # noqa: E402
 from titan.roles.local import LocalCluster  # noqa: E402
 
 HEARTBEAT_TIMEOUT_S = 2.0
@@ -50,12 +51,7 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 30.0, poll_s: float =
 
 
 def answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
-            return s.recv(8).startswith(b"HTTP/")
-    except OSError:
-        return False
+    return health.check(f"http://127.0.0.1:{port}/", timeout_s=0.5)[0]
 
 
 def lines(path: Path) -> List[str]:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import pytest
 
-from titan.io.health import Probe, probe
+from titan.io.health import Probe, check, probe
 from titan.io.loop import Loop, Timer
 
 Result = Tuple[bool, str]
@@ -449,3 +449,15 @@ def test_no_file_descriptors_leak_on_any_path(loop: WatchingLoop) -> None:
         assert drain_backlog(listener) >= 15   # the server ends of the connections that got through
         assert open_fds() == before
         assert loop.watched == {}
+
+
+def test_check_runs_one_probe_to_its_end_without_a_loop_of_the_callers() -> None:
+    before = open_fds()
+    with TinyServer([reply("200 OK")]) as server:
+        assert check(server.url()) == (True, "HTTP 200")
+    with TinyServer(hold=True) as server:
+        ok, detail = check(server.url(), timeout_s=0.3)
+        assert not ok and "no answer within 0.3s" in detail
+    port = closed_port()
+    assert check("tcp", port) == (False, f"connection refused on 127.0.0.1:{port}")
+    assert open_fds() == before                     # its loop and sockets are closed

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import TitanProcs, child_env, cli_argv, pid_gone, run_cli, wait_until
 from titan.errors import RemoteError, TitanError
+from titan.io import health
 from titan.sdk.client import Client
 
 SERVER = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1"]
@@ -47,12 +48,8 @@ def wait_service(address: str, name: str, check: Callable[[Dict[str, Any]], bool
 
 
 def answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            return s.recv(12).startswith(b"HTTP/1.")
-    except OSError:
-        return False
+    """The service answers HTTP on its port (Titan's own health check, run once)."""
+    return health.check(f"http://127.0.0.1:{port}/", timeout_s=1.0)[0]
 
 
 def test_a_deployed_http_service_runs_with_an_auto_port_and_stop_ends_it(cluster: Any) -> None:

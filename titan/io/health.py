@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 from titan.errors import InvalidTransition
 from titan.io.loop import Loop, Timer, format_address
 
-__all__ = ["Probe", "probe", "TCP_HOST", "USER_AGENT", "MAX_STATUS_LINE_BYTES"]
+__all__ = ["Probe", "probe", "check", "TCP_HOST", "USER_AGENT", "MAX_STATUS_LINE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -449,3 +449,19 @@ def probe(loop: Loop, target: str, port: Optional[int], timeout_s: float,
     check = Probe(loop, timeout_s, done, resolve)
     check._start(target, port)
     return check
+
+
+def check(target: str, port: Optional[int] = None, timeout_s: float = 1.0) -> Tuple[bool, str]:
+    """The same check, blocking, on a loop of its own: ``(ok, detail)``.
+
+    For code that has no loop to share (scripts, benchmarks, tests).
+    """
+    loop = Loop()
+    outcome: List[Tuple[bool, str]] = []
+    try:
+        probe(loop, target, port, timeout_s, lambda ok, detail: outcome.append((ok, detail)))
+        while not outcome:
+            loop.run_once(timeout_s)
+    finally:
+        loop.close()
+    return outcome[0]
