@@ -152,9 +152,8 @@ class Worker(Handler):
         self.stopping = True
         self.children.stop_all()
         self.services.shutdown(grace_s)
-        for job in list(self.jobs.values()):
-            if job.service is None:
-                self.terminate(job, "worker shutting down", grace_s=grace_s)
+        for job in self.task_jobs():
+            self.terminate(job, "worker shutting down", grace_s=grace_s)
         self._maybe_exit()
 
     def _maybe_exit(self) -> None:
@@ -207,7 +206,7 @@ class Worker(Handler):
             "dedicated": self.config.dedicated, "host": socket.gethostname(), "pid": os.getpid(),
             "version": __version__, "ephemeral": self.config.ephemeral, "parent": self.config.parent,
             "max_children": self.config.max_children,
-            "running": [list(k) for k, job in self.jobs.items() if job.service is None]
+            "running": [list(job.key) for job in self.task_jobs()]
                        + [list(k) for k in self.files.waiting if not k[0].startswith("@")],
             "services": self.services.hello(),
             "finished": [list(k) for k in self.unacked],
@@ -302,8 +301,7 @@ class Worker(Handler):
             if self.loop.clock() - self.last_rx > self.config.master_timeout_s:
                 conn.close(f"the master was silent for {self.config.master_timeout_s:g}s")
             else:
-                running = sum(1 for job in self.jobs.values() if job.service is None)
-                conn.send(Op.HEARTBEAT, 0, {"running": running, "slots": self.config.slots})
+                conn.send(Op.HEARTBEAT, 0, {"running": len(self.task_jobs()), "slots": self.config.slots})
                 self.children.maybe_retire(conn)
         self.loop.call_later(self.config.heartbeat_interval_s, self._heartbeat)
 
@@ -313,8 +311,11 @@ class Worker(Handler):
 
     def idle(self) -> bool:
         """No task, service, child or file fetch here."""
-        return not self.files.waiting and not self.services.runs and not self.children.count and not any(
-            job.service is None for job in self.jobs.values())
+        return not (self.files.waiting or self.services.runs or self.children.count or self.task_jobs())
+
+    def task_jobs(self) -> List[Job]:
+        """The task attempts running here (``jobs`` also holds the services' processes)."""
+        return [job for job in self.jobs.values() if job.service is None]
 
     def connected(self) -> bool:
         return self._ready() is not None
