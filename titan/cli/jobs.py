@@ -176,10 +176,10 @@ def run_file(c: Client, path: str) -> Tuple[int, List[str]]:
         run = c.submit_file(path, start=True, on_task=_progress)
     except JobFileError as exc:
         return print_problems(exc), []
-    for name in run.services:
-        row = c.services(name)[0]
-        print(f"service {name}: {row['state']}" + (f" on port {row['port']}" if row.get("port") else ""),
-              file=sys.stderr)
+    for row in (c.services() if run.services else []):
+        if row["name"] in run.services:
+            print(f"service {row['name']}: {row['state']}" + (f" on port {row['port']}" if row.get("port") else ""),
+                  file=sys.stderr)
     if not run.id:
         return EXIT_OK, run.services
     result: RunResult = run.wait()
