@@ -187,9 +187,7 @@ def _split_quoted(line: bytes) -> List[bytes]:
                     pos += 1
                     current += _ESCAPES.get(line[pos], bytes([line[pos]]))
                 elif char == 34:
-                    if pos + 1 < end and line[pos + 1] not in _SPACES:
-                        raise RespError("Protocol error: unbalanced quotes in request")
-                    pos += 1
+                    pos = _after_closing_quote(line, pos, end)
                     break
                 else:
                     current.append(char)
@@ -198,9 +196,7 @@ def _split_quoted(line: bytes) -> List[bytes]:
                     pos += 1
                     current.append(39)
                 elif char == 39:
-                    if pos + 1 < end and line[pos + 1] not in _SPACES:
-                        raise RespError("Protocol error: unbalanced quotes in request")
-                    pos += 1
+                    pos = _after_closing_quote(line, pos, end)
                     break
                 else:
                     current.append(char)
@@ -212,6 +208,13 @@ def _split_quoted(line: bytes) -> List[bytes]:
                 current.append(char)
             pos += 1
         args.append(bytes(current))
+
+
+def _after_closing_quote(line: bytes, pos: int, end: int) -> int:
+    """A closing quote at ``pos`` must end its argument (space or end of line follows)."""
+    if pos + 1 < end and line[pos + 1] not in _SPACES:
+        raise RespError("Protocol error: unbalanced quotes in request")
+    return pos + 1
 
 
 def _is_hex(pair: bytes) -> bool:
