@@ -534,3 +534,76 @@ def test_given_a_delay_cancelled_and_retried_then_the_old_delay_does_not_skip_a_
     assert dispatched(h.tick_at(t0 + 10)) == []
     assert h.state("t") is S.QUEUED
     assert dispatched(h.tick_at(t0 + 101)) == [("w", "t", 2)]
+
+
+# ----- dispatch-ahead ---------------------------------------------------------
+
+def quick_history(h: SchedulerHarness, worker: str, count: int = 3) -> None:
+    """Run ``count`` 10 ms attempts on ``worker`` (alone in the cluster), so it counts as quick."""
+    for i in range(count):
+        d = dispatched(h.submit(f"warm-{worker}-{i}"))
+        assert d == [(worker, f"warm-{worker}-{i}", 1)]
+        h.clock.advance(0.01)
+        h.finish(worker, f"warm-{worker}-{i}", 1)
+
+
+def test_given_a_new_worker_that_can_hold_more_then_it_gets_only_its_slots_until_it_proves_quick(h) -> None:
+    h.join("w", slots=1, ahead=2)
+    acts = [a for i in range(5) for a in h.submit(f"t{i}")]
+    assert dispatched(acts) == [("w", "t0", 1)]                 # no history yet: one slot, no more
+    h.clock.advance(0.01)
+    acts = h.finish("w", "t0", 1)
+    assert dispatched(acts) == [("w", "t1", 1), ("w", "t2", 1), ("w", "t3", 1)]   # quick: slot + 2 ahead
+    assert h.sched.saturated                                    # t4 waits for capacity
+
+
+def test_given_slow_attempts_then_nothing_is_sent_ahead(h) -> None:
+    h.join("w", slots=1, ahead=2)
+    h.submit("slow")
+    h.clock.advance(5.0)                                        # well over QUICK_S
+    acts = h.finish("w", "slow", 1) + h.submit("a") + h.submit("b")
+    assert dispatched(acts) == [("w", "a", 1)]
+
+
+def test_given_a_free_slot_elsewhere_then_it_wins_over_queueing_on_a_quick_busy_worker(h) -> None:
+    h.join("quick", slots=1, ahead=2)
+    quick_history(h, "quick")
+    h.join("idle", slots=1)
+    acts = h.submit("a") + h.submit("b") + h.submit("c")
+    first, second, third = dispatched(acts)
+    assert {first[0], second[0]} == {"quick", "idle"}       # a and b: one free slot each
+    assert third == ("quick", "c", 1)                       # only c is sent ahead
+
+
+def test_given_an_attempt_handed_back_then_it_is_placed_again_without_using_a_retry(h) -> None:
+    h.join("w", slots=1, ahead=1)
+    quick_history(h, "w")
+    assert dispatched(h.submit("long") + h.submit("next")) == [("w", "long", 1), ("w", "next", 1)]
+    h.clock.advance(0.5)
+    acts = h.hand_back("w", "next", 1, waited_s=0.5)
+    assert h.state("next") is S.QUEUED
+    record = h.sched.tasks["next"]
+    assert record.attempts[0].state is S.QUEUED and "handed it back" in record.attempts[0].reason
+    assert dispatched(acts) == []                  # w is no longer quick: its one slot is taken
+    h.join("other", slots=1)
+    h.tick()
+    assert ("other", "next", 2) in dispatched(h.actions)
+    h.finish("other", "next", 2, exit_code=1)
+    assert h.state("next") is S.FAILED             # retries=0: the hand-back did not count as a try
+
+
+def test_given_a_hand_back_for_an_attempt_it_does_not_hold_then_it_is_ignored(h) -> None:
+    h.join("w", slots=1)
+    h.submit("a")
+    assert h.hand_back("other", "a", 1, waited_s=1.0) == []
+    assert h.hand_back("w", "a", 7, waited_s=1.0) == []
+    assert h.state("a") is S.RUNNING
+
+
+def test_given_the_queue_drains_then_saturated_clears(h) -> None:
+    h.join("w", slots=1)
+    h.submit("a")
+    h.submit("b")
+    assert h.sched.saturated
+    h.finish("w", "a", 1)
+    assert not h.sched.saturated                  # b took the slot; nothing waits

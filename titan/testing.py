@@ -97,9 +97,9 @@ class SchedulerHarness:
 
     def join(self, name: str, tags: Iterable[str] = (), slots: int = 1, *,
              running: Iterable[Tuple[str, int]] = (), finished: Iterable[Tuple[str, int]] = (),
-             dedicated: bool = False) -> List[Action]:
+             dedicated: bool = False, ahead: int = 0) -> List[Action]:
         return self._keep(self.sched.worker_joined(name, tags, slots, self.clock(), dedicated=dedicated,
-                                                   running=running, finished=finished))
+                                                   running=running, finished=finished, ahead=ahead))
 
     def leave(self, name: str) -> List[Action]:
         return self._keep(self.sched.worker_left(name, self.clock()))
@@ -115,6 +115,9 @@ class SchedulerHarness:
     def finish_dispatch(self, dispatch: Dispatch, exit_code: Optional[int] = 0) -> List[Action]:
         """Report the end of the attempt a :class:`Dispatch` started."""
         return self.finish(dispatch.worker, dispatch.task_id, dispatch.attempt, exit_code)
+
+    def hand_back(self, worker: str, task_id: str, attempt: int, waited_s: float) -> List[Action]:
+        return self._keep(self.sched.attempt_returned(worker, task_id, attempt, waited_s, self.clock()))
 
     def cancel(self, task_id: str) -> List[Action]:
         return self._keep(self.sched.cancel(task_id, self.clock()))

@@ -63,9 +63,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           master_timeout_s=args.master_timeout, tls=tls,
                           tls_files=(args.tls_ca, args.tls_cert, args.tls_key) if tls is not None else None,
                           ephemeral=args.ephemeral, idle_timeout_s=args.idle_timeout,
-                          max_children=args.max_children)
-    if args.max_children < 0 or args.idle_timeout <= 0:
-        raise UsageError("--max-children must be 0 or more and --idle-timeout greater than 0")
+                          max_children=args.max_children, ahead=args.ahead)
+    if args.max_children < 0 or args.idle_timeout <= 0 or (args.ahead or 0) < 0:
+        raise UsageError("--max-children and --ahead must be 0 or more and --idle-timeout greater than 0")
     try:
         Worker(config).serve_forever()
     finally:

@@ -5,20 +5,28 @@ task's ``requires`` must be a subset of the worker's tags; a ``dedicated``
 worker takes only tasks that require one of its tags) -> least loaded
 (running / slots), ties broken round-robin so equal workers share the work.
 
+Dispatch-ahead: a worker that says it can hold ``ahead`` attempts beyond its
+slots, and whose recent attempts were quick (under :data:`QUICK_S` on
+average), may be sent that many more.  It starts each the moment a slot
+frees, so short tasks never wait for a round trip to the master.  A worker
+with a free slot always wins over one that would only queue the task.
+
 Pure: no clock, no sockets; the scheduler owns the :class:`WorkerView` objects.
 """
 from __future__ import annotations
 
 from typing import FrozenSet, Iterable, List, Optional
 
-__all__ = ["WorkerView", "eligible", "choose_worker", "choose_for_service"]
+__all__ = ["WorkerView", "eligible", "choose_worker", "choose_for_service", "QUICK_S"]
+
+QUICK_S = 0.1          # average attempt time under which a worker is sent work ahead
 
 
 class WorkerView:
     """What placement needs to know about one worker."""
 
     __slots__ = ("name", "tags", "slots", "running", "dedicated", "connected",
-                 "draining", "order", "last_seen", "foreign", "info")
+                 "draining", "order", "last_seen", "foreign", "info", "ahead", "avg_s", "capacity")
 
     def __init__(self, name: str, tags: FrozenSet[str], slots: int, *,
                  dedicated: bool = False, order: int = 0, now: float = 0.0) -> None:
@@ -33,6 +41,23 @@ class WorkerView:
         self.last_seen = now
         self.foreign: "set[tuple[str, int]]" = set()   # attempts it runs that the master does not track
         self.info: dict = {}
+        self.ahead = 0                  # attempts it can hold beyond its slots (it says so in HELLO)
+        self.avg_s: Optional[float] = None   # recent attempt time, dispatch to end (moving average)
+        self.capacity = self.slots      # slots, plus ``ahead`` while its attempts are quick
+
+    def observe(self, seconds: float) -> None:
+        """An attempt took ``seconds`` from dispatch to its end (or waited that long and came back)."""
+        self.avg_s = seconds if self.avg_s is None else 0.7 * self.avg_s + 0.3 * seconds
+        self.update_capacity()
+
+    def handed_back(self, waited_s: float) -> None:
+        """An attempt sent ahead waited ``waited_s`` without a slot: send none ahead for now."""
+        self.avg_s = max(self.avg_s or 0.0, waited_s)
+        self.update_capacity()
+
+    def update_capacity(self) -> None:
+        quick = self.avg_s is not None and self.avg_s < QUICK_S
+        self.capacity = self.slots + (self.ahead if quick else 0)
 
     @property
     def busy(self) -> int:
@@ -40,7 +65,7 @@ class WorkerView:
 
     @property
     def free(self) -> int:
-        return self.slots - self.busy
+        return self.capacity - self.busy
 
     @property
     def load(self) -> float:

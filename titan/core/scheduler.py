@@ -90,6 +90,7 @@ class Scheduler:
         self._cancelling: "set[str]" = set()          # a cancel cascade in progress
         self._awaiting: "set[str]" = set()
         self.workers_dirty: "set[str]" = set()
+        self.saturated = False              # the last dispatch left work queued for want of capacity
 
     def _move(self, record: TaskRecord, new: TaskState) -> TaskState:
         """Every state change goes through here, so the owner can persist it."""
@@ -314,6 +315,7 @@ class Scheduler:
         att.finished_at, att.exit_code, att.reason = now, exit_code, reason
         if w is not None:
             w.running -= 1
+            w.observe(now - att.started_at)
         if record.cancel_requested:
             att.state = S.CANCELLED
             return self._finish(record, S.CANCELLED, now) + self._dispatch(now)
@@ -322,6 +324,23 @@ class Scheduler:
             return self._finish(record, S.SUCCEEDED, now) + self._dispatch(now)
         att.state = S.FAILED
         return self._failed(record, now) + self._dispatch(now)
+
+    def attempt_returned(self, worker: str, task_id: str, attempt: int, waited_s: float,
+                         now: float) -> List[Action]:
+        """A worker hands back an attempt sent ahead that found no free slot: it is placed again.
+
+        No retry is used; the worker gets no more work ahead until its
+        attempts are quick again.
+        """
+        record = self.tasks.get(task_id)
+        w = self.workers.get(worker)
+        if w is not None:
+            w.handed_back(waited_s)
+        if record is None or record.current is None or record.current.number != attempt \
+                or record.state is not S.RUNNING or record.current.worker != worker:
+            return self._dispatch(now)
+        why = f"{worker} handed it back unstarted after {waited_s:.1f}s with no free slot"
+        return self._end_lost_attempt(record, now, why) + self._dispatch(now)
 
     def _failed(self, record: TaskRecord, now: float) -> List[Action]:
         self._move(record, S.FAILED)  # RUNNING -> FAILED
@@ -379,8 +398,10 @@ class Scheduler:
         while True:
             # accepting(), inlined: this runs for every event on a busy cluster
             free = [w for w in self.workers.values()
-                    if w.connected and not w.draining and w.running + len(w.foreign) < w.slots]
+                    if w.connected and not w.draining and w.running + len(w.foreign) < w.capacity]
             if not free:
+                self.saturated = any(w.connected for w in self.workers.values()) and \
+                    any(self._head(heap) is not None for heap in self._classes.values())
                 return actions
             best_key, best_entry = None, None
             for key, heap in self._classes.items():
@@ -390,6 +411,7 @@ class Scheduler:
                 if any(eligible(w, key[0], key[1]) for w in free):
                     best_key, best_entry = key, entry
             if best_key is None:
+                self.saturated = False
                 return actions
             heapq.heappop(self._classes[best_key])
             actions.append(self._start(self.tasks[best_entry[3]], free, now))
@@ -409,11 +431,12 @@ class Scheduler:
     def worker_joined(self, name: str, tags: Iterable[str], slots: int, now: float, *,
                       dedicated: bool = False, running: Iterable[Tuple[str, int]] = (),
                       finished: Iterable[Tuple[str, int]] = (),
-                      info: Optional[dict] = None) -> List[Action]:
+                      info: Optional[dict] = None, ahead: int = 0) -> List[Action]:
         """A worker (re)registered, reporting the attempts it still holds.
 
-        ``running`` are attempts still running there; ``finished`` are attempts
-        whose FINISHED report follows on the new connection.
+        ``running`` are attempts still running (or waiting for a slot) there;
+        ``finished`` are attempts whose FINISHED report follows on the new
+        connection.  ``ahead``: how many attempts beyond its slots it can hold.
         """
         w = self.workers.get(name)
         if w is None:
@@ -424,6 +447,8 @@ class Scheduler:
             w.tags, w.slots, w.dedicated = frozenset(tags), max(1, slots), dedicated
             w.connected, w.last_seen = True, now
         w.info = dict(info or {})
+        w.ahead = max(0, ahead)
+        w.update_capacity()
         self.workers_dirty.add(name)
         self._awaiting.discard(name)
         held = set((t, int(a)) for t, a in running)

@@ -195,6 +195,9 @@ class Loop:
         self._dirty: "set[Connection]" = set()
         self._urgent: "list[Connection]" = []   # flushed first: frames on someone's critical path
         self._lazy: "set[Connection]" = set()     # frames that may wait for company (mark_lazy)
+        self._soon: "set[Connection]" = set()     # frames that may wait a moment (mark_soon)
+        self._gather_s = 0.0
+        self._saturated: Callable[[], bool] = lambda: False
         self.running = False
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
@@ -204,6 +207,14 @@ class Loop:
         timer = Timer(when, callback)
         heapq.heappush(self._timers, (when, next(self._count), timer))
         return timer
+
+    def gather_while(self, saturated: Callable[[], bool], seconds: float) -> None:
+        """While ``saturated()`` holds, let events gather ``seconds`` before each pass.
+
+        For a loop whose peers have work queued with them anyway: one pass
+        then takes many events, and each costs a fraction of a pass.
+        """
+        self._saturated, self._gather_s = saturated, seconds
 
     def add_pass_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` at the end of every pass: after reads, timers and urgent
@@ -232,6 +243,19 @@ class Loop:
         if not self._lazy:
             self.call_later(self.LAZY_S, self._flush_lazy)
         self._lazy.add(conn)
+
+    SOON_S = 0.001
+
+    def mark_soon(self, conn: "Connection") -> None:
+        """Flush ``conn`` within SOON_S: long enough for a few more frames to join."""
+        if not self._soon:
+            self.call_later(self.SOON_S, self._flush_soon)
+        self._soon.add(conn)
+
+    def _flush_soon(self) -> None:
+        soon, self._soon = self._soon, set()
+        for conn in soon:
+            conn.flush()
 
     def _flush_lazy(self) -> None:
         lazy, self._lazy = self._lazy, set()
@@ -270,6 +294,8 @@ class Loop:
             wfd.close()
 
     def run_once(self, max_wait_s: float = 1.0) -> None:
+        if self._gather_s and self._saturated():
+            time.sleep(self._gather_s)
         timeout = max_wait_s
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - self.clock()))
@@ -363,12 +389,13 @@ class Connection:
         return self._out_bytes
 
     def send(self, opcode: int, req_id: int, body: object = None, flags: int = 0,
-             urgent: bool = False, lazy: bool = False) -> None:
+             urgent: bool = False, lazy: bool = False, soon: bool = False) -> None:
         """Queue one frame; it is written at the end of this loop pass (urgent ones first).
 
         A ``lazy`` frame waits for the connection's next write, or at most
         ``Loop.LAZY_S``: bookkeeping (an ACK, an OK nobody blocks on) rides
-        along with work instead of costing a write of its own.
+        along with work instead of costing a write of its own.  A ``soon``
+        frame waits at most ``Loop.SOON_S``: a busy peer's reports, batched.
         """
         if self.closed:
             return
@@ -380,6 +407,8 @@ class Connection:
             return
         if lazy:
             self.loop.mark_lazy(self)
+        elif soon:
+            self.loop.mark_soon(self)
         else:
             self.loop.mark_dirty(self, urgent)
 

@@ -122,8 +122,8 @@ class ClientRequests:
         nodes = []
         for w in self.sched.workers.values():
             nodes.append({
-                "name": w.name, "tags": sorted(w.tags), "slots": w.slots, "running": w.busy,
-                "load": round(w.load, 3), "state": worker_state(w), "dedicated": w.dedicated,
+                "name": w.name, "tags": sorted(w.tags), "slots": w.slots, "running": min(w.busy, w.slots),
+                "ahead": max(0, w.busy - w.slots), "load": round(w.load, 3), "state": worker_state(w), "dedicated": w.dedicated,
                 "last_seen_s": round(now - w.last_seen, 3), **w.info,
             })
         conn.send(Op.OK, req_id, {"nodes": nodes})

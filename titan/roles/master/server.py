@@ -43,6 +43,7 @@ __all__ = ["MasterConfig", "Master"]
 
 logger = logging.getLogger(__name__)
 
+MAX_AHEAD_PER_SLOT = 4      # a worker may hold at most this many attempts per slot beyond its slots
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class MasterConfig:
     retention_s: float = 7 * 86400.0
     aof_rewrite_min_bytes: int = 64 * 1024 * 1024
     clock_offset_s: float = 0.0     # added to the wall clock (to test schedules without waiting)
+    gather_s: float = 0.001         # while work waits for capacity, events gather this long per pass
     scaler: ScalerConfig = ScalerConfig()
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -143,6 +145,7 @@ class Master(ClientRequests, Handler):
         self.services.restore(saved.services, self.clock())
         self._purged_at = 0.0
         self.loop.add_pass_hook(self._end_of_pass)
+        self.loop.gather_while(lambda: self.sched.saturated, config.gather_s)
         self.loop.add_pass_hook(self._schedule_tick)
 
     def _restore(self, saved: SavedState) -> None:
@@ -450,9 +453,11 @@ class Master(ClientRequests, Handler):
                 if k in hello}
         info["address"] = conn.peer
         logger.info("worker %s joined from %s: tags=%s slots=%d", peer.name, conn.peer, ",".join(tags) or "-", slots)
+        ahead = hello.get("ahead") if isinstance(hello.get("ahead"), int) else 0
         self.apply(self.sched.worker_joined(peer.name, tags, slots, self.clock(),
                                             dedicated=bool(hello.get("dedicated")),
-                                            running=running, finished=finished, info=info))
+                                            running=running, finished=finished, info=info,
+                                            ahead=min(ahead, MAX_AHEAD_PER_SLOT * slots)))
         self.services.worker_joined(peer.name, hello.get("services"))
         if isinstance(hello.get("parent"), str):
             self.scaler.child_joined(hello["parent"])
@@ -500,6 +505,13 @@ class Master(ClientRequests, Handler):
         task_id, attempt = body.get("task"), body.get("attempt")
         if not isinstance(task_id, str) or not isinstance(attempt, int):
             conn.send_error(req_id, "bad_request", "FINISHED needs task and attempt")
+            return
+        if body.get("returned"):           # sent ahead, never started: placed again
+            waited = body.get("waited_s")
+            self._acks.setdefault(conn, []).append([task_id, attempt])
+            self.apply(self.sched.attempt_returned(peer.name, task_id, attempt,
+                                                   float(waited) if isinstance(waited, (int, float)) else 0.0,
+                                                   self.clock()))
             return
         log_bytes = self.logs.written(task_id, attempt)
         self._tails[task_id] = self.logs.finish(task_id, attempt)

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 Key = Tuple[str, int]
 EXIT_CHECK_S = 0.5    # how soon the exit of a task whose children hold its pipes is noticed
+HAND_BACK_S = 0.5     # an attempt sent ahead that finds no free slot this long goes back to the master
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class WorkerConfig:
     idle_timeout_s: float = 45.0
     max_children: int = 0             # how many ephemeral children the master may ask it to fork
     parent: Optional[str] = None      # the worker that forked this one
+    ahead: Optional[int] = None       # attempts it holds beyond its slots (None: twice its slots)
 
 
 class Job:
@@ -102,6 +104,10 @@ class Worker(Handler):
         self.conn: Optional[Connection] = None
         self.handshake: Optional[ClientHandshake] = None
         self.jobs: Dict[Key, Job] = {}
+        self.running_tasks = 0                  # task attempts in ``jobs`` (the rest are services)
+        self.ahead: Dict[Key, Tuple[float, Dict[str, Any]]] = {}   # sent ahead, waiting for a slot, oldest first
+        self.ahead_max = 2 * config.slots if config.ahead is None else max(0, config.ahead)
+        self._hand_back_timer: Optional[Timer] = None
         self.unacked: Dict[Key, Dict[str, Any]] = {}
         self.outbox: List[Tuple[int, Dict[str, Any]]] = []
         self.outbox_bytes: Dict[Key, int] = {}
@@ -152,6 +158,7 @@ class Worker(Handler):
         self.stopping = True
         self.children.stop_all()
         self.services.shutdown(grace_s)
+        self._hand_back(everything=True)
         for job in self.task_jobs():
             self.terminate(job, "worker shutting down", grace_s=grace_s)
         self._maybe_exit()
@@ -205,9 +212,10 @@ class Worker(Handler):
             "tags": sorted(self.config.tags), "slots": self.config.slots,
             "dedicated": self.config.dedicated, "host": socket.gethostname(), "pid": os.getpid(),
             "version": __version__, "ephemeral": self.config.ephemeral, "parent": self.config.parent,
-            "max_children": self.config.max_children,
+            "max_children": self.config.max_children, "ahead": self.ahead_max,
             "running": [list(job.key) for job in self.task_jobs()]
-                       + [list(k) for k in self.files.waiting if not k[0].startswith("@")],
+                       + [list(k) for k in self.files.waiting if not k[0].startswith("@")]
+                       + [list(k) for k in self.ahead],
             "services": self.services.hello(),
             "finished": [list(k) for k in self.unacked],
         }
@@ -243,14 +251,15 @@ class Worker(Handler):
             return
         body = frame.body if isinstance(frame.body, dict) else {}
         if frame.opcode == Op.DISPATCH:
-            self._start(body)
+            self._dispatched(body)
         elif frame.opcode == Op.KILL:
             key = (body.get("task"), body.get("attempt"))
             job = self.jobs.get(key)       # type: ignore[arg-type]
             if job is not None and job.service is None:
                 self.terminate(job, str(body.get("reason") or "cancelled"))
-            elif key in self.files.waiting:  # not started yet: it never will be
-                del self.files.waiting[key]  # type: ignore[arg-type]
+            elif key in self.files.waiting or key in self.ahead:  # not started yet: it never will be
+                self.files.waiting.pop(key, None)  # type: ignore[call-overload]
+                self.ahead.pop(key, None)          # type: ignore[call-overload]
                 self._finish_now(key, -15, str(body.get("reason") or "cancelled"))  # type: ignore[arg-type]
         elif frame.opcode == Op.ACK:
             for task_id, attempt in body.get("items") or ():
@@ -311,7 +320,8 @@ class Worker(Handler):
 
     def idle(self) -> bool:
         """No task, service, child or file fetch here."""
-        return not (self.files.waiting or self.services.runs or self.children.count or self.task_jobs())
+        return not (self.files.waiting or self.services.runs or self.children.count or self.running_tasks
+                    or self.ahead)
 
     def task_jobs(self) -> List[Job]:
         """The task attempts running here (``jobs`` also holds the services' processes)."""
@@ -331,7 +341,8 @@ class Worker(Handler):
     def _report(self, opcode: int, body: Dict[str, Any], key: Key) -> None:
         conn = self._ready()
         if conn is not None:
-            conn.send(opcode, 0, body)
+            # With work waiting here, the master is in no hurry: reports go out in batches.
+            conn.send(opcode, 0, body, soon=bool(self.ahead))
             if conn.out_bytes > self.config.high_water_bytes:
                 self._pause_pipes()
             return
@@ -346,9 +357,49 @@ class Worker(Handler):
         self.outbox.append((opcode, body))
 
     # ----- attempts ------------------------------------------------------
-    def _start(self, body: Dict[str, Any]) -> None:
+    def _dispatched(self, body: Dict[str, Any]) -> None:
+        """A DISPATCH: start it now, or hold it until a slot frees (the master sent it ahead)."""
         key = (str(body["task"]), int(body["attempt"]))
         self.children.busy()
+        if key in self.ahead:
+            return
+        if not self.ahead and self._occupied() < self.config.slots:
+            self._start(body)
+            return
+        self.ahead[key] = (self.loop.clock(), body)
+        if self._hand_back_timer is None:
+            self._hand_back_timer = self.loop.call_later(HAND_BACK_S, self._hand_back)
+
+    def _occupied(self) -> int:
+        """Slots in use: running attempts and those waiting for their files."""
+        waiting = len(self.files.waiting)
+        if waiting:
+            waiting = sum(1 for k in self.files.waiting if not k[0].startswith("@"))
+        return self.running_tasks + waiting
+
+    def _start_ahead(self) -> None:
+        """Start what waits here, oldest first, while slots are free."""
+        while self.ahead and self._occupied() < self.config.slots and not self.stopping:
+            key = next(iter(self.ahead))
+            self._start(self.ahead.pop(key)[1])
+
+    def _hand_back(self, everything: bool = False) -> None:
+        """Return attempts that waited too long for a slot (all of them when stopping) unstarted."""
+        self._hand_back_timer = None
+        now = self.loop.clock()
+        while self.ahead:
+            key, (since, _) = next(iter(self.ahead.items()))
+            if not everything and now - since < HAND_BACK_S:
+                self._hand_back_timer = self.loop.call_later(since + HAND_BACK_S - now, self._hand_back)
+                return
+            del self.ahead[key]
+            body = {"task": key[0], "attempt": key[1], "returned": True, "waited_s": round(now - since, 3),
+                    "exit_code": None, "reason": "no free slot", "finished_at": time.time()}
+            self.unacked[key] = body
+            self._report(Op.FINISHED, body, key)
+
+    def _start(self, body: Dict[str, Any]) -> None:
+        key = (str(body["task"]), int(body["attempt"]))
         if key in self.jobs or key in self.unacked or key in self.files.waiting:
             return
         missing = self.files.missing(body.get("files") or {})
@@ -383,6 +434,8 @@ class Worker(Handler):
         spawned = self.procs.spawn(argv, cwd=str(workspace), env=env)
         job = Job(key, run or key[0], spawned, workspace, service)
         self.jobs[key] = job
+        if service is None:
+            self.running_tasks += 1
         self.ledger.record(spawned.pid, key[0], key[1], ticks)
         self._watch(job)
         return job
@@ -513,6 +566,8 @@ class Worker(Handler):
         if job.exit_code is None or job.open_fds or job.key not in self.jobs:
             return
         del self.jobs[job.key]
+        if job.service is None:
+            self.running_tasks -= 1
         self.grace_of.pop(job.key, None)
         for timer in job.timers:
             timer.cancel()
@@ -538,6 +593,8 @@ class Worker(Handler):
                 "started_at": started_at, "finished_at": time.time()}
         self.unacked[key] = body
         self._report(Op.FINISHED, body, key)
+        if self.ahead:
+            self._start_ahead()
 
     def terminate(self, job: Job, reason: str, grace_s: Optional[float] = None,
                   sig: int = signal.SIGTERM) -> None:

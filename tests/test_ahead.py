@@ -1,0 +1,171 @@
+"""Dispatch-ahead: a worker holds attempts beyond its slots and starts them as slots free.
+
+The worker tests put a real worker in front of a hand-speaking master
+(:class:`FakeMaster`), so every DISPATCH, KILL and report is visible.  The
+master tests use a hand-speaking worker (:class:`conftest.Raw`) that hands
+an attempt back, and a real cluster that must never run more at once than
+its slots.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from conftest import READ_TIMEOUT_S, Raw, TitanProcs, wait_until
+from titan.sdk.client import Client
+from titan.wire.frames import Frame, FrameDecoder, Op
+from titan.wire.handshake import ServerHandshake
+
+
+class FakeMaster(Raw):
+    """A listening socket that plays the master for one real worker, frame by frame."""
+
+    def __init__(self) -> None:   # noqa: super().__init__ dials; this one listens
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.decoder = FrameDecoder()
+        self.frames: List[Frame] = []
+        self.hello: Dict[str, Any] = {}
+
+    def accept(self) -> Dict[str, Any]:
+        """Take the worker's connection and complete its handshake; return its HELLO."""
+        self.listener.settimeout(READ_TIMEOUT_S)
+        self.sock, _ = self.listener.accept()
+        shake = ServerHandshake(name="fake-master", token=None)
+        while not shake.done:
+            frame = self.read_frame()
+            if frame.opcode == Op.HELLO:
+                self.hello = frame.body
+            for opcode, body in shake.on_frame(frame):
+                self.send_frame(opcode, frame.req_id, body)
+        return self.hello
+
+    def close(self) -> None:
+        if getattr(self, "sock", None) is not None:
+            self.sock.close()
+        self.listener.close()
+
+    def dispatch(self, task: str, argv: List[str]) -> None:
+        self.send_frame(Op.DISPATCH, 0, {"task": task, "attempt": 1, "run": task, "name": task, "argv": argv,
+                                         "env": {}, "timeout_s": None, "kill_grace_s": 1.0, "files": {}})
+
+    def finished(self, timeout_s: float = READ_TIMEOUT_S) -> Dict[str, Any]:
+        """The next FINISHED report (heartbeats and output are skipped)."""
+        frame = self.read_frame_where(lambda f: f.opcode == Op.FINISHED, timeout_s)
+        return frame.body
+
+
+@pytest.fixture
+def fake_master(titan_procs: TitanProcs) -> Iterator[FakeMaster]:
+    fake = FakeMaster()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def start_worker(procs: TitanProcs, fake: FakeMaster, *args: str) -> Dict[str, Any]:
+    procs.start_worker(fake.address, "w", *args, slots=1)
+    return fake.accept()
+
+
+def test_a_worker_says_how_many_it_holds_ahead_twice_its_slots_by_default(titan_procs, fake_master) -> None:
+    hello = start_worker(titan_procs, fake_master)
+    assert hello["slots"] == 1 and hello["ahead"] == 2
+
+
+def test_attempts_sent_ahead_run_one_slot_at_a_time_in_the_order_sent(titan_procs, fake_master, tmp_path) -> None:
+    start_worker(titan_procs, fake_master, "--ahead", "2")
+    lock = tmp_path / "lock"
+    # Each task holds a lock directory while it runs: a second one at the same time would exit 9.
+    script = f"mkdir {lock} || exit 9; sleep 0.1; rmdir {lock}"
+    for task in ("t1", "t2", "t3"):
+        fake_master.dispatch(task, ["sh", "-c", script])
+    reports = [fake_master.finished() for _ in range(3)]
+    assert [(r["task"], r["exit_code"]) for r in reports] == [("t1", 0), ("t2", 0), ("t3", 0)]
+    assert reports[1]["started_at"] >= reports[0]["finished_at"] - 0.05   # t2 waited for t1's slot
+
+
+def test_an_attempt_that_finds_no_slot_is_handed_back_unstarted(titan_procs, fake_master, tmp_path) -> None:
+    start_worker(titan_procs, fake_master, "--ahead", "1")
+    marker = tmp_path / "ran"
+    fake_master.dispatch("long", ["sleep", "30"])
+    fake_master.dispatch("waiting", ["touch", str(marker)])
+    report = fake_master.finished()
+    assert report["task"] == "waiting" and report["returned"] is True
+    assert report["waited_s"] >= 0.5
+    assert not marker.exists()
+    fake_master.send_frame(Op.KILL, 0, {"task": "long", "attempt": 1, "reason": "test over"})
+    assert fake_master.finished()["task"] == "long"
+
+
+def test_a_kill_for_an_attempt_held_ahead_ends_it_before_it_starts(titan_procs, fake_master, tmp_path) -> None:
+    start_worker(titan_procs, fake_master, "--ahead", "1")
+    marker = tmp_path / "ran"
+    fake_master.dispatch("long", ["sleep", "30"])
+    fake_master.dispatch("held", ["touch", str(marker)])
+    fake_master.send_frame(Op.KILL, 0, {"task": "held", "attempt": 1, "reason": "cancelled"})
+    report = fake_master.finished()
+    assert (report["task"], report["exit_code"], report["reason"]) == ("held", -15, "cancelled")
+    fake_master.send_frame(Op.KILL, 0, {"task": "long", "attempt": 1, "reason": "test over"})
+    assert fake_master.finished()["task"] == "long"
+    assert not marker.exists()
+
+
+def test_with_ahead_0_the_worker_holds_nothing_and_says_so(titan_procs, fake_master) -> None:
+    hello = start_worker(titan_procs, fake_master, "--ahead", "0")
+    assert hello["ahead"] == 0
+
+
+# ----- the master's side ------------------------------------------------------
+
+def test_the_master_places_a_handed_back_attempt_again_without_using_a_retry(titan_procs) -> None:
+    master = titan_procs.start_master()
+    raw = Raw(master.address)
+    raw.hello_as_worker("fake", slots=1, ahead=1)
+    with Client(master.address, token="") as c:
+        for i in range(3):                                # quick attempts: the master starts sending ahead
+            task = c.submit(["true"])
+            frame = raw.read_frame_where(lambda f: f.opcode == Op.DISPATCH)
+            raw.send_frame(Op.FINISHED, 0, {"task": frame.body["task"], "attempt": 1, "exit_code": 0})
+            assert task.result(timeout=10).state == "SUCCEEDED"
+        running = c.submit(["true"])
+        held = c.submit(["true"])
+        first = raw.read_frame_where(lambda f: f.opcode == Op.DISPATCH)
+        second = raw.read_frame_where(lambda f: f.opcode == Op.DISPATCH)
+        assert (first.body["task"], second.body["task"]) == (running.id, held.id)
+        raw.send_frame(Op.FINISHED, 0, {"task": held.id, "attempt": 1, "returned": True, "waited_s": 0.6,
+                                         "exit_code": None, "reason": "no free slot"})
+        wait_until(lambda: c.status(held.id)["state"] == "QUEUED", message="the handed-back task queued again")
+        raw.send_frame(Op.FINISHED, 0, {"task": running.id, "attempt": 1, "exit_code": 0})
+        again = raw.read_frame_where(lambda f: f.opcode == Op.DISPATCH)
+        assert (again.body["task"], again.body["attempt"]) == (held.id, 2)
+        raw.send_frame(Op.FINISHED, 0, {"task": held.id, "attempt": 2, "exit_code": 0})
+        result = held.result(timeout=10)
+        assert (result.state, result.attempts) == ("SUCCEEDED", 2)
+        attempts = c.status(held.id)["attempts"]
+        assert attempts[0]["state"] == "QUEUED" and "handed it back" in attempts[0]["reason"]
+    raw.close()
+
+
+def test_a_cluster_never_runs_more_at_once_than_its_slots(titan_procs, tmp_path: Path) -> None:
+    master = titan_procs.start_master()
+    for name in ("w1", "w2"):
+        titan_procs.start_worker(master.address, name, slots=1)
+    titan_procs.wait_ready(master.address, ["w1", "w2"])
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    # One lock directory per node: two attempts at once on one node would make one exit 9.
+    script = f'mkdir {locks}/"$TITAN_NODE" || exit 9; rmdir {locks}/"$TITAN_NODE"'
+    with Client(master.address, token="") as c:
+        with c.batch():
+            tasks = [c.submit(["sh", "-c", script]) for _ in range(150)]
+        results = [t.result(timeout=60) for t in tasks]
+        assert [r.exit_code for r in results] == [0] * 150
+        nodes = {n["name"]: n for n in c.nodes()}
+    assert all(n["running"] == 0 and n["ahead"] == 0 for n in nodes.values())
+    assert sorted({r.node for r in results}) == ["w1", "w2"]
