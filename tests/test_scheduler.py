@@ -554,7 +554,7 @@ def test_given_a_new_worker_that_can_hold_more_then_it_gets_only_its_slots_until
     h.clock.advance(0.01)
     acts = h.finish("w", "t0", 1)
     assert dispatched(acts) == [("w", "t1", 1), ("w", "t2", 1), ("w", "t3", 1)]   # quick: slot + 2 ahead
-    assert h.sched.saturated                                    # t4 waits for capacity
+    assert h.sched.saturated()                                    # t4 waits for capacity
 
 
 def test_given_slow_attempts_then_nothing_is_sent_ahead(h) -> None:
@@ -604,6 +604,6 @@ def test_given_the_queue_drains_then_saturated_clears(h) -> None:
     h.join("w", slots=1)
     h.submit("a")
     h.submit("b")
-    assert h.sched.saturated
+    assert h.sched.saturated()
     h.finish("w", "a", 1)
-    assert not h.sched.saturated                  # b took the slot; nothing waits
+    assert not h.sched.saturated()                  # b took the slot; nothing waits

@@ -90,7 +90,7 @@ class Scheduler:
         self._cancelling: "set[str]" = set()          # a cancel cascade in progress
         self._awaiting: "set[str]" = set()
         self.workers_dirty: "set[str]" = set()
-        self.saturated = False              # the last dispatch left work queued for want of capacity
+        self._full = False                  # the last dispatch pass found no worker with room
 
     def _move(self, record: TaskRecord, new: TaskState) -> TaskState:
         """Every state change goes through here, so the owner can persist it."""
@@ -151,6 +151,11 @@ class Scheduler:
     # ----- queries -------------------------------------------------------
     def queued_count(self) -> int:
         return sum(1 for r in self.tasks.values() if r.state is S.QUEUED)
+
+    def saturated(self) -> bool:
+        """Work waits in the queue because every connected worker is full."""
+        return self._full and any(w.connected for w in self.workers.values()) and \
+            any(self._head(heap) is not None for heap in self._classes.values())
 
     def next_deadline(self) -> Optional[float]:
         """The earliest ``now`` at which :meth:`tick` has work to do."""
@@ -315,7 +320,8 @@ class Scheduler:
         att.finished_at, att.exit_code, att.reason = now, exit_code, reason
         if w is not None:
             w.running -= 1
-            w.observe(now - att.started_at)
+            if w.ahead:
+                w.observe(now - att.started_at)
         if record.cancel_requested:
             att.state = S.CANCELLED
             return self._finish(record, S.CANCELLED, now) + self._dispatch(now)
@@ -400,8 +406,7 @@ class Scheduler:
             free = [w for w in self.workers.values()
                     if w.connected and not w.draining and w.running + len(w.foreign) < w.capacity]
             if not free:
-                self.saturated = any(w.connected for w in self.workers.values()) and \
-                    any(self._head(heap) is not None for heap in self._classes.values())
+                self._full = True
                 return actions
             best_key, best_entry = None, None
             for key, heap in self._classes.items():
@@ -411,7 +416,7 @@ class Scheduler:
                 if any(eligible(w, key[0], key[1]) for w in free):
                     best_key, best_entry = key, entry
             if best_key is None:
-                self.saturated = False
+                self._full = False
                 return actions
             heapq.heappop(self._classes[best_key])
             actions.append(self._start(self.tasks[best_entry[3]], free, now))

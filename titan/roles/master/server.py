@@ -145,7 +145,7 @@ class Master(ClientRequests, Handler):
         self.services.restore(saved.services, self.clock())
         self._purged_at = 0.0
         self.loop.add_pass_hook(self._end_of_pass)
-        self.loop.gather_while(lambda: self.sched.saturated, config.gather_s)
+        self.loop.gather_while(self.sched.saturated, config.gather_s)
         self.loop.add_pass_hook(self._schedule_tick)
 
     def _restore(self, saved: SavedState) -> None:
