@@ -303,6 +303,23 @@ class Client:
             except TimeoutError:
                 pass
 
+    def _take_arrived(self) -> None:
+        """Handle the frames that have already arrived, without waiting (one recv, no select)."""
+        if self.tls is not None:
+            self._poll(0.0)
+            return
+        with self._lock:
+            try:
+                data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                raise ConnectionLost(f"connection to the master at {self.address} failed: {exc}") from None
+            if not data:
+                raise ConnectionLost(f"the master at {self.address} closed the connection")
+            for frame in self._decoder.feed(data):
+                self._dispatch(frame)
+
     def _wait_for(self, req_id: int, deadline: Optional[float], final_event: str = "") -> _Pending:
         with self._lock:
             pending = self._pending[req_id]
@@ -368,7 +385,7 @@ class Client:
             handler = lambda ev: on_output(str(ev.get("stream", "out")), ev.get("data") or b"")
         req_id = self._send(Op.SUBMIT, body, handler)
         if self._batch is None:
-            self._poll(0.0)    # take in whatever has arrived, so replies never pile up
+            self._take_arrived()    # so replies never pile up
         task = Task(self, None, req_id)
         if not watch:
             task.id            # the reply is all that will come

@@ -202,10 +202,17 @@ def _encode_list(value: Union[list, tuple], out: List[Any], depth: int) -> None:
     item: object = None
     try:
         for item in value:
-            if type(item) is str:  # inlined: the common case
-                data = item.encode("utf-8")
+            t = type(item)
+            if t is str:  # inlined: the common cases
+                data = item.encode("utf-8")  # type: ignore[attr-defined]
                 append(_pack_len(TAG_STR, len(data)))
                 append(data)
+            elif item is None:
+                append(_B_NONE)
+            elif t is int and _INT64_MIN <= item <= _INT64_MAX:  # type: ignore[operator]
+                append(_pack_int(TAG_INT, item))
+            elif t is float:
+                append(_pack_float(TAG_FLOAT, item))
             else:
                 _encode_value(item, out, depth)
     except (_EncodeFailure, UnicodeEncodeError) as exc:
@@ -227,10 +234,17 @@ def _encode_dict(value: dict, out: List[Any], depth: int) -> None:
             if encoded_key is None or type(key) is not str:
                 encoded_key = _encode_key(key)
             append(encoded_key)
-            if type(item) is str:  # inlined: the common case
+            t = type(item)
+            if t is str:  # inlined: the common cases
                 data = item.encode("utf-8")
                 append(_pack_len(TAG_STR, len(data)))
                 append(data)
+            elif item is None:
+                append(_B_NONE)
+            elif t is int and _INT64_MIN <= item <= _INT64_MAX:
+                append(_pack_int(TAG_INT, item))
+            elif t is float:
+                append(_pack_float(TAG_FLOAT, item))
             else:
                 _encode_value(item, out, depth)
     except (_EncodeFailure, UnicodeEncodeError) as exc:

@@ -405,15 +405,20 @@ class Master(ClientRequests, Handler):
                 logger.info("%s", action.message)
 
     def _send_dispatch(self, action: Dispatch) -> None:
+        """DISPATCH, leaving out what has its default (run = the task, no env, no timeout, no files)."""
         spec = action.spec
-        conn = self.worker_conns[action.worker]
-        conn.send(Op.DISPATCH, 0, urgent=True, body={
-            "task": action.task_id, "attempt": action.attempt,
-            "run": self.sched.tasks[action.task_id].run or action.task_id,
-            "name": spec.name, "argv": list(spec.argv), "env": dict(spec.env),
-            "timeout_s": spec.timeout_s, "kill_grace_s": spec.kill_grace_s,
-            "files": {path: [sha, executable] for path, sha, executable in spec.files},
-        })
+        body = {"task": action.task_id, "attempt": action.attempt, "name": spec.name, "argv": spec.argv,
+                "kill_grace_s": spec.kill_grace_s}
+        run = self.sched.tasks[action.task_id].run
+        if run and run != action.task_id:
+            body["run"] = run
+        if spec.env:
+            body["env"] = dict(spec.env)
+        if spec.timeout_s:
+            body["timeout_s"] = spec.timeout_s
+        if spec.files:
+            body["files"] = {path: [sha, executable] for path, sha, executable in spec.files}
+        self.worker_conns[action.worker].send(Op.DISPATCH, 0, body, urgent=True)
 
     def result_body(self, record: TaskRecord) -> Dict[str, Any]:
         """What a waiting client receives when a task ends (status has the detail)."""

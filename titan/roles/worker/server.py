@@ -108,6 +108,7 @@ class Worker(Handler):
         self.ahead: Dict[Key, Tuple[float, Dict[str, Any]]] = {}   # sent ahead, waiting for a slot, oldest first
         self.ahead_max = 2 * config.slots if config.ahead is None else max(0, config.ahead)
         self._hand_back_timer: Optional[Timer] = None
+        self._exit_sweep: Optional[Timer] = None
         self.unacked: Dict[Key, Dict[str, Any]] = {}
         self.outbox: List[Tuple[int, Dict[str, Any]]] = []
         self.outbox_bytes: Dict[Key, int] = {}
@@ -402,7 +403,8 @@ class Worker(Handler):
         key = (str(body["task"]), int(body["attempt"]))
         if key in self.jobs or key in self.unacked or key in self.files.waiting:
             return
-        missing = self.files.missing(body.get("files") or {})
+        files = body.get("files")
+        missing = self.files.missing(files) if files else None
         if missing:                      # fetch the job's files first; start when they are here
             self.files.fetch_for(key, body, missing)
             return
@@ -411,7 +413,8 @@ class Worker(Handler):
         try:
             workspace = self.spaces.acquire()
             shared = workspace if run == key[0] else self._run_dir(run)   # a one-task run shares with itself
-            self.files.materialise(body.get("files") or {}, workspace)
+            if files:
+                self.files.materialise(files, workspace)
             env = self._env(body, key, run, workspace, shared)
             job = self.spawn_job(key, body["argv"], workspace, env, run=run)
         except (OSError, ValueError) as exc:    # ValueError: a NUL byte in argv/env, '=' in an env name
@@ -484,17 +487,19 @@ class Worker(Handler):
         sp = job.spawned
         for fd in (sp.stdout_fd, sp.stderr_fd):
             self.loop.register(fd, 1, lambda mask, fd=fd: self._readable(job, fd))
-        job.timers.append(self.loop.call_later(EXIT_CHECK_S, lambda: self._check_exit(job)))
+        if self._exit_sweep is None:
+            self._exit_sweep = self.loop.call_later(EXIT_CHECK_S, self._sweep_exits)
         if self.paused:
             self._pause_job(job)
 
-    def _check_exit(self, job: Job) -> None:
-        if job.key not in self.jobs or job.exit_code is not None:
-            return
-        if self.procs.has_exited(job.spawned):
-            self._exited(job)
-        else:
-            job.timers.append(self.loop.call_later(EXIT_CHECK_S, lambda: self._check_exit(job)))
+    def _sweep_exits(self) -> None:
+        """Every EXIT_CHECK_S: the processes that exited while something else holds their pipes."""
+        self._exit_sweep = None
+        for job in list(self.jobs.values()):
+            if job.exit_code is None and job.open_fds and job.key in self.jobs and self.procs.has_exited(job.spawned):
+                self._exited(job)
+        if self.jobs:
+            self._exit_sweep = self.loop.call_later(EXIT_CHECK_S, self._sweep_exits)
 
     def _watch_exit(self, job: Job) -> None:
         """The pipes closed but the process runs on: wait for its exit itself."""
