@@ -384,13 +384,14 @@ class Scheduler:
         heap = self._classes.get(key)
         if heap is None:
             heap = self._classes[key] = []
-        heapq.heappush(heap, (-record.spec.priority, record.seq, gen, record.id))
+        # One int orders by priority, then arrival: heap entries compare on it alone.
+        heapq.heappush(heap, ((-record.spec.priority << 64) + record.seq, gen, record.id))
 
     def _head(self, heap: list) -> Optional[tuple]:
         while heap:
             entry = heap[0]
-            record = self.tasks.get(entry[3])
-            if record is not None and record.state is S.QUEUED and record.qgen == entry[2]:
+            record = self.tasks.get(entry[2])
+            if record is not None and record.state is S.QUEUED and record.qgen == entry[1]:
                 return entry
             heapq.heappop(heap)
         return None
@@ -413,13 +414,16 @@ class Scheduler:
                 entry = self._head(heap)
                 if entry is None or (best_entry is not None and entry >= best_entry):
                     continue
-                if any(eligible(w, key[0], key[1]) for w in free):
-                    best_key, best_entry = key, entry
+                requires, node = key
+                for w in free:
+                    if eligible(w, requires, node):
+                        best_key, best_entry = key, entry
+                        break
             if best_key is None:
                 self._full = False
                 return actions
             heapq.heappop(self._classes[best_key])
-            actions.append(self._start(self.tasks[best_entry[3]], free, now))
+            actions.append(self._start(self.tasks[best_entry[2]], free, now))
 
     def _start(self, record: TaskRecord, free: Iterable[WorkerView], now: float) -> Dispatch:
         w = choose_worker(free, record.spec.requires, record.pin or record.spec.node, self._rr)
@@ -543,7 +547,7 @@ class Scheduler:
         out = []
         for (requires, node), heap in self._classes.items():
             count, oldest = 0, 0.0
-            for _, _, gen, task_id in heap:
+            for _, gen, task_id in heap:
                 record = self.tasks.get(task_id)
                 if record is not None and record.state is S.QUEUED and record.qgen == gen:
                     oldest = record.ready_at if not count else min(oldest, record.ready_at)
