@@ -61,3 +61,23 @@ def test_a_second_worker_on_the_same_data_directory_is_refused(titan_procs: Tita
                           env=child_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "is in use by another worker" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_ledger_writes_an_end_with_the_next_start_or_at_the_end_of_the_pass(tmp_path: Path) -> None:
+    from titan.io.reaper import ProcessLedger
+    ledger = ProcessLedger(tmp_path)
+    ledger.lock()
+    log = tmp_path / "procs.log"
+    ledger.record(101, "a#1", 1, start=5)
+    ledger.forget(101)
+    assert log.read_text() == "+ 101 5 a#1 1\n"                 # the end waits for company
+    ledger.record(102, "b#1", 1, start=6)
+    assert log.read_text() == "+ 101 5 a#1 1\n- 101\n+ 102 6 b#1 1\n"
+    ledger.forget(102)
+    ledger.flush()                                                # the worker's loop does this every pass
+    assert log.read_text().endswith("+ 102 6 b#1 1\n- 102\n")
+    ledger.close()
+    again = ProcessLedger(tmp_path)
+    again.lock()
+    assert again.reap() == []                                     # both ended: nothing to kill
+    again.close()

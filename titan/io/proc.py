@@ -182,12 +182,21 @@ def _pidfd(pid: int) -> Optional[int]:
         return None
 
 
+def _clock_ticks_per_s() -> Optional[int]:
+    try:
+        return os.sysconf("SC_CLK_TCK") if hasattr(time, "CLOCK_BOOTTIME") else None
+    except (OSError, ValueError):
+        return None
+
+
+_TICKS_PER_S = _clock_ticks_per_s()
+
+
 def boot_ticks() -> Optional[int]:
     """Now, in the clock ticks since boot that ``/proc/PID/stat`` counts start times in (Linux)."""
-    try:
-        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
-    except (AttributeError, OSError, ValueError):
+    if _TICKS_PER_S is None:
         return None
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS_PER_S)
 
 
 def process_start_time(pid: int) -> Optional[int]:

@@ -63,9 +63,13 @@ class ProcessLedger:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    _ended = ""         # "-" lines not written yet (see forget)
+
     def _write(self, line: str) -> None:
         if self._fd is None:
             self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if self._ended:
+            line, self._ended = self._ended + line, ""
         os.write(self._fd, line.encode())
 
     def record(self, pgid: int, task: str, attempt: int, start: Optional[int] = None) -> None:
@@ -79,7 +83,13 @@ class ProcessLedger:
         self._write(f"+ {pgid} {start if start is not None else -1} {task} {attempt}\n")
 
     def forget(self, pgid: int) -> None:
-        self._write(f"- {pgid}\n")
+        """Note that a group ended.  Written with the next record, or by :meth:`flush`: a "+"
+        line whose "-" is lost only makes a restart check a pid that is gone (or reused)."""
+        self._ended += f"- {pgid}\n"
+
+    def flush(self) -> None:
+        if self._ended:
+            self._write("")
 
     def reap(self) -> List[str]:
         """Kill the groups a previous life left running; return what was done, one line each."""
@@ -114,6 +124,7 @@ class ProcessLedger:
         return live
 
     def close(self) -> None:
+        self.flush()
         for fd in (self._fd, self._lock_fd):
             if fd is not None:
                 os.close(fd)

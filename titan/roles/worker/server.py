@@ -125,6 +125,7 @@ class Worker(Handler):
         self.ledger = ProcessLedger(data_dir)
         self.ledger.lock()                     # before touching anything in the directory
         self.reaped = self.ledger.reap()       # what a previous life of this worker left running
+        self.loop.add_pass_hook(self.ledger.flush)
         self.spaces = WorkspacePool(data_dir / "work", keep=2 * config.slots + 2)
         self.shared_root = data_dir / "shared"
         self.shared_root.mkdir(parents=True, exist_ok=True)
