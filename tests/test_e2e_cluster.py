@@ -78,6 +78,19 @@ def test_200_pipelined_tasks_all_succeed_on_both_workers(cluster: Cluster) -> No
 
 
 # ----- 2. capability routing -------------------------------------------------
+def test_every_attempt_starts_in_an_empty_workspace(cluster: Cluster) -> None:
+    # Given one worker with one slot, so attempts follow each other in the same pool of directories
+    local = cluster(workers=1, slots=1)
+    with local.client() as c:
+        # When attempts alternately leave files (and a directory) behind and list what they found
+        script = 'ls -A; touch left-$TITAN_TASK; mkdir -p sub/deeper'
+        results = [c.submit(["sh", "-c", script]).result(timeout=30) for _ in range(6)]
+        quiet = [c.submit(["sh", "-c", "ls -A"]).result(timeout=30) for _ in range(3)]
+    # Then none of them saw anything another one left
+    assert [r.exit_code for r in results + quiet] == [0] * 9
+    assert [r.output for r in results + quiet] == [""] * 9
+
+
 def test_gpu_tasks_run_only_on_the_gpu_worker(cluster: Cluster) -> None:
     # Given a plain worker and a gpu worker
     local = cluster(workers=1)
