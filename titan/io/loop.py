@@ -269,6 +269,8 @@ class Loop:
         self.running = True
         while self.running:
             self.run_once()
+        self._flush_soon()          # what was waiting for company goes out before the end
+        self._flush_lazy()
 
     def run_until_signalled(self, on_signal: Optional[Callable[[], None]] = None) -> None:
         """Run until :meth:`stop`; SIGTERM and SIGINT call ``on_signal`` (default: stop).
