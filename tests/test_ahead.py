@@ -8,6 +8,7 @@ its slots.
 """
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from pathlib import Path
@@ -113,6 +114,22 @@ def test_a_kill_for_an_attempt_held_ahead_ends_it_before_it_starts(titan_procs, 
     assert (report["task"], report["exit_code"], report["reason"]) == ("held", -15, "cancelled")
     fake_master.send_frame(Op.KILL, 0, {"task": "long", "attempt": 1, "reason": "test over"})
     assert fake_master.finished()["task"] == "long"
+    assert not marker.exists()
+
+
+def test_a_stopping_worker_hands_back_what_it_holds_at_once(titan_procs, fake_master, tmp_path) -> None:
+    titan_procs.start_worker(fake_master.address, "w", "--ahead", "1", slots=1)
+    worker = titan_procs.procs[-1]
+    fake_master.accept()
+    marker, started = tmp_path / "ran", tmp_path / "started"
+    fake_master.dispatch("long", ["sh", "-c", f"touch {started}; exec sleep 30"])
+    fake_master.dispatch("held", ["touch", str(marker)])
+    wait_until(started.exists, message="the first attempt to start")
+    worker.send_signal(signal.SIGTERM)
+    reports = {r["task"]: r for r in (fake_master.finished(), fake_master.finished())}
+    assert reports["held"]["returned"] is True and reports["held"]["reason"] == "the worker is stopping"
+    assert reports["held"]["waited_s"] < 0.5                      # not the ordinary hand-back after 0.5 s
+    assert "returned" not in reports["long"] and reports["long"]["exit_code"] != 0
     assert not marker.exists()
 
 

@@ -369,7 +369,9 @@ class Worker(Handler):
             self._start(body)
             return
         self.ahead[key] = (self.loop.clock(), body)
-        if self._hand_back_timer is None:
+        if self.stopping:                 # it will never get a slot here
+            self._hand_back(everything=True)
+        elif self._hand_back_timer is None:
             self._hand_back_timer = self.loop.call_later(HAND_BACK_S, self._hand_back)
 
     def _occupied(self) -> int:
@@ -396,7 +398,8 @@ class Worker(Handler):
                 return
             del self.ahead[key]
             body = {"task": key[0], "attempt": key[1], "returned": True, "waited_s": round(now - since, 3),
-                    "exit_code": None, "reason": "no free slot", "finished_at": time.time()}
+                    "exit_code": None, "reason": "the worker is stopping" if everything else "no free slot",
+                    "finished_at": time.time()}
             self.unacked[key] = body
             self._report(Op.FINISHED, body, key)
 
