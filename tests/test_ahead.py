@@ -74,9 +74,9 @@ def start_worker(procs: TitanProcs, fake: FakeMaster, *args: str) -> Dict[str, A
     return fake.accept()
 
 
-def test_a_worker_says_how_many_it_holds_ahead_twice_its_slots_by_default(titan_procs, fake_master) -> None:
+def test_a_worker_says_how_many_it_holds_ahead_three_times_its_slots_by_default(titan_procs, fake_master) -> None:
     hello = start_worker(titan_procs, fake_master)
-    assert hello["slots"] == 1 and hello["ahead"] == 2
+    assert hello["slots"] == 1 and hello["ahead"] == 3
 
 
 def test_attempts_sent_ahead_run_one_slot_at_a_time_in_the_order_sent(titan_procs, fake_master, tmp_path) -> None:

@@ -124,7 +124,7 @@ def _add_worker(subs: Any) -> None:
     p.add_argument("--max-children", type=int, default=0, metavar="K",
                    help="let the master ask this worker to fork up to K ephemeral child workers")
     p.add_argument("--ahead", type=int, default=None, metavar="N",
-                   help="hold up to N quick tasks beyond --slots, started as slots free (default: twice --slots; 0: none)")
+                   help="hold up to N quick tasks beyond --slots, started as slots free (default: three times --slots; 0: none)")
 
 
 def _add_up_and_run(subs: Any) -> None:

@@ -70,7 +70,7 @@ class WorkerConfig:
     idle_timeout_s: float = 45.0
     max_children: int = 0             # how many ephemeral children the master may ask it to fork
     parent: Optional[str] = None      # the worker that forked this one
-    ahead: Optional[int] = None       # attempts it holds beyond its slots (None: twice its slots)
+    ahead: Optional[int] = None       # attempts it holds beyond its slots (None: three times its slots)
 
 
 class Job:
@@ -106,7 +106,7 @@ class Worker(Handler):
         self.jobs: Dict[Key, Job] = {}
         self.running_tasks = 0                  # task attempts in ``jobs`` (the rest are services)
         self.ahead: Dict[Key, Tuple[float, Dict[str, Any]]] = {}   # sent ahead, waiting for a slot, oldest first
-        self.ahead_max = 2 * config.slots if config.ahead is None else max(0, config.ahead)
+        self.ahead_max = 3 * config.slots if config.ahead is None else max(0, config.ahead)
         self._hand_back_timer: Optional[Timer] = None
         self._exit_sweep: Optional[Timer] = None
         self.unacked: Dict[Key, Dict[str, Any]] = {}
