@@ -81,3 +81,20 @@ def test_the_ledger_writes_an_end_with_the_next_start_or_at_the_end_of_the_pass(
     again.lock()
     assert again.reap() == []                                     # both ended: nothing to kill
     again.close()
+
+
+def test_the_ledger_stays_small_however_many_groups_come_and_go(tmp_path: Path) -> None:
+    from titan.io.reaper import ProcessLedger
+    ledger = ProcessLedger(tmp_path, compact_bytes=4096)
+    ledger.lock()
+    ledger.record(7, "service@web", 1, start=3)               # one group that lives throughout
+    for pid in range(1000, 6000):
+        ledger.record(pid, f"t#{pid}", 1, start=5)
+        ledger.forget(pid)
+    ledger.record(99, "last#1", 1, start=9)                  # and one still running at the end
+    ledger.flush()
+    log = tmp_path / "procs.log"
+    assert log.stat().st_size < 4096 + 100                    # 5,000 starts and ends: ~150 KiB uncompacted
+    assert set(ledger._left_running()) == {7, 99}
+    ledger.close()
+    assert not (tmp_path / "procs.log.tmp").exists()

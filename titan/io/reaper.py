@@ -37,15 +37,21 @@ class DataDirLocked(TitanError):
 class ProcessLedger:
     """Locks a worker's data directory and records its attempts' process groups.
 
-    The record is an append-only file (one short write per start and end);
-    :meth:`reap` replays it, kills what a previous life left, and empties it.
+    The record is an append-only file: a line per start, and a line per end
+    that rides along with the next write.  Past ``compact_bytes`` it is
+    rewritten with the groups still running, so a long-lived worker's file
+    stays small.  :meth:`reap` replays it, kills what a previous life left,
+    and empties it.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, compact_bytes: int = 1 << 20) -> None:
         self.data_dir = data_dir
         self.path = data_dir / "procs.log"
+        self.compact_bytes = compact_bytes      # past this size the file is rewritten with the live groups only
         self._lock_fd: Optional[int] = None
         self._fd: Optional[int] = None
+        self._size = 0
+        self._live: Dict[int, str] = {}         # pgid -> its "+" line, for compaction
 
     def lock(self) -> None:
         """Take the directory for this worker, or raise DataDirLocked."""
@@ -67,10 +73,35 @@ class ProcessLedger:
 
     def _write(self, line: str) -> None:
         if self._fd is None:
-            self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._fd = self._open(self.path)
+            self._size = os.fstat(self._fd).st_size
         if self._ended:
             line, self._ended = self._ended + line, ""
-        os.write(self._fd, line.encode())
+        data = line.encode()
+        os.write(self._fd, data)
+        self._size += len(data)
+        if self._size > self.compact_bytes:
+            self._compact()
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        return os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _compact(self) -> None:
+        """Rewrite the file with the groups still running (atomically: a crash leaves the old or the new)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        data = "".join(self._live.values()).encode()
+        fd = self._open(tmp)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, data)
+            os.replace(tmp, self.path)
+        except OSError:
+            os.close(fd)
+            raise
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._size = fd, len(data)
 
     def record(self, pgid: int, task: str, attempt: int, start: Optional[int] = None) -> None:
         """Note a new group; ``start`` is :func:`boot_ticks` taken just before it was spawned.
@@ -80,11 +111,14 @@ class ProcessLedger:
         """
         if start is None:
             start = process_start_time(pgid)
-        self._write(f"+ {pgid} {start if start is not None else -1} {task} {attempt}\n")
+        line = f"+ {pgid} {start if start is not None else -1} {task} {attempt}\n"
+        self._live[pgid] = line
+        self._write(line)
 
     def forget(self, pgid: int) -> None:
         """Note that a group ended.  Written with the next record, or by :meth:`flush`: a "+"
         line whose "-" is lost only makes a restart check a pid that is gone (or reused)."""
+        self._live.pop(pgid, None)
         self._ended += f"- {pgid}\n"
 
     def flush(self) -> None:
