@@ -114,25 +114,23 @@ class _EpollPoller:
         self._epoll = select.epoll()
         self._entries: Dict[int, Tuple[Any, int, Callable[[int], None]]] = {}
 
-    @staticmethod
-    def _bits(events: int) -> int:
-        return (select.EPOLLIN if events & selectors.EVENT_READ else 0) | \
-               (select.EPOLLOUT if events & selectors.EVENT_WRITE else 0)
+    # epoll bits for selectors' EVENT_READ (1), EVENT_WRITE (2) and both (3)
+    _BITS = (0, select.EPOLLIN, select.EPOLLOUT, select.EPOLLIN | select.EPOLLOUT)
 
     def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
-        fd = _fd(fileobj)
+        fd = fileobj if type(fileobj) is int else fileobj.fileno()
         if fd in self._entries:
             raise KeyError(f"{fileobj!r} (fd {fd}) is already registered")
-        self._epoll.register(fd, self._bits(events))
+        self._epoll.register(fd, self._BITS[events & 3])
         self._entries[fd] = (fileobj, events, callback)
 
     def modify(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
         fd = _fd(fileobj)
-        self._epoll.modify(fd, self._bits(events))
+        self._epoll.modify(fd, self._BITS[events & 3])
         self._entries[fd] = (fileobj, events, callback)
 
     def unregister(self, fileobj: Any) -> None:
-        fd = _fd(fileobj)
+        fd = fileobj if type(fileobj) is int else fileobj.fileno()
         if fd < 0:   # closed already: find it by identity
             fd = next((k for k, v in self._entries.items() if v[0] is fileobj), -1)
         if self._entries.pop(fd, None) is None:
@@ -188,6 +186,10 @@ class Loop:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.selector = _EpollPoller() if hasattr(select, "epoll") else _SelectorPoller()
+        # The loop's registration calls are the poller's own (one call less per fd, per task).
+        self.register = self.selector.register          # type: ignore[method-assign]
+        self.modify = self.selector.modify              # type: ignore[method-assign]
+        self.unregister = self.selector.unregister      # type: ignore[method-assign]
         self.clock = clock
         self._timers: List[Tuple[float, int, Timer]] = []
         self._count = itertools.count()
