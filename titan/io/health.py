@@ -55,6 +55,7 @@ CLIP_BYTES = 60                    # how much of a bad status line a detail quot
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
+_WAIT = object()                    # Probe._io: the call would block, or the probe has ended
 _IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EINTR})   # EINTR: it goes on in the background
 Resolver = Callable[..., Sequence[Tuple[Any, ...]]]   # socket.getaddrinfo's shape
 _STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: .*)?")
@@ -294,18 +295,25 @@ class Probe:
             return
         self._handshake()
 
-    def _handshake(self) -> None:
-        assert isinstance(self._sock, ssl.SSLSocket)
+    def _io(self, call: Callable[[], Any], blocked: int, failed: str) -> Any:
+        """One non-blocking socket call: its result, or :data:`_WAIT` once the probe waits
+        for the socket (``blocked``: what a plain would-block waits for) or has ended with
+        ``failed: reason``."""
         try:
-            self._sock.do_handshake()
+            return call()
+        except (BlockingIOError, InterruptedError):
+            self._watch(blocked)
         except ssl.SSLWantReadError:
             self._watch(READ)
-            return
         except ssl.SSLWantWriteError:
             self._watch(WRITE)
-            return
-        except (OSError, ValueError) as exc:
-            self._finish(False, f"TLS handshake with {self._where} failed: {_reason(exc)}")
+        except (OSError, ValueError) as exc:    # ssl.SSLError is an OSError
+            self._finish(False, f"{failed}: {_reason(exc)}")
+        return _WAIT
+
+    def _handshake(self) -> None:
+        assert isinstance(self._sock, ssl.SSLSocket)
+        if self._io(self._sock.do_handshake, READ, f"TLS handshake with {self._where} failed") is _WAIT:
             return
         self._send_request()
 
@@ -317,17 +325,10 @@ class Probe:
         self._send()
 
     def _send(self) -> None:
-        assert self._sock is not None
-        try:
-            sent = self._sock.send(self._out)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
-            self._watch(WRITE)
-            return
-        except ssl.SSLWantReadError:
-            self._watch(READ)
-            return
-        except OSError as exc:
-            self._finish(False, f"sending the request to {self._label()} failed: {_reason(exc)}")
+        sock = self._sock
+        assert sock is not None
+        sent = self._io(lambda: sock.send(self._out), WRITE, f"sending the request to {self._label()} failed")
+        if sent is _WAIT:
             return
         self._out = self._out[sent:]
         if self._out:
@@ -337,16 +338,8 @@ class Probe:
         self._watch(READ)
 
     def _read(self) -> None:
-        try:
-            data = self._recv()
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-            self._watch(READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._watch(WRITE)
-            return
-        except OSError as exc:
-            self._finish(False, f"reading the answer from {self._label()} failed: {_reason(exc)}")
+        data = self._io(self._recv, READ, f"reading the answer from {self._label()} failed")
+        if data is _WAIT:
             return
         self._watch(READ)
         self._in += data
