@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 
 from titan.core import convert
 from titan.core.convert import ConvertError, closest, suggest
+from titan.core.service import ServiceSettings
 from titan.errors import UsageError
 
 __all__ = ["parse", "check_files", "Problem", "JobFileError", "JobSpec", "TaskDef", "ServiceDef"]
@@ -58,29 +59,11 @@ class TaskDef:
 
 
 @dataclass(frozen=True)
-class ServiceDef:
-    """One ``[service:NAME]`` section; times in seconds.  ``port`` is None (no port),
-    :data:`titan.core.convert.PORT_AUTO` (0: pick a free one) or 1..65535."""
+class ServiceDef(ServiceSettings):
+    """One ``[service:NAME]`` section: its settings (``port`` 0 is
+    :data:`titan.core.convert.PORT_AUTO`), its command and the files it names."""
 
-    name: str
-    run: str
-    port: Optional[int] = None
-    requires: FrozenSet[str] = frozenset()
-    node: Optional[str] = None
-    env: Env = ()
-    restart: str = "always"
-    backoff_s: float = 1.0
-    backoff_max_s: float = 60.0
-    stable_s: float = 30.0
-    max_restarts: int = 5
-    restart_window_s: float = 60.0
-    health: Optional[str] = None
-    health_interval_s: float = 5.0
-    health_timeout_s: float = 2.0
-    health_failures: int = 3
-    health_grace_s: float = 10.0
-    stop_signal: str = "SIGTERM"
-    stop_grace_s: float = 10.0
+    run: str = ""
     files: Tuple[str, ...] = ()
     line: int = field(default=0, compare=False)
 

@@ -13,8 +13,9 @@ import dataclasses
 import hashlib
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from titan.core.jobfile import JobSpec, ServiceDef
+from titan.core.jobfile import JobSpec
 from titan.core.model import TERMINAL, TaskState
+from titan.core.service import ServiceSettings
 from titan.errors import UsageError
 
 __all__ = ["job_to_wire", "services_to_wire", "check_job", "run_state", "task_body", "summarize", "file_hashes"]
@@ -45,9 +46,8 @@ def job_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,
             "tasks": tasks, "services": services_to_wire(spec, read_file, blobs)}
 
 
-# The [service:NAME] settings that travel as they are (the same names as ServiceSpec's).
-_SERVICE_SETTINGS = tuple(f.name for f in dataclasses.fields(ServiceDef)
-                          if f.name not in ("name", "run", "requires", "env", "files", "line"))
+# The [service:NAME] settings that travel as they are (ServiceDef and ServiceSpec share them).
+_SERVICE_SETTINGS = tuple(f.name for f in dataclasses.fields(ServiceSettings) if f.name not in ("name", "requires", "env"))
 
 
 def services_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,

@@ -74,11 +74,15 @@ LIVE: FrozenSet[ServiceState] = frozenset({V.STARTING, V.RUNNING, V.BACKOFF, V.S
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
-    """One service as deployed; times in seconds.  ``port``: None, 0 (``auto``) or 1..65535."""
+class ServiceSettings:
+    """Where a service may run and how it is supervised, with the defaults; times in seconds.
+
+    Shared by a job file's ``[service:NAME]`` section
+    (:class:`titan.core.jobfile.ServiceDef`) and a deployed :class:`ServiceSpec`.
+    ``port``: None, 0 (``auto``) or 1..65535.
+    """
 
     name: str
-    argv: Tuple[str, ...]
     port: Optional[int] = None
     requires: FrozenSet[str] = frozenset()
     node: Optional[str] = None
@@ -96,6 +100,13 @@ class ServiceSpec:
     health_grace_s: float = 10.0
     stop_signal: str = "SIGTERM"
     stop_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec(ServiceSettings):
+    """One service as deployed: its settings, its command and its files (with their hashes)."""
+
+    argv: Tuple[str, ...] = ()
     files: Tuple[Tuple[str, str, bool], ...] = ()
 
     @property
