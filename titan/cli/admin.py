@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, client_tls, make_client, print_json,
-                              print_table, server_tls, setup_logging, tags)
+                              show_list, server_tls, setup_logging, tags)
 from titan.errors import UsageError
 from titan.sdk.client import DEFAULT_MASTER
 
@@ -110,16 +110,10 @@ def _store_check(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     with make_client(args) as c:
         nodes = c.nodes()
-    if args.json:
-        print_json(nodes)
-        return EXIT_OK
-    rows = [["NAME", "STATE", "KIND", "TAGS", "RUNNING", "SLOTS", "LOAD", "PARENT", "ADDRESS"]]
-    for n in nodes:
-        rows.append([n["name"], n["state"], "ephemeral" if n.get("ephemeral") else "permanent",
-                     ",".join(n["tags"]) or "-", str(n["running"]), str(n["slots"]), f"{n['load']:.2f}",
-                     n.get("parent") or "-", str(n.get("address", ""))])
-    print_table(rows)
-    return EXIT_OK
+    return show_list(args, nodes, ["NAME", "STATE", "KIND", "TAGS", "RUNNING", "SLOTS", "LOAD", "PARENT", "ADDRESS"],
+                     lambda n: [n["name"], n["state"], "ephemeral" if n.get("ephemeral") else "permanent",
+                                ",".join(n["tags"]) or "-", str(n["running"]), str(n["slots"]), f"{n['load']:.2f}",
+                                n.get("parent") or "-", str(n.get("address", ""))])
 
 
 def cmd_drain(args: argparse.Namespace) -> int:

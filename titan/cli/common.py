@@ -11,7 +11,7 @@ import json
 import logging
 import ssl
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from titan.errors import UsageError
 from titan.io.tls import server_context
@@ -75,6 +75,16 @@ def print_table(rows: List[List[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def show_list(args: argparse.Namespace, items: List[Dict[str, Any]], header: List[str],
+              row: Callable[[Dict[str, Any]], List[str]]) -> int:
+    """A listing command's output: the items as JSON with ``--json``, else a table, a row per item."""
+    if args.json:
+        print_json(items)
+    else:
+        print_table([header] + [row(item) for item in items])
+    return EXIT_OK
 
 
 def fail(message: str, code: int) -> int:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from titan.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, make_client, print_json, print_table
+from titan.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, make_client, print_json, show_list
 from titan.core.jobfile import JobFileError
 from titan.errors import UsageError
 from titan.sdk.client import Client
@@ -94,44 +94,24 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     with make_client(args) as c:
         runs = c.runs(args.job)
-    if args.json:
-        print_json(runs)
-        return EXIT_OK
-    rows = [["RUN", "STATE", "TASKS", "COUNTS"]]
-    for r in runs:
-        counts = " ".join(f"{k}={v}" for k, v in sorted(r["counts"].items()))
-        rows.append([r["id"], r["state"], str(r["tasks"]), counts])
-    print_table(rows)
-    return EXIT_OK
+    return show_list(args, runs, ["RUN", "STATE", "TASKS", "COUNTS"], lambda r: [
+        r["id"], r["state"], str(r["tasks"]), " ".join(f"{k}={v}" for k, v in sorted(r["counts"].items()))])
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with make_client(args) as c:
         jobs = c.jobs()
-    if args.json:
-        print_json(jobs)
-        return EXIT_OK
-    rows = [["JOB", "TASKS", "SCHEDULE", "NEXT", "RUNS", "LAST RUN", "LAST STATE"]]
-    for j in jobs:
-        when = f"{j['schedule']} {j['timezone']}" if j.get("schedule") else "-"
-        rows.append([j["name"], str(j["tasks"]), when, j.get("next") or "-", str(j["runs"]),
-                     j.get("last_run") or "-", j.get("last_state") or "-"])
-    print_table(rows)
-    return EXIT_OK
+    return show_list(args, jobs, ["JOB", "TASKS", "SCHEDULE", "NEXT", "RUNS", "LAST RUN", "LAST STATE"], lambda j: [
+        j["name"], str(j["tasks"]), f"{j['schedule']} {j['timezone']}" if j.get("schedule") else "-",
+        j.get("next") or "-", str(j["runs"]), j.get("last_run") or "-", j.get("last_state") or "-"])
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
     with make_client(args) as c:
         tasks = c.tasks(state="DEAD", limit=1000)
-    if args.json:
-        print_json(tasks)
-        return EXIT_OK
-    rows = [["ID", "NODE", "EXIT", "REASON"]]
-    for t in tasks:
-        rows.append([t["id"], t.get("node") or "-", "-" if t.get("exit_code") is None else str(t["exit_code"]),
-                     (t.get("reason") or "")[:60]])
-    print_table(rows)
-    return EXIT_OK
+    return show_list(args, tasks, ["ID", "NODE", "EXIT", "REASON"], lambda t: [
+        t["id"], t.get("node") or "-", "-" if t.get("exit_code") is None else str(t["exit_code"]),
+        (t.get("reason") or "")[:60]])
 
 
 def cmd_cron(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any, Dict, List
 
-from titan.cli.common import EXIT_FAILED, EXIT_OK, make_client, print_json, print_table, tags
+from titan.cli.common import EXIT_FAILED, EXIT_OK, make_client, print_json, show_list, tags
 from titan.errors import UsageError
 
 __all__ = ["cmd_deploy", "cmd_ps", "cmd_stop", "cmd_restart", "add_service_verbs"]
@@ -105,16 +105,10 @@ def _line(r: Dict[str, Any]) -> str:
 def cmd_ps(args: argparse.Namespace) -> int:
     with make_client(args) as c:
         rows = c.services(args.name)
-    if args.json:
-        print_json(rows)
-        return EXIT_OK
-    table = [["NAME", "STATE", "NODE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "NOTE"]]
-    for r in rows:
-        table.append([r["name"], r["state"], r.get("node") or "-", str(r.get("pid") or "-"),
-                      "-" if r.get("port") is None else str(r["port"]), uptime(r.get("uptime_s")),
-                      str(r.get("restarts", 0)), _health(r), r.get("reason") or "-"])
-    print_table(table)
-    return EXIT_OK
+    return show_list(args, rows, ["NAME", "STATE", "NODE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "NOTE"],
+                     lambda r: [r["name"], r["state"], r.get("node") or "-", str(r.get("pid") or "-"),
+                                "-" if r.get("port") is None else str(r["port"]), uptime(r.get("uptime_s")),
+                                str(r.get("restarts", 0)), _health(r), r.get("reason") or "-"])
 
 
 def _health(r: Dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Dict, Sequence
 
 from titan.cli import jobs
 from titan.cli.common import (EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, make_client, print_json,
-                              print_table, setup_logging, tags)
+                              show_list, setup_logging, tags)
 from titan.errors import UsageError
 from titan.sdk.client import TaskResult
 
@@ -202,12 +202,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     with make_client(args) as c:
         tasks = c.tasks(state=args.state, limit=args.limit)
-    if args.json:
-        print_json(tasks)
-        return EXIT_OK
-    rows = [["ID", "STATE", "NODE", "EXIT", "COMMAND"]]
-    for t in tasks:
-        rows.append([t["id"], t["state"], t.get("node") or "-",
-                     "-" if t.get("exit_code") is None else str(t["exit_code"]), t["command"][:60]])
-    print_table(rows)
-    return EXIT_OK
+    return show_list(args, tasks, ["ID", "STATE", "NODE", "EXIT", "COMMAND"], lambda t: [
+        t["id"], t["state"], t.get("node") or "-", "-" if t.get("exit_code") is None else str(t["exit_code"]),
+        t["command"][:60]])
