@@ -408,15 +408,8 @@ class Probe:
 
     def _watch(self, events: int) -> None:
         """Ask the loop for ``events`` on the current socket (0: out of the loop)."""
-        if events == self._events or self._sock is None:
-            return
-        if self._events and events:
-            self._loop.modify(self._sock, events, self._on_events)
-        elif events:
-            self._loop.register(self._sock, events, self._on_events)
-        else:
-            self._loop.unregister(self._sock)
-        self._events = events
+        if self._sock is not None:
+            self._events = self._loop.change_events(self._sock, self._events, events, self._on_events)
 
     def _move(self, new: _Phase) -> None:
         if new not in _MOVES[self._phase]:

@@ -232,6 +232,17 @@ class Loop:
     def unregister(self, fileobj: Any) -> None:
         self.selector.unregister(fileobj)
 
+    def change_events(self, fileobj: Any, old: int, new: int, callback: Callable[[int], None]) -> int:
+        """Watch ``fileobj`` for ``new`` events instead of ``old`` (0: not watched); returns ``new``."""
+        if new != old:
+            if old and new:
+                self.modify(fileobj, new, callback)
+            elif new:
+                self.register(fileobj, new, callback)
+            else:
+                self.unregister(fileobj)
+        return new
+
     def mark_dirty(self, conn: "Connection", urgent: bool = False) -> None:
         if urgent:
             self._urgent.append(conn)
@@ -443,15 +454,8 @@ class Connection:
         self._set_events(events)
 
     def _set_events(self, events: int) -> None:
-        if events == self._events or self.closed:
-            return
-        if self._events and events:
-            self.loop.modify(self.sock, events, self._on_events)
-        elif events:
-            self.loop.register(self.sock, events, self._on_events)
-        else:
-            self.loop.unregister(self.sock)
-        self._events = events
+        if not self.closed:
+            self._events = self.loop.change_events(self.sock, self._events, events, self._on_events)
 
     def pause_reading(self) -> None:
         self._reading = False

@@ -150,15 +150,8 @@ class RespConnection:
 
     def _update_events(self) -> None:
         events = (selectors.EVENT_READ if self._reading else 0) | (selectors.EVENT_WRITE if self._out else 0)
-        if events == self._events or self.closed:
-            return
-        if self._events and events:
-            self.loop.modify(self.sock, events, self._on_events)
-        elif events:
-            self.loop.register(self.sock, events, self._on_events)
-        else:
-            self.loop.unregister(self.sock)
-        self._events = events
+        if not self.closed:
+            self._events = self.loop.change_events(self.sock, self._events, events, self._on_events)
 
     # ----- inbound -------------------------------------------------------
     def _on_events(self, mask: int) -> None:
