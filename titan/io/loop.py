@@ -186,10 +186,11 @@ class Loop:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.selector = _EpollPoller() if hasattr(select, "epoll") else _SelectorPoller()
-        # The loop's registration calls are the poller's own (one call less per fd, per task).
-        self.register = self.selector.register          # type: ignore[method-assign]
-        self.modify = self.selector.modify              # type: ignore[method-assign]
-        self.unregister = self.selector.unregister      # type: ignore[method-assign]
+        # register(fileobj, events, callback), modify(...) and unregister(fileobj) are
+        # the poller's own: no wrapper call per fd, per task.
+        self.register: Callable[[Any, int, Callable[[int], None]], None] = self.selector.register
+        self.modify: Callable[[Any, int, Callable[[int], None]], None] = self.selector.modify
+        self.unregister: Callable[[Any], None] = self.selector.unregister
         self.clock = clock
         self._timers: List[Tuple[float, int, Timer]] = []
         self._count = itertools.count()
@@ -222,15 +223,6 @@ class Loop:
         """Run ``hook`` at the end of every pass: after reads, timers and urgent
         writes, before the other writes (so an fsync there precedes the replies)."""
         self._hooks.append(hook)
-
-    def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
-        self.selector.register(fileobj, events, callback)
-
-    def modify(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
-        self.selector.modify(fileobj, events, callback)
-
-    def unregister(self, fileobj: Any) -> None:
-        self.selector.unregister(fileobj)
 
     def change_events(self, fileobj: Any, old: int, new: int, callback: Callable[[int], None]) -> int:
         """Watch ``fileobj`` for ``new`` events instead of ``old`` (0: not watched); returns ``new``."""
