@@ -312,7 +312,7 @@ class Worker(Handler):
             if self.loop.clock() - self.last_rx > self.config.master_timeout_s:
                 conn.close(f"the master was silent for {self.config.master_timeout_s:g}s")
             else:
-                conn.send(Op.HEARTBEAT, 0, {"running": len(self.task_jobs()), "slots": self.config.slots})
+                conn.send(Op.HEARTBEAT, 0, {"running": self.running_tasks, "slots": self.config.slots})
                 self.children.maybe_retire(conn)
         self.loop.call_later(self.config.heartbeat_interval_s, self._heartbeat)
 
