@@ -30,12 +30,31 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from titan.errors import ProtocolError
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
 
-__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "parse_address", "format_address", "is_loopback", "shut",
-           "prepare_socket"]
+__all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "RecvBuffer", "parse_address", "format_address",
+           "is_loopback", "shut", "prepare_socket"]
 
 logger = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
+
+
+class RecvBuffer:
+    """One receive buffer, reused for every read.
+
+    ``sock.recv(n)`` allocates ``n`` bytes per call and shrinks them to what
+    arrived.  Past malloc's mmap threshold (128 KiB) that is an mmap, a page
+    fault, an mremap and a munmap per read: about 13 us for a small message,
+    against about 1.5 us for reading into this buffer and copying out what
+    arrived.  Not thread-safe: one per loop, or one per lock holder.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._view = memoryview(bytearray(size))
+
+    def recv(self, sock: socket.socket, flags: int = 0) -> bytes:
+        """Like ``sock.recv(size, flags)``: b"" when the peer closed."""
+        count = sock.recv_into(self._view, 0, flags)
+        return self._view[:count].tobytes()
 
 
 def parse_address(text: str, default_port: int = 9090) -> Tuple[str, int]:
@@ -202,6 +221,7 @@ class Loop:
         self._gather_s = 0.0
         self._saturated: Callable[[], bool] = lambda: False
         self.running = False
+        self.recv_buffer = RecvBuffer(RECV_BYTES)   # the loop reads one socket at a time
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
         return self.call_at(self.clock() + max(0.0, delay_s), callback)
@@ -486,7 +506,7 @@ class Connection:
         self.flush()
 
     def _recv(self) -> bytes:
-        data = self.sock.recv(RECV_BYTES)
+        data = self.loop.recv_buffer.recv(self.sock)
         if self._tls and data:
             # Decrypted bytes already buffered by ssl never wake the selector.
             pending = self.sock.pending()  # type: ignore[attr-defined]

@@ -24,11 +24,10 @@ from typing import Any, List, Optional
 from titan.io.loop import Loop, prepare_socket, shut
 from titan.store.resp import RespError, RespParser
 
-__all__ = ["RespHandler", "RespConnection", "RECV_BYTES"]
+__all__ = ["RespHandler", "RespConnection"]
 
 logger = logging.getLogger(__name__)
 
-RECV_BYTES = 256 * 1024
 SEND_BYTES = 4 * 1024 * 1024
 
 
@@ -162,7 +161,7 @@ class RespConnection:
 
     def _read(self) -> None:
         try:
-            data = self.sock.recv(RECV_BYTES)
+            data = self.loop.recv_buffer.recv(self.sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:

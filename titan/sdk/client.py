@@ -156,6 +156,7 @@ class Client:
         self._next_id = 1
         self._decoder = FrameDecoder()
         self._batch: Optional[List[bytes]] = None
+        self._inbox = memoryview(bytearray(1 << 20))    # see _recv
         self._sock = self._open(timeout)
         self.master_name = ""
 
@@ -206,12 +207,20 @@ class Client:
             if not ready:
                 raise TimeoutError("timed out waiting for the master")
         try:
-            data = self._sock.recv(1 << 20)
+            data = self._recv()
         except OSError as exc:
             raise ConnectionLost(f"connection to the master at {self.address} failed: {exc}") from None
         if not data:
             raise ConnectionLost(f"the master at {self.address} closed the connection")
         return self._decoder.feed(data)
+
+    def _recv(self, flags: int = 0) -> bytes:
+        """Read what has arrived, into one reused buffer (call with the lock held).
+
+        ``sock.recv(1 MiB)`` would map, fault in and unmap a fresh MiB per read.
+        """
+        count = self._sock.recv_into(self._inbox, 0, flags)
+        return self._inbox[:count].tobytes()
 
     def close(self) -> None:
         with self._lock:
@@ -310,7 +319,7 @@ class Client:
             return
         with self._lock:
             try:
-                data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                data = self._recv(socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
