@@ -6,7 +6,13 @@ import shutil
 from pathlib import Path
 from typing import List
 
-__all__ = ["WorkspacePool"]
+__all__ = ["WorkspacePool", "EMPTY_MARK_NS"]
+
+# The mtime a workspace is given once it is known to be empty.  Adding,
+# removing or renaming an entry sets a directory's mtime to the current time,
+# which is never this, so a workspace that still has it is still empty: one
+# stat instead of an open, two directory reads and a close per attempt.
+EMPTY_MARK_NS = 0
 
 
 class WorkspacePool:
@@ -38,11 +44,19 @@ class WorkspacePool:
 
     def release(self, path: Path) -> None:
         try:
-            with os.scandir(path) as entries:
-                empty = next(entries, None) is None
+            empty = os.stat(path).st_mtime_ns == EMPTY_MARK_NS or _still_empty(path)
         except OSError:
             return
         if empty and len(self.free) < self.keep:
             self.free.append(path)
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _still_empty(path: Path) -> bool:
+    """List ``path``; if it is empty, mark it so (see EMPTY_MARK_NS)."""
+    with os.scandir(path) as entries:
+        if next(entries, None) is not None:
+            return False
+    os.utime(path, ns=(EMPTY_MARK_NS, EMPTY_MARK_NS))
+    return True
