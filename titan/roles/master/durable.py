@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, SpecCache, TaskRecord
 from titan.core.scheduler import Scheduler
@@ -32,11 +33,18 @@ __all__ = ["Durable", "SavedState"]
 
 logger = logging.getLogger(__name__)
 
-# fsyncs that take less than this on average are done on the loop thread:
-# handing each one to the helper thread and back costs more than it saves.
-# Slower ones (a spinning disk, a busy volume) go to the thread, so the loop
-# goes on reading and dispatching while the disk works.
-INLINE_FSYNC_S = 0.0005
+# While the quickest of the recent fsyncs on the loop thread took less than
+# this, fsyncs are done there: handing each one to the helper thread and back
+# costs more than it saves.  Slower ones (a spinning disk, a busy volume) go
+# to the thread, so the loop goes on reading and dispatching while the disk
+# works.  The quickest, because on a busy host a blocking call also counts the
+# wait for a CPU afterwards; the disk itself is never faster than that.
+INLINE_FSYNC_S = 0.001
+TIMED_FSYNCS = 8
+# Only fsyncs on the loop thread are timed (one on the helper thread is mostly
+# waiting for its turn), so while the thread has them, one in this many
+# seconds is done on the loop again, to see whether the disk is fast now.
+PROBE_S = 1.0
 
 
 @dataclass
@@ -64,6 +72,7 @@ class Durable:
         self.jobs_dirty: Dict[str, Dict[str, Any]] = {}
         self.cursors_dirty: Dict[str, float] = {}
         self.services_dirty: Dict[str, Optional[Dict[str, Any]]] = {}   # None: forget it
+        self._timed: Deque[float] = deque(maxlen=TIMED_FSYNCS)            # recent fsyncs on the loop, in seconds
 
     # ----- start-up ------------------------------------------------------
     def open(self, now: float, specs: SpecCache) -> SavedState:
@@ -168,28 +177,39 @@ class Durable:
     def start_syncer(self, loop: Loop, on_durable: Callable[[], None]) -> None:
         """fsync on a helper thread from now on, when the disk is slow; ``on_durable`` runs when more data is safe."""
         def done(error: Optional[OSError]) -> None:
-            self._observe(time.perf_counter() - self._requested_at)
             self.aof.sync_done(error, self._request_fsync)
             on_durable()
         self._syncer = Syncer(loop, done, fsync=self.aof.ops.fsync)
 
     _syncer: Optional[Syncer] = None
-    _requested_at = 0.0
-    fsync_s = 0.0                       # how long an fsync takes, on average of the recent ones
+    _timed_at = 0.0                     # when an fsync on the loop was last timed
+
+    @property
+    def fsync_s(self) -> float:
+        """The quickest of the recent fsyncs on the loop thread (0 before the first)."""
+        return min(self._timed, default=0.0)
+
+    def _inline_now(self) -> bool:
+        """fsync on the loop thread: the disk is fast, or it is time to time it again."""
+        return self.fsync_s < INLINE_FSYNC_S or time.perf_counter() - self._timed_at >= PROBE_S
 
     def _observe(self, seconds: float) -> None:
-        self.fsync_s = 0.8 * self.fsync_s + 0.2 * seconds
+        self._timed.append(seconds)
+        self._timed_at = time.perf_counter()
 
     def _request_fsync(self, fd: int) -> None:
-        if self._syncer is not None:
-            self._requested_at = time.perf_counter()
+        """Start the fsync of what :meth:`flush_async` wrote: on the thread, or here when it is fast."""
+        if self._syncer is not None and not self._inline_now():
             self._syncer.request(fd)
             return
-        error: Optional[OSError] = None           # closing: the thread is gone, fsync here
+        error: Optional[OSError] = None           # also when closing: the thread is gone
+        start = time.perf_counter()
         try:
             self.aof.ops.fsync(fd)
         except OSError as exc:
             error = exc
+        if self._syncer is not None:
+            self._observe(time.perf_counter() - start)
         self.aof.sync_done(error, self._request_fsync)
 
     def flush(self) -> bool:
@@ -198,16 +218,22 @@ class Durable:
         False while the disk refuses them.  :attr:`durable_total` tells how
         far the data is safe.
         """
-        if self._syncer is None or (self.fsync_s < INLINE_FSYNC_S and not self.aof.syncing):
-            timed = self._syncer is not None and self.aof.pending_bytes > 0
-            start = time.perf_counter()
-            ok = self.aof.flush()
-            if ok:
-                self.aof.durable_total = self.aof.appended_total
-            if timed:
-                self._observe(time.perf_counter() - start)
-            return ok
-        return self.aof.flush_async(self._request_fsync)
+        if self._syncer is None:
+            return self._flush_inline()
+        if self.aof.syncing or not self._inline_now():
+            return self.aof.flush_async(self._request_fsync)
+        if not self.aof.pending_bytes:
+            return self._flush_inline()
+        start = time.perf_counter()
+        ok = self._flush_inline()
+        self._observe(time.perf_counter() - start)
+        return ok
+
+    def _flush_inline(self) -> bool:
+        ok = self.aof.flush()
+        if ok:
+            self.aof.durable_total = self.aof.appended_total
+        return ok
 
     @property
     def appended_total(self) -> int:
