@@ -13,6 +13,7 @@ frame closes that client alone.
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import os
 import socket
@@ -181,6 +182,7 @@ class Master(ClientRequests, Handler):
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM/SIGINT, then close everything (final fsync included)."""
+        gc.freeze()     # the modules and the state read back live on: full collections skip them
         try:
             self.loop.run_until_signalled()
         finally:

@@ -13,6 +13,7 @@ backoff; the new HELLO lists what it still holds so nothing runs twice.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import random
@@ -145,6 +146,7 @@ class Worker(Handler):
                     ",".join(sorted(self.config.tags)) or "-", self.config.slots, self.config.data_dir)
         self._dial()
         self.loop.call_later(self.config.heartbeat_interval_s, self._heartbeat)
+        gc.freeze()     # the modules live on: full collections skip them
         try:
             self.loop.run_until_signalled(self.shutdown)
         finally:
