@@ -168,6 +168,23 @@ def test_set_expiry_options_are_logged_as_absolute_pxat(s: Session) -> None:
     assert s("SETEX", "g", "0", "v") == ErrorReply("ERR invalid expire time in 'setex' command")
 
 
+@pytest.mark.parametrize("expire_at", [None, T0 + 60_000])
+def test_put_string_is_set_without_the_parsing(expire_at: Optional[int]) -> None:
+    # Given two engines with a key that has a TTL, and one without
+    from titan.store.resp import encode_command
+    by_command, by_put = Engine(), Engine()
+    for engine in (by_command, by_put):
+        engine.execute([b"SET", b"old", b"x", b"PX", b"5000"], T0)
+    # When one SETs through execute() and the other through put_string()
+    command = [b"SET", b"old", b"\x00new\xff"] + ([b"PXAT", b"%d" % expire_at] if expire_at else [])
+    _, logged = by_command.execute(command, T0 + 1)
+    put = by_put.put_string(b"old", b"\x00new\xff", expire_at, T0 + 1)
+    # Then the AOF record is byte for byte the same, and so is what a client reads back
+    assert put == b"".join(encode_command(c) for c in logged)
+    for read in ([b"GET", b"old"], [b"PTTL", b"old"], [b"DBSIZE"]):
+        assert by_put.execute(read, T0 + 2)[0] == by_command.execute(read, T0 + 2)[0]
+
+
 def test_set_clears_ttl_unless_keepttl(s: Session) -> None:
     s("SET", "k", "v", "EX", "100")
     s("SET", "k", "v2", "KEEPTTL")

@@ -252,6 +252,11 @@ class AppendOnlyFile:
             pending += encode_command(args)  # type: ignore[arg-type]
         self.appended_total += len(pending) - before
 
+    def append_encoded(self, data: bytes) -> None:
+        """Buffer commands already in RESP form (see :meth:`titan.store.engine.Engine.put_string`)."""
+        self._pending += data
+        self.appended_total += len(data)
+
     @property
     def syncing(self) -> bool:
         """True while an fsync started by :meth:`flush_async` has not reported back."""

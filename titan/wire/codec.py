@@ -213,6 +213,11 @@ def _encode_list(value: Union[list, tuple], out: List[Any], depth: int) -> None:
                 append(_pack_int(TAG_INT, item))
             elif t is float:
                 append(_pack_float(TAG_FLOAT, item))
+            elif t is bool:
+                append(_B_TRUE if item else _B_FALSE)
+            elif t is bytes:
+                append(_pack_len(TAG_BYTES, len(item)))  # type: ignore[arg-type]
+                append(item)
             else:
                 _encode_value(item, out, depth)
     except (_EncodeFailure, UnicodeEncodeError) as exc:
@@ -245,6 +250,11 @@ def _encode_dict(value: dict, out: List[Any], depth: int) -> None:
                 append(_pack_int(TAG_INT, item))
             elif t is float:
                 append(_pack_float(TAG_FLOAT, item))
+            elif t is bool:
+                append(_B_TRUE if item else _B_FALSE)
+            elif t is bytes:
+                append(_pack_len(TAG_BYTES, len(item)))
+                append(item)
             else:
                 _encode_value(item, out, depth)
     except (_EncodeFailure, UnicodeEncodeError) as exc:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 from titan.core.model import TERMINAL, SpecCache, TaskRecord
 from titan.core.scheduler import Scheduler
 from titan.core.state import (COUNTERS_KEY, CRON_KEY, JOB_PREFIX, SERVICE_PREFIX, TASK_PREFIX, WORKER_PREFIX, needs_saving, record_from_blob,
-                              save_counters, save_task, save_worker, worker_from_blob)
+                              save_counters, save_worker, task_write, worker_from_blob)
 from titan.io.aof import AppendOnlyFile
 from titan.wire.codec import decode, encode
 from titan.io.loop import Loop
@@ -128,11 +128,12 @@ class Durable:
         """Write every record the scheduler changed since the last pass."""
         now_ms = _ms(now)
         out: List[List[bytes]] = []
+        put, append = self.engine.put_string, self.aof.append_encoded
         for task_id in sched.dirty:
             record = sched.tasks.get(task_id)
             if record is not None and needs_saving(record):
-                out += self._run(save_task(record, terminal=record.state in TERMINAL,
-                                           retention_s=self.retention_s), now_ms)
+                append(put(*task_write(record, terminal=record.state in TERMINAL, retention_s=self.retention_s),
+                           now_ms))
         sched.dirty.clear()
         for name in sched.workers_dirty:
             w = sched.workers.get(name)
