@@ -404,7 +404,8 @@ def _decode_list(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[lis
     append = items.append
     end = len(data)
     for _ in range(count):
-        if data[cursor] == TAG_STR:  # inlined _str_at: the common case
+        tag = data[cursor]
+        if tag == TAG_STR:  # inlined: the common cases (str as in _str_at)
             start = cursor + 5
             cursor = start + _unpack_u32(data, cursor + 1)[0]
             if cursor > end:
@@ -413,6 +414,12 @@ def _decode_list(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[lis
                 append(data[start:cursor].decode("utf-8"))
             except UnicodeDecodeError as exc:
                 raise _bad_utf8(exc, start) from None
+        elif tag == TAG_INT:
+            append(_unpack_i64(data, cursor + 1)[0])
+            cursor += 9
+        elif tag == TAG_NONE:
+            append(None)
+            cursor += 1
         else:
             item, cursor = _decode_value(data, cursor, depth, max_items)
             append(item)
@@ -434,12 +441,22 @@ def _decode_dict(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[dic
             raise _overrun("dict key", start - 5, data)
         try:
             key = data[start:cursor].decode("utf-8")
-            if data[cursor] == TAG_STR:  # inlined _str_at: the common case
+            tag = data[cursor]
+            if tag == TAG_STR:  # inlined: the common cases (str as in _str_at)
                 start = cursor + 5
                 cursor = start + _unpack_u32(data, cursor + 1)[0]
                 if cursor > end:
                     raise _overrun("str", start - 5, data)
                 result[key] = data[start:cursor].decode("utf-8")
+            elif tag == TAG_INT:
+                result[key] = _unpack_i64(data, cursor + 1)[0]
+                cursor += 9
+            elif tag == TAG_NONE:
+                result[key] = None
+                cursor += 1
+            elif tag == TAG_FLOAT:
+                result[key] = _unpack_f64(data, cursor + 1)[0]
+                cursor += 9
             else:
                 result[key], cursor = _decode_value(data, cursor, depth, max_items)
         except UnicodeDecodeError as exc:
