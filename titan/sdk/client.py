@@ -559,18 +559,27 @@ def _submit_body(command: Union[str, Sequence[str]], requires: Optional[Iterable
         wire_command = [str(a) for a in command]
         if not wire_command or not wire_command[0]:
             raise UsageError("empty command: give a shell string or an argv list")
-    body: Dict[str, Any] = {"command": wire_command}
-    optional = {"requires": sorted(set(requires or ())), "timeout_s": timeout_s, "name": name,
-                "priority": priority, "env": dict(env or {}), "node": node, "retries": retries,
-                "retry_backoff_s": retry_backoff_s, "kill_grace_s": kill_grace_s}
-    for key, value in optional.items():
-        if value != _SUBMIT_DEFAULTS.get(key):
-            body[key] = value
+    body: Dict[str, Any] = {"command": wire_command}     # what has its default stays out
+    tags = sorted(set(requires)) if requires is not None else None
+    if tags:
+        body["requires"] = tags
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+    if name is not None:
+        body["name"] = name
+    if priority != 0:
+        body["priority"] = priority
+    if env:
+        body["env"] = dict(env)
+    if node is not None:
+        body["node"] = node
+    if retries != 0:
+        body["retries"] = retries
+    if retry_backoff_s != 1.0:
+        body["retry_backoff_s"] = retry_backoff_s
+    if kill_grace_s != 5.0:
+        body["kill_grace_s"] = kill_grace_s
     return body
-
-
-_SUBMIT_DEFAULTS: Dict[str, Any] = {"requires": [], "timeout_s": None, "name": None, "priority": 0, "env": {},
-                                    "node": None, "retries": 0, "retry_backoff_s": 1.0, "kill_grace_s": 5.0}
 
 
 def _tls_context(tls: Union[None, bool, ssl.SSLContext]) -> Optional[ssl.SSLContext]:
