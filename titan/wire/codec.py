@@ -420,6 +420,9 @@ def _decode_list(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[lis
         elif tag == TAG_NONE:
             append(None)
             cursor += 1
+        elif tag == TAG_LIST:
+            item, cursor = _decode_list(data, cursor, depth, max_items)
+            append(item)
         else:
             item, cursor = _decode_value(data, cursor, depth, max_items)
             append(item)
@@ -457,6 +460,8 @@ def _decode_dict(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[dic
             elif tag == TAG_FLOAT:
                 result[key] = _unpack_f64(data, cursor + 1)[0]
                 cursor += 9
+            elif tag == TAG_LIST:
+                result[key], cursor = _decode_list(data, cursor, depth, max_items)
             else:
                 result[key], cursor = _decode_value(data, cursor, depth, max_items)
         except UnicodeDecodeError as exc:
