@@ -232,13 +232,13 @@ def _encode_dict(value: dict, out: List[Any], depth: int) -> None:
     append = out.append
     append(_pack_len(TAG_DICT, len(value)))
     depth -= 1
+    cached_key = _KEY_CACHE.get
     key: object = None
     try:
         for key, item in value.items():
-            encoded_key = _KEY_CACHE.get(key)  # type: ignore[call-overload]
-            if encoded_key is None or type(key) is not str:
-                encoded_key = _encode_key(key)
-            append(encoded_key)
+            # Only str keys are cached, so a hit is a str key's encoding (or that
+            # of something equal to one, which encodes the same).
+            append(cached_key(key) or _encode_key(key))  # type: ignore[arg-type]
             t = type(item)
             if t is str:  # inlined: the common cases
                 data = item.encode("utf-8")
