@@ -402,10 +402,11 @@ class Scheduler:
             if now < self._hold_until and self._awaiting:
                 return actions
             self._hold_until = 0.0
+        # accepting(), inlined: this runs for every event on a busy cluster.  Within the
+        # loop only the worker just chosen changes, so only it can leave the list.
+        free = [w for w in self.workers.values()
+                if w.connected and not w.draining and w.running + len(w.foreign) < w.capacity]
         while True:
-            # accepting(), inlined: this runs for every event on a busy cluster
-            free = [w for w in self.workers.values()
-                    if w.connected and not w.draining and w.running + len(w.foreign) < w.capacity]
             if not free:
                 self._full = True
                 return actions
@@ -423,7 +424,11 @@ class Scheduler:
                 self._full = False
                 return actions
             heapq.heappop(self._classes[best_key])
-            actions.append(self._start(self.tasks[best_entry[2]], free, now))
+            dispatch = self._start(self.tasks[best_entry[2]], free, now)
+            actions.append(dispatch)
+            w = self.workers[dispatch.worker]
+            if w.running + len(w.foreign) >= w.capacity:
+                free.remove(w)
 
     def _start(self, record: TaskRecord, free: Iterable[WorkerView], now: float) -> Dispatch:
         w = choose_worker(free, record.spec.requires, record.pin or record.spec.node, self._rr)
