@@ -462,6 +462,8 @@ def _decode_dict(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[dic
                 cursor += 9
             elif tag == TAG_LIST:
                 result[key], cursor = _decode_list(data, cursor, depth, max_items)
+            elif tag == TAG_DICT:
+                result[key], cursor = _decode_dict(data, cursor, depth, max_items)
             else:
                 result[key], cursor = _decode_value(data, cursor, depth, max_items)
         except UnicodeDecodeError as exc:
