@@ -8,7 +8,7 @@ import pytest
 from titan.core.model import Attempt, SpecCache, TaskRecord, TaskState
 from titan.core.scheduler import Dispatch, Ended, Kill, Scheduler
 from titan.core.state import (COUNTERS_KEY, needs_saving, record_from_blob, record_row, record_to_blob, save_counters,
-                              save_task, task_key)
+                              task_key, task_write)
 from titan.wire.codec import encode
 from titan.testing import make_spec
 
@@ -76,16 +76,15 @@ def test_a_blob_is_exactly_the_codec_encoding_of_the_record_row(seed: int) -> No
         assert record_from_blob(blob, specs).to_wire() == record.to_wire()
 
 
-def test_commands_are_plain_redis_writes_with_absolute_expiry_for_finished_tasks() -> None:
+def test_a_finished_tasks_record_expires_at_an_absolute_time_and_counters_are_a_plain_hset() -> None:
     s = Scheduler()
     s.worker_joined("w1", [], 1, 10.0)
     s.task_submitted("t#1", make_spec("true", name="t"), 10.0)
     s.attempt_finished("w1", "t#1", 1, 0, "", 12.5)
     record = s.tasks["t#1"]
-    command = save_task(record, terminal=True, retention_s=60.0)
-    assert command[:2] == [b"SET", task_key("t#1")]
-    assert command[3:] == [b"PXAT", b"72500"]
-    assert save_task(record, terminal=False, retention_s=60.0)[3:] == []
+    key, blob, expire_at_ms = task_write(record, terminal=True, retention_s=60.0)
+    assert (key, blob, expire_at_ms) == (task_key("t#1"), record_to_blob(record), 72500)   # ended at 12.5 s + 60 s
+    assert task_write(record, terminal=False, retention_s=60.0)[2] is None
     assert save_counters({"t": 4, "a": 1}) == [b"HSET", COUNTERS_KEY, b"a", b"1", b"t", b"4"]
 
 
@@ -170,7 +169,7 @@ def _persist(s: Scheduler) -> None:
     for task_id in sorted(s.dirty):
         record = s.tasks[task_id]
         if needs_saving(record):
-            save_task(record, terminal=False, retention_s=60.0)     # marks it saved
+            task_write(record, terminal=False, retention_s=60.0)    # marks it saved
             _STORE[task_id] = record_to_blob(record)
     s.dirty.clear()
 

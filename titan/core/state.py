@@ -24,7 +24,7 @@ from titan.core.model import spec_to_wire
 from titan.wire.codec import TAG_BYTES, TAG_FALSE, TAG_FLOAT, TAG_INT, TAG_LIST, TAG_NONE, TAG_STR, TAG_TRUE, decode, encode
 
 __all__ = ["TASK_PREFIX", "WORKER_PREFIX", "JOB_PREFIX", "SERVICE_PREFIX", "CRON_KEY", "COUNTERS_KEY", "USER_PREFIX", "task_key", "worker_key",
-           "record_to_blob", "record_from_blob", "save_task", "task_write", "save_worker", "worker_from_blob",
+           "record_to_blob", "record_from_blob", "record_row", "task_write", "save_worker", "worker_from_blob",
            "save_counters", "needs_saving", "Command"]
 
 Command = List[bytes]
@@ -199,21 +199,16 @@ def needs_saving(record: TaskRecord) -> bool:
 
 
 def task_write(record: TaskRecord, *, terminal: bool, retention_s: float) -> Tuple[bytes, bytes, Optional[int]]:
-    """Key, blob and absolute expiry (ms; None: none) of the record: it expires ``retention_s`` after a terminal state."""
+    """``SET <key> <blob> [PXAT <expiry ms>]`` of the record, as its three values (see Engine.put_string).
+
+    A record expires ``retention_s`` after a terminal state; until then it has no expiry (None).
+    """
     record.saved = (record.state, len(record.attempts))
     expire_at_ms = None
     if terminal and record.finished_at is not None:
         expire_at_ms = int((record.finished_at + retention_s) * 1000)
     return task_key(record.id), record_to_blob(record), expire_at_ms
 
-
-def save_task(record: TaskRecord, *, terminal: bool, retention_s: float) -> Command:
-    """``SET titan:task:<id> <blob>``, expiring ``retention_s`` after a terminal state."""
-    key, blob, expire_at_ms = task_write(record, terminal=terminal, retention_s=retention_s)
-    command = [b"SET", key, blob]
-    if expire_at_ms is not None:
-        command += [b"PXAT", b"%d" % expire_at_ms]
-    return command
 
 
 def save_worker(name: str, tags: Iterable[str], slots: int, dedicated: bool, last_seen: float,
