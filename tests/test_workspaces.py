@@ -67,3 +67,19 @@ def test_a_workspace_with_something_left_in_it_is_removed(tmp_path: Path, leave:
     assert not ws.exists()
     fresh = pool.acquire()
     assert fresh != ws and not any(fresh.iterdir())
+
+
+def test_a_workspace_that_cannot_be_marked_is_still_reused(tmp_path: Path, listings: List[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a file system that refuses to set the mark
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(workspaces.os, "utime", refuse)
+    pool = WorkspacePool(tmp_path / "work", keep=2)
+    ws = pool.acquire()
+    # When an untouched workspace is released twice
+    pool.release(ws)
+    assert pool.acquire() == ws
+    pool.release(ws)
+    # Then it is reused each time, found empty by a listing each time
+    assert pool.acquire() == ws and listings == [str(ws), str(ws)]

@@ -58,5 +58,8 @@ def _still_empty(path: Path) -> bool:
     with os.scandir(path) as entries:
         if next(entries, None) is not None:
             return False
-    os.utime(path, ns=(EMPTY_MARK_NS, EMPTY_MARK_NS))
+    try:
+        os.utime(path, ns=(EMPTY_MARK_NS, EMPTY_MARK_NS))
+    except OSError:
+        pass                    # not marked: it is listed again next time
     return True
