@@ -53,7 +53,7 @@ class RecvBuffer:
 
     def recv(self, sock: socket.socket, flags: int = 0) -> bytes:
         """Like ``sock.recv(size, flags)``: b"" when the peer closed."""
-        count = sock.recv_into(self._view, 0, flags)
+        count = sock.recv_into(self._view, len(self._view), flags)   # the size given, for ssl sockets too
         return self._view[:count].tobytes()
 
 

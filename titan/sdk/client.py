@@ -219,7 +219,7 @@ class Client:
 
         ``sock.recv(1 MiB)`` would map, fault in and unmap a fresh MiB per read.
         """
-        count = self._sock.recv_into(self._inbox, 0, flags)
+        count = self._sock.recv_into(self._inbox, len(self._inbox), flags)
         return self._inbox[:count].tobytes()
 
     def close(self) -> None:
