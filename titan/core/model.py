@@ -243,11 +243,12 @@ class SpecCache:
 
     def get(self, body: Mapping[str, Any]) -> TaskSpec:
         try:
-            key = tuple(sorted((k, _frozen(v)) for k, v in body.items() if k in _SPEC_KEYS))
-            hash(key)
+            items = [(k, v if type(v) is str else _frozen(v)) for k, v in body.items() if k in _SPEC_KEYS]
+            items.sort()             # keys are distinct: only they are compared
+            key = tuple(items)
+            spec = self._specs.get(key)
         except TypeError:            # odd value types: validate without caching
             return spec_from_wire(body)
-        spec = self._specs.get(key)
         if spec is None:
             spec = spec_from_wire(body)
             if len(self._specs) >= self.max_entries:
