@@ -228,3 +228,16 @@ def test_fake_clock_moves_only_when_told() -> None:
     with pytest.raises(ValueError):
         clock.advance(-1)
     assert clock() == 50.0
+
+
+def test_identical_bodies_share_one_spec_and_different_ones_do_not() -> None:
+    from titan.core.model import SpecCache
+    cache = SpecCache()
+    first = cache.get({"command": ["true"], "env": {"A": "1", "B": "2"}, "requires": ["gpu"]})
+    # The same body again, with its keys (and its env's keys) in another order: the same spec object
+    assert cache.get({"requires": ["gpu"], "env": {"B": "2", "A": "1"}, "command": ["true"]}) is first
+    # Any difference, deep inside included, is another spec
+    assert cache.get({"command": ["true"], "env": {"A": "1", "B": "3"}, "requires": ["gpu"]}) is not first
+    assert cache.get({"command": "true", "env": {"A": "1", "B": "2"}, "requires": ["gpu"]}) is not first
+    # Keys that are not part of a spec do not split the cache
+    assert cache.get({"command": ["true"], "env": {"A": "1", "B": "2"}, "requires": ["gpu"], "watch": False}) is first
