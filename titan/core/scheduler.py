@@ -201,7 +201,10 @@ class Scheduler:
         self.dirty.add(task_id)
         for dep in deps:
             self._dependants.setdefault(dep, []).append(task_id)
-        return self._consider(record, now) + self._dispatch(now)
+        actions = self._consider(record, now)
+        if record.state is S.WAITING:      # nothing new to place (a run's tasks mostly start so)
+            return actions
+        return actions + self._dispatch(now)
 
     def _consider(self, record: TaskRecord, now: float) -> List[Action]:
         """A WAITING task: queue it, skip it, or leave it waiting, by its dependencies.
