@@ -27,7 +27,7 @@ from titan.store.reply import (
     wrong_arity,
 )
 
-__all__ = ["TABLE", "expire_arg"]
+__all__ = ["TABLE", "expire_arg", "store_string"]
 
 TABLE: Dict[bytes, Command] = {}
 command = registrar(TABLE)
@@ -100,8 +100,8 @@ def _set_options(args: List[bytes]) -> _SetOptions:
     return opts
 
 
-def _store(db: Keyspace, key: bytes, value: bytes, when: Optional[int], *, keep_ttl: bool = False) -> None:
-    """Set ``key`` and its expiry, and log the equivalent plain SET."""
+def store_string(db: Keyspace, key: bytes, value: bytes, when: Optional[int], *, keep_ttl: bool = False) -> None:
+    """Set ``key`` and its expiry (absolute ms), and log the equivalent plain SET."""
     db.set_string(key, value, keep_ttl=keep_ttl)
     if when is not None:
         db.set_expire(key, when)
@@ -125,7 +125,7 @@ def set_(db: Keyspace, args: List[bytes]) -> Reply:
     found = db.lookup(key) is not None
     if (opts.nx and found) or (opts.xx and not found):
         return old
-    _store(db, key, args[2], when, keep_ttl=opts.keep_ttl)
+    store_string(db, key, args[2], when, keep_ttl=opts.keep_ttl)
     return old if opts.get else OK
 
 
@@ -133,13 +133,13 @@ def set_(db: Keyspace, args: List[bytes]) -> Reply:
 def setnx(db: Keyspace, args: List[bytes]) -> Reply:
     if db.lookup(args[1]) is not None:
         return 0
-    _store(db, args[1], args[2], None)
+    store_string(db, args[1], args[2], None)
     return 1
 
 
 def _setex(db: Keyspace, args: List[bytes], unit: bytes, name: str) -> Reply:
     when = expire_arg(db, args[2], unit, name)
-    _store(db, args[1], args[3], when)
+    store_string(db, args[1], args[3], when)
     return OK
 
 
@@ -161,7 +161,7 @@ def get(db: Keyspace, args: List[bytes]) -> Reply:
 @command("getset", 3, write=True)
 def getset(db: Keyspace, args: List[bytes]) -> Reply:
     old = db.get_string(args[1])
-    _store(db, args[1], args[2], None)
+    store_string(db, args[1], args[2], None)
     return old
 
 

@@ -29,6 +29,7 @@ from titan.store import cmd_containers, cmd_keys, cmd_strings
 from titan.store.cmd_server import ServerState, server_table
 from titan.store.command import Command
 from titan.store.keyspace import Keyspace, Snapshot, Value
+from titan.store.resp import encode_command
 from titan.store.reply import (
     CommandError,
     ErrorReply,
@@ -170,19 +171,14 @@ class Engine:
     def put_string(self, key: bytes, value: bytes, expire_at_ms: Optional[int], now_ms: int) -> bytes:
         """``SET key value [PXAT expire_at_ms]`` for the engine's owner; returns its AOF bytes.
 
-        The same effect and the same AOF record as :meth:`execute` with that
-        command, without parsing options or building a reply: the master
-        writes two task records per task this way.
+        What :meth:`execute` does with that command, without looking it up,
+        parsing its options or building a reply: the master writes two task
+        records per task this way.
         """
         db = self._db
-        db.now_ms = now_ms
-        db.set_string(key, value)
-        if expire_at_ms is None:
-            return b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(value), value)
-        db.set_expire(key, expire_at_ms)
-        when = b"%d" % expire_at_ms
-        return (b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n"
-                % (len(key), key, len(value), value, len(when), when))
+        db.now_ms, db.prop = now_ms, []
+        cmd_strings.store_string(db, key, value, expire_at_ms)
+        return b"".join([encode_command(command) for command in db.prop])
 
     # -- expiry -------------------------------------------------------------------
 
