@@ -210,7 +210,6 @@ def task_write(record: TaskRecord, *, terminal: bool, retention_s: float) -> Tup
     return task_key(record.id), record_to_blob(record), expire_at_ms
 
 
-
 def save_worker(name: str, tags: Iterable[str], slots: int, dedicated: bool, last_seen: float,
                 info: Dict[str, Any], *, draining: bool = False) -> Command:
     blob = encode({"v": FORMAT, "name": name, "tags": sorted(tags), "slots": slots,

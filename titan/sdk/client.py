@@ -156,7 +156,7 @@ class Client:
         self._next_id = 1
         self._decoder = FrameDecoder()
         self._batch: Optional[List[bytes]] = None
-        self._inbox = memoryview(bytearray(1 << 20))    # see _recv
+        self._inbox = memoryview(bytearray(1 << 20))    # see _take_in
         self._sock = self._open(timeout)
         self.master_name = ""
 
@@ -206,21 +206,24 @@ class Client:
             ready, _, _ = select.select([self._sock], [], [], wait)
             if not ready:
                 raise TimeoutError("timed out waiting for the master")
+        return self._take_in()
+
+    def _take_in(self, flags: int = 0) -> List[Frame]:
+        """Read what has arrived and return the frames it completes (call with the lock held).
+
+        It is read into one reused buffer: ``sock.recv(1 MiB)`` would map,
+        fault in and unmap a fresh MiB per read.  With ``MSG_DONTWAIT`` and
+        nothing there, no frames.
+        """
         try:
-            data = self._recv()
+            count = self._sock.recv_into(self._inbox, len(self._inbox), flags)
+        except (BlockingIOError, InterruptedError):
+            return []
         except OSError as exc:
             raise ConnectionLost(f"connection to the master at {self.address} failed: {exc}") from None
-        if not data:
+        if not count:
             raise ConnectionLost(f"the master at {self.address} closed the connection")
-        return self._decoder.feed(data)
-
-    def _recv(self, flags: int = 0) -> bytes:
-        """Read what has arrived, into one reused buffer (call with the lock held).
-
-        ``sock.recv(1 MiB)`` would map, fault in and unmap a fresh MiB per read.
-        """
-        count = self._sock.recv_into(self._inbox, len(self._inbox), flags)
-        return self._inbox[:count].tobytes()
+        return self._decoder.feed(self._inbox[:count].tobytes())
 
     def close(self) -> None:
         with self._lock:
@@ -318,15 +321,7 @@ class Client:
             self._poll(0.0)
             return
         with self._lock:
-            try:
-                data = self._recv(socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                raise ConnectionLost(f"connection to the master at {self.address} failed: {exc}") from None
-            if not data:
-                raise ConnectionLost(f"the master at {self.address} closed the connection")
-            for frame in self._decoder.feed(data):
+            for frame in self._take_in(socket.MSG_DONTWAIT):
                 self._dispatch(frame)
 
     def _wait_for(self, req_id: int, deadline: Optional[float], final_event: str = "") -> _Pending:
