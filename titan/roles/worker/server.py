@@ -218,7 +218,7 @@ class Worker(Handler):
             "version": __version__, "ephemeral": self.config.ephemeral, "parent": self.config.parent,
             "max_children": self.config.max_children, "ahead": self.ahead_max,
             "running": [list(job.key) for job in self.task_jobs()]
-                       + [list(k) for k in self.files.waiting if not k[0].startswith("@")]
+                       + [list(k) for k in self._fetching()]
                        + [list(k) for k in self.ahead],
             "services": self.services.hello(),
             "finished": [list(k) for k in self.unacked],
@@ -376,12 +376,13 @@ class Worker(Handler):
         elif self._hand_back_timer is None:
             self._hand_back_timer = self.loop.call_later(HAND_BACK_S, self._hand_back)
 
+    def _fetching(self) -> List[Key]:
+        """Task attempts waiting for their files (a service instance's key starts with "@")."""
+        return [k for k in self.files.waiting if not k[0].startswith("@")]
+
     def _occupied(self) -> int:
         """Slots in use: running attempts and those waiting for their files."""
-        waiting = len(self.files.waiting)
-        if waiting:
-            waiting = sum(1 for k in self.files.waiting if not k[0].startswith("@"))
-        return self.running_tasks + waiting
+        return self.running_tasks + (len(self._fetching()) if self.files.waiting else 0)
 
     def _start_ahead(self) -> None:
         """Start what waits here, oldest first, while slots are free."""
