@@ -430,7 +430,7 @@ class Scheduler:
             dispatch = self._start(self.tasks[best_entry[2]], free, now)
             actions.append(dispatch)
             w = self.workers[dispatch.worker]
-            if w.running + len(w.foreign) >= w.capacity:
+            if not w.accepting():
                 free.remove(w)
 
     def _start(self, record: TaskRecord, free: Iterable[WorkerView], now: float) -> Dispatch:
