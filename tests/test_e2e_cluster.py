@@ -10,6 +10,7 @@ import json
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -89,6 +90,22 @@ def test_every_attempt_starts_in_an_empty_workspace(cluster: Cluster) -> None:
     # Then none of them saw anything another one left
     assert [r.exit_code for r in results + quiet] == [0] * 9
     assert [r.output for r in results + quiet] == [""] * 9
+
+
+def test_a_task_starts_with_every_signal_at_its_default_action(cluster: Cluster) -> None:
+    # Given a worker (a Python process, which ignores SIGPIPE and SIGXFSZ itself)
+    local = cluster(workers=1, slots=1)
+    with local.client() as c:
+        # When a task pipes an endless writer into a reader that stops after one line
+        piped = c.submit(["sh", "-c", "yes | head -1"]).result(timeout=30)
+        # and another reads the set of signals it ignores
+        ignored = c.submit(["sh", "-c", "grep SigIgn /proc/self/status"]).result(timeout=30)
+    # Then the writer died of SIGPIPE quietly, as under a shell, instead of reporting a broken pipe
+    assert (piped.exit_code, piped.output) == (0, "y\n")
+    # and neither SIGPIPE nor SIGXFSZ is ignored in the task
+    mask = int(ignored.output.split()[1], 16)
+    assert not mask & (1 << (signal.SIGPIPE - 1)), ignored.output
+    assert not mask & (1 << (signal.SIGXFSZ - 1)), ignored.output
 
 
 def test_gpu_tasks_run_only_on_the_gpu_worker(cluster: Cluster) -> None:

@@ -41,7 +41,10 @@ class OsProcesses:
     Spawning uses ``posix_spawn`` (a vfork under the hood: cheap even from a
     large parent) with ``setsid``; the working directory is set by a brief
     ``chdir`` around the call, which is safe because each role runs its loop
-    on one thread.
+    on one thread.  Every signal starts at its default action: Python ignores
+    SIGPIPE and SIGXFSZ, and an ignored signal would stay ignored across the
+    exec (``yes | head -1`` would complain of a broken pipe instead of
+    ending quietly, as it does from a shell).
     """
 
     def __init__(self) -> None:
@@ -68,7 +71,8 @@ class OsProcesses:
         try:
             os.chdir(cwd)
             try:
-                pid = os.posix_spawn(program, list(argv), env, file_actions=actions, setsid=True)
+                pid = os.posix_spawn(program, list(argv), env, file_actions=actions, setsid=True,
+                                     setsigdef=_ALL_SIGNALS)
             finally:
                 os.chdir(self.home)
         except BaseException:
@@ -149,6 +153,7 @@ class OsProcesses:
 
 
 _FOUND: Dict[Tuple[str, str], str] = {}
+_ALL_SIGNALS = signal.valid_signals()
 
 
 def _resolve(program: str, path: str) -> str:
