@@ -31,7 +31,7 @@ from titan.io.proc import titan_command, titan_env
 from titan.roles.local import LocalCluster
 from titan.sdk.client import Client
 from titan.wire.frames import Frame, FrameDecoder, Op, pack
-from titan.wire.handshake import ClientHandshake
+from titan.wire.handshake import ClientHandshake, ServerHandshake
 
 # Short timeouts so failures and restarts are noticed within a second or two.
 FAST_MASTER_ARGS: Tuple[str, ...] = ("--heartbeat-timeout", "5", "--lost-grace", "5")
@@ -410,3 +410,49 @@ class Raw:
         self.send_frame(Op.PING, req_id, {})
         pong = self.read_frame()
         assert (pong.opcode, pong.req_id) == (Op.PONG, req_id), pong
+
+
+class FakeMaster(Raw):
+    """A listening socket that plays the master for one real worker, frame by frame."""
+
+    def __init__(self) -> None:   # noqa: super().__init__ dials; this one listens
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.decoder = FrameDecoder()
+        self.frames: List[Frame] = []
+        self.hello: Dict[str, Any] = {}
+
+    def accept(self) -> Dict[str, Any]:
+        """Take the worker's connection and complete its handshake; return its HELLO."""
+        self.listener.settimeout(READ_TIMEOUT_S)
+        self.sock, _ = self.listener.accept()
+        shake = ServerHandshake(name="fake-master", token=None)
+        while not shake.done:
+            frame = self.read_frame()
+            if frame.opcode == Op.HELLO:
+                self.hello = frame.body
+            for opcode, body in shake.on_frame(frame):
+                self.send_frame(opcode, frame.req_id, body)
+        return self.hello
+
+    def close(self) -> None:
+        if getattr(self, "sock", None) is not None:
+            self.sock.close()
+        self.listener.close()
+
+    def dispatch(self, task: str, argv: List[str]) -> None:
+        self.send_frame(Op.DISPATCH, 0, {"task": task, "attempt": 1, "argv": argv, "kill_grace_s": 1.0})
+
+    def finished(self, timeout_s: float = READ_TIMEOUT_S) -> Dict[str, Any]:
+        """The next FINISHED report (heartbeats and output are skipped)."""
+        frame = self.read_frame_where(lambda f: f.opcode == Op.FINISHED, timeout_s)
+        return frame.body
+
+
+@pytest.fixture
+def fake_master(titan_procs: TitanProcs) -> Iterator[FakeMaster]:
+    fake = FakeMaster()
+    try:
+        yield fake
+    finally:
+        fake.close()

@@ -84,6 +84,7 @@ def transition(record: "TaskRecord", new: TaskState) -> TaskState:
     return old
 
 
+KILL_GRACE_S = 5.0     # TERM to KILL, unless a task says otherwise
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # used with fullmatch: "$" would allow a trailing "\n"
 
 
@@ -96,7 +97,7 @@ class TaskSpec:
     requires: FrozenSet[str] = frozenset()
     node: Optional[str] = None
     timeout_s: Optional[float] = None
-    kill_grace_s: float = 5.0
+    kill_grace_s: float = KILL_GRACE_S
     priority: int = 0
     retries: int = 0
     retry_backoff_s: float = 1.0
@@ -211,7 +212,7 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     return TaskSpec(
         files=files_from_wire(body.get("files")),
         argv=argv, name=name, requires=frozenset(requires), node=node,
-        timeout_s=timeout_s, kill_grace_s=_number(body, "kill_grace_s", 5.0) or 0.0,
+        timeout_s=timeout_s, kill_grace_s=_number(body, "kill_grace_s", KILL_GRACE_S) or 0.0,
         priority=priority, retries=retries,
         retry_backoff_s=_number(body, "retry_backoff_s", 1.0) or 0.0,
         env=env, shell=shell,

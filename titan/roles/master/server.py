@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from titan import __version__
-from titan.core.model import SpecCache, TaskRecord, TaskState
+from titan.core.model import KILL_GRACE_S, SpecCache, TaskRecord, TaskState
 from titan.core.planner import Planner
 from titan.core.scaler import PoolDemand, Scaler, ScalerConfig, WorkerInfo
 from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Scheduler
@@ -129,7 +129,8 @@ class Master(ClientRequests, Handler):
         self._tick_timer: Optional[Timer] = None
         self._tick_at: Optional[float] = None
         self._tails: Dict[str, bytes] = {}
-        self._acks: Dict[Connection, List[List[Any]]] = {}
+        self._acks: Dict[Connection, List[List[Any]]] = {}   # results without a seq (older workers), per pass
+        self._acked: Dict[Connection, int] = {}                # the highest result seq read per worker, per pass
         self._held: List[Frame_] = []                        # held in this pass
         self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
         self.blobs = BlobStore(config.data_dir / "files")
@@ -275,8 +276,11 @@ class Master(ClientRequests, Handler):
         ACK (a worker keeps an un-ACKed result and reports it again).
         """
         self.durable.persist(self.sched, self.clock())
-        for conn, items in self._acks.items():     # one ACK per worker per pass
+        for conn, upto in self._acked.items():     # one ACK per worker per pass
+            self._held.append((conn, 0, Op.ACK, {"upto": upto}, 0, LAZY))
+        for conn, items in self._acks.items():
             self._held.append((conn, 0, Op.ACK, {"items": items}, 0, LAZY))
+        self._acked.clear()
         self._acks.clear()
         if self._held:
             self._waiting.append((self.durable.appended_total, self._held))
@@ -407,10 +411,11 @@ class Master(ClientRequests, Handler):
                 logger.info("%s", action.message)
 
     def _send_dispatch(self, action: Dispatch) -> None:
-        """DISPATCH, leaving out what has its default (run = the task, no env, no timeout, no files)."""
+        """DISPATCH, leaving out what has its default (run = the task, no env, no timeout, no files, 5 s grace)."""
         spec = action.spec
-        body = {"task": action.task_id, "attempt": action.attempt, "name": spec.name, "argv": spec.argv,
-                "kill_grace_s": spec.kill_grace_s}
+        body = {"task": action.task_id, "attempt": action.attempt, "argv": spec.argv}
+        if spec.kill_grace_s != KILL_GRACE_S:
+            body["kill_grace_s"] = spec.kill_grace_s
         run = self.sched.tasks[action.task_id].run
         if run and run != action.task_id:
             body["run"] = run
@@ -428,9 +433,14 @@ class Master(ClientRequests, Handler):
         tail = self._tails.pop(record.id, None)
         if tail is None and last is not None:
             tail = self.logs.tail(record.id, last.number)
-        return {"id": record.id, "state": record.state.value, "exit_code": record.exit_code,
-                "node": record.node, "reason": record.note or (last.reason if last else ""),
-                "attempts": len(record.attempts), "output": tail or b""}
+        result = {"id": record.id, "state": record.state.value, "exit_code": record.exit_code,
+                  "node": record.node, "attempts": len(record.attempts)}
+        reason = record.note or (last.reason if last else "")
+        if reason:                      # the two left out when empty (most results)
+            result["reason"] = reason
+        if tail:
+            result["output"] = tail
+        return result
 
     def _ended(self, task_id: str) -> None:
         record = self.sched.tasks[task_id]
@@ -513,9 +523,9 @@ class Master(ClientRequests, Handler):
         if not isinstance(task_id, str) or not isinstance(attempt, int):
             conn.send_error(req_id, "bad_request", "FINISHED needs task and attempt")
             return
+        self._ack_later(conn, body, task_id, attempt)
         if body.get("returned"):           # sent ahead, never started: placed again
             waited = body.get("waited_s")
-            self._acks.setdefault(conn, []).append([task_id, attempt])
             self.apply(self.sched.attempt_returned(peer.name, task_id, attempt,
                                                    float(waited) if isinstance(waited, (int, float)) else 0.0,
                                                    self.clock()))
@@ -533,9 +543,18 @@ class Master(ClientRequests, Handler):
         actions = self.sched.attempt_finished(peer.name, task_id, attempt,
                                               exit_code if isinstance(exit_code, int) else None,
                                               str(body.get("reason") or ""), self.clock())
-        self._acks.setdefault(conn, []).append([task_id, attempt])
         self.apply(actions)
         self._tails.pop(task_id, None)
+
+    def _ack_later(self, conn: Connection, body: Dict[str, Any], task_id: str, attempt: int) -> None:
+        """ACK this result once the pass's writes are on disk: by its seq, or (older workers) by name."""
+        seq = body.get("seq")
+        if type(seq) is int:
+            if seq > self._acked.get(conn, 0):
+                self._acked[conn] = seq
+        else:
+            self._acks.setdefault(conn, []).append([task_id, attempt])
+
 
 def _pairs(value: object) -> List[Tuple[str, int]]:
     out: List[Tuple[str, int]] = []

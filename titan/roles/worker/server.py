@@ -21,13 +21,13 @@ import shutil
 import signal
 import socket
 import ssl
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import quote
 
 from titan import __version__
+from titan.core.model import KILL_GRACE_S
 from titan.errors import AuthError
 from titan.io.reaper import ProcessLedger
 from titan.io.loop import Connection, Handler, Loop, Timer, format_address
@@ -77,7 +77,7 @@ class WorkerConfig:
 class Job:
     """One attempt running on this worker."""
 
-    __slots__ = ("key", "run", "spawned", "started_at", "timers", "exit_code", "open_fds",
+    __slots__ = ("key", "run", "spawned", "timers", "exit_code", "open_fds",
                  "reason", "terminating", "workspace", "service")
 
     def __init__(self, key: Key, run: str, spawned: Spawned, workspace: Path,
@@ -85,7 +85,6 @@ class Job:
         self.key = key
         self.run = run
         self.spawned = spawned
-        self.started_at = time.time()
         self.timers: List[Timer] = []
         self.exit_code: Optional[int] = None
         self.open_fds = {spawned.stdout_fd: "out", spawned.stderr_fd: "err"}
@@ -110,11 +109,11 @@ class Worker(Handler):
         self.ahead_max = 3 * config.slots if config.ahead is None else max(0, config.ahead)
         self._hand_back_timer: Optional[Timer] = None
         self._exit_sweep: Optional[Timer] = None
-        self.unacked: Dict[Key, Dict[str, Any]] = {}
-        self.outbox: List[Tuple[int, Dict[str, Any]]] = []
+        self.unacked: Dict[Key, Dict[str, Any]] = {}   # results reported, not yet stored: oldest (lowest seq) first
+        self.seq = 0                                   # the last result's number (the master ACKs "up to" one)
+        self.outbox: List[Dict[str, Any]] = []        # OUTPUT bodies read while the master was away
         self.outbox_bytes: Dict[Key, int] = {}
         self.dropped: Dict[Key, int] = {}
-        self.outboxed: "set[Key]" = set()       # results already waiting in the outbox
         self.files = JobFiles(self, config.data_dir.resolve() / "cache")
         self.next_req = 1
         self.grace_of: Dict[Key, float] = {}    # TERM-to-KILL grace per running attempt
@@ -266,8 +265,7 @@ class Worker(Handler):
                 self.ahead.pop(key, None)          # type: ignore[call-overload]
                 self._finish_now(key, -15, str(body.get("reason") or "cancelled"))  # type: ignore[arg-type]
         elif frame.opcode == Op.ACK:
-            for task_id, attempt in body.get("items") or ():
-                self.unacked.pop((task_id, attempt), None)
+            self._acked(body)
         elif frame.opcode == Op.SVC_START:
             self.services.start(body)
         elif frame.opcode == Op.SVC_STOP:
@@ -297,16 +295,30 @@ class Worker(Handler):
         if self.handshake.done:
             self.backoff_s = 0.1
             logger.info("registered with the master at %s as %s", conn.peer, self.config.name)
-            for opcode, body in self.outbox:
-                conn.send(opcode, 0, body)
+            # Output first, then every result not yet stored, in the order they were numbered:
+            # an ACK "up to" a number then covers exactly what was sent before it.
+            for body in self.outbox:
+                conn.send(Op.OUTPUT, 0, body)
             self.outbox.clear()
             self.outbox_bytes.clear()
             for body in self.unacked.values():
-                if (body["task"], body["attempt"]) not in self.outboxed:
-                    conn.send(Op.FINISHED, 0, body)
-            self.outboxed.clear()
+                conn.send(Op.FINISHED, 0, body)
             self.services.registered()
             self.files.ask_again()
+
+    def _acked(self, body: Dict[str, Any]) -> None:
+        """The master stored these results: forget them (by number, or by name from an older master)."""
+        upto = body.get("upto")
+        if type(upto) is int:
+            unacked = self.unacked
+            while unacked:
+                key = next(iter(unacked))
+                if unacked[key]["seq"] > upto:
+                    break
+                del unacked[key]
+        for item in body.get("items") or ():
+            if isinstance(item, list) and len(item) == 2:
+                self.unacked.pop((item[0], item[1]), None)
 
     def _heartbeat(self) -> None:
         conn = self.conn
@@ -350,15 +362,14 @@ class Worker(Handler):
             if conn.out_bytes > self.config.high_water_bytes:
                 self._pause_pipes()
             return
-        if opcode == Op.OUTPUT:
-            used = self.outbox_bytes.get(key, 0)
-            if used + len(body["data"]) > self.config.offline_output_bytes:
-                self.dropped[key] = self.dropped.get(key, 0) + len(body["data"])
-                return
-            self.outbox_bytes[key] = used + len(body["data"])
-        else:
-            self.outboxed.add(key)
-        self.outbox.append((opcode, body))
+        if opcode != Op.OUTPUT:
+            return                      # a result waits in ``unacked``, sent again on the next connection
+        used = self.outbox_bytes.get(key, 0)
+        if used + len(body["data"]) > self.config.offline_output_bytes:
+            self.dropped[key] = self.dropped.get(key, 0) + len(body["data"])
+            return
+        self.outbox_bytes[key] = used + len(body["data"])
+        self.outbox.append(body)
 
     # ----- attempts ------------------------------------------------------
     def _dispatched(self, body: Dict[str, Any]) -> None:
@@ -401,10 +412,8 @@ class Worker(Handler):
                 return
             del self.ahead[key]
             body = {"task": key[0], "attempt": key[1], "returned": True, "waited_s": round(now - since, 3),
-                    "exit_code": None, "reason": "the worker is stopping" if everything else "no free slot",
-                    "finished_at": time.time()}
-            self.unacked[key] = body
-            self._report(Op.FINISHED, body, key)
+                    "exit_code": None, "reason": "the worker is stopping" if everything else "no free slot"}
+            self._result(key, body)
 
     def _start(self, body: Dict[str, Any]) -> None:
         key = (str(body["task"]), int(body["attempt"]))
@@ -431,7 +440,8 @@ class Worker(Handler):
                 self.spaces.release(workspace)
             return
         timeout_s = body.get("timeout_s")
-        grace = float(body.get("kill_grace_s") or 0.0)
+        grace = body.get("kill_grace_s", KILL_GRACE_S)
+        grace = float(grace) if isinstance(grace, (int, float)) else KILL_GRACE_S
         if timeout_s:
             job.timers.append(self.loop.call_later(
                 float(timeout_s), lambda: self.terminate(job, f"timed out after {timeout_s:g}s", grace)))
@@ -590,23 +600,30 @@ class Worker(Handler):
             self.services.exited(job, _describe_exit(job.exit_code) or "exited with code 0")
             self._maybe_exit()
             return
-        self._finish_now(job.key, job.exit_code, reason, started_at=job.started_at)
+        self._finish_now(job.key, job.exit_code, reason)
         self.spaces.release(job.workspace)
         self._maybe_exit()
 
-    def _finish_now(self, key: Key, exit_code: int, reason: str, started_at: Optional[float] = None) -> None:
+    def _finish_now(self, key: Key, exit_code: int, reason: str) -> None:
         dropped = self.dropped.pop(key, 0)
         if dropped:
             note = f"\n[titan: {dropped} bytes of output dropped while the master was unreachable]\n"
             self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": "err",
                                      "data": note.encode()}, key)
         self.outbox_bytes.pop(key, None)
-        body = {"task": key[0], "attempt": key[1], "exit_code": exit_code, "reason": reason,
-                "started_at": started_at, "finished_at": time.time()}
-        self.unacked[key] = body
-        self._report(Op.FINISHED, body, key)
+        body = {"task": key[0], "attempt": key[1], "exit_code": exit_code}
+        if reason:
+            body["reason"] = reason
+        self._result(key, body)
         if self.ahead:
             self._start_ahead()
+
+    def _result(self, key: Key, body: Dict[str, Any]) -> None:
+        """Number a result, keep it until the master ACKs it, and report it."""
+        self.seq += 1
+        body["seq"] = self.seq
+        self.unacked[key] = body
+        self._report(Op.FINISHED, body, key)
 
     def terminate(self, job: Job, reason: str, grace_s: Optional[float] = None,
                   sig: int = signal.SIGTERM) -> None:
