@@ -216,3 +216,28 @@ def test_the_examples_run(tmp_path: Path) -> None:
     assert res.code == 0 and "total words: 3000" in res.stdout, res
     res = run_cli("up", "--tags", "gpu", str(REPO / "examples" / "gpu-routing.ini"), timeout_s=60)
     assert res.code == 0 and "training on local-" in res.stdout and "model trained" in res.stdout, res
+
+
+def test_a_job_submitted_again_unchanged_is_stored_once(titan_procs: TitanProcs, tmp_path: Path) -> None:
+    # Given a master that stores its state in an append-only file
+    master = titan_procs.start_master()
+    job = {"name": "again", "tasks": [{"name": "a", "command": ["true"]}]}
+    changed = {"name": "again", "tasks": [{"name": "a", "command": ["echo", "changed"]}]}
+    with Client(master.address, token="") as c:
+        # When the same job is submitted three times, then once changed
+        for body in (job, job, job, changed):
+            c.submit_job(body, start=False)
+        # Then it was written twice (the first time and the change), and the master knows the changed one
+        jobs = {j["name"]: j for j in c.jobs()}
+        assert jobs["again"]["tasks"] == 1
+    aof = b"".join(path.read_bytes() for path in sorted(master.data_dir.rglob("*.aof")))
+    assert aof.count(b"titan:job:again") == 2
+    # and after a kill -9 the master runs the changed one
+    master = titan_procs.restart_master(master)
+    titan_procs.start_worker(master.address, "w1")
+    titan_procs.wait_ready(master.address, ["w1"])
+    with Client(master.address, token="") as c:
+        run = c.trigger("again")
+        assert run.wait(timeout=30).state == "SUCCEEDED"
+        task = run.tasks()[0]
+        assert b"".join(c.logs(task["id"])) == b"changed\n"

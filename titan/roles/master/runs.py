@@ -52,8 +52,9 @@ class RunService:
             self.master.services.check_node(spec)
         self._store_files(job, body.get("blobs"))
         self._plan(job, None)
+        if self.jobs.get(job["name"]) != job:      # the same job again (a rerun) is already stored
+            self.master.durable.jobs_dirty[job["name"]] = job
         self.jobs[job["name"]] = job
-        self.master.durable.jobs_dirty[job["name"]] = job
         reply: Dict[str, Any] = {"job": job["name"], "run": None, "tasks": [],
                                  "services": [spec.name for spec in services]}
         for spec in services:                       # a job's services: deployed (or updated) with it
