@@ -8,7 +8,7 @@ connection in between; the master tests use a hand-speaking worker.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from conftest import FakeMaster, Raw, TitanProcs
 from titan.sdk.client import Client
@@ -61,33 +61,33 @@ def test_an_ack_by_name_from_an_older_master_is_understood_too(
     assert hello["finished"] == [["t2", 1], ["t3", 1]]
 
 
-def test_the_master_acks_numbered_results_by_number_and_others_by_name(titan_procs: TitanProcs) -> None:
-    master = titan_procs.start_master()
+def master_with_raw_worker(procs: TitanProcs, slots: int) -> Tuple[str, Raw]:
+    """A real master and a hand-speaking worker registered with it; returns (address, worker)."""
+    master = procs.start_master()
     raw = Raw(master.address)
-    raw.hello_as_worker("fake", slots=1)
-    with Client(master.address, token="") as c:
-        # A numbered result: the ACK says "stored up to" its number
-        first = c.submit(["true"])
-        frame = raw.read_frame_where(lambda f: f.opcode == Op.DISPATCH)
-        raw.send_frame(Op.FINISHED, 0, {"task": frame.body["task"], "attempt": 1, "exit_code": 0, "seq": 7})
-        ack = raw.read_frame_where(lambda f: f.opcode == Op.ACK)
-        assert ack.body == {"upto": 7}
-        assert first.result(timeout=10).state == "SUCCEEDED"
-        # A result without a number (a worker from before numbering): ACKed by task and attempt
-        second = c.submit(["false"])
-        frame = raw.read_frame_where(lambda f: f.opcode == Op.DISPATCH)
-        raw.send_frame(Op.FINISHED, 0, {"task": frame.body["task"], "attempt": 1, "exit_code": 1})
-        ack = raw.read_frame_where(lambda f: f.opcode == Op.ACK)
-        assert ack.body == {"items": [[second.id, 1]]}
-        assert second.result(timeout=10).state == "FAILED"
+    raw.hello_as_worker("fake", slots=slots)
+    return master.address, raw
+
+
+def test_the_master_acks_numbered_results_by_number_and_others_by_name(titan_procs: TitanProcs) -> None:
+    address, raw = master_with_raw_worker(titan_procs, slots=1)
+    with Client(address, token="") as c:
+        # A numbered result (seq 7), then one without a number (a worker from before numbering)
+        for command, extra, state in ((["true"], {"seq": 7}, "SUCCEEDED"), (["false"], {}, "FAILED")):
+            task = c.submit(command)
+            frame = raw.read_frame_where(lambda f: f.opcode == Op.DISPATCH)
+            raw.send_frame(Op.FINISHED, 0, {"task": frame.body["task"], "attempt": 1,
+                                             "exit_code": 0 if state == "SUCCEEDED" else 1, **extra})
+            ack = raw.read_frame_where(lambda f: f.opcode == Op.ACK)
+            # Then the first is ACKed "stored up to" its number, the other by task and attempt
+            assert ack.body == ({"upto": 7} if extra else {"items": [[task.id, 1]]})
+            assert task.result(timeout=10).state == state
     raw.close()
 
 
 def test_a_dispatch_and_a_result_leave_out_what_has_its_default(titan_procs: TitanProcs) -> None:
-    master = titan_procs.start_master()
-    raw = Raw(master.address)
-    raw.hello_as_worker("fake", slots=2)
-    with Client(master.address, token="") as c:
+    address, raw = master_with_raw_worker(titan_procs, slots=2)
+    with Client(address, token="") as c:
         plain = c.submit(["true"])
         custom = c.submit(["true"], kill_grace_s=1.5, timeout_s=9)
         bodies = {}
