@@ -55,7 +55,8 @@ def test_an_ack_by_name_from_an_older_master_is_understood_too(
     titan_procs.start_worker(fake_master.address, "w", slots=1)
     fake_master.accept()
     run_quick(fake_master, "t1", "t2")
-    fake_master.send_frame(Op.ACK, 0, {"items": [["t1", 1], "junk", ["t2"]]})
+    fake_master.send_frame(Op.ACK, 0, {"items": 5, "upto": "x"})          # nonsense: ignored
+    fake_master.send_frame(Op.ACK, 0, {"items": [["t1", 1], "junk", ["t2"], [["t2"], 1]]})
     run_quick(fake_master, "t3")
     hello = reconnect(fake_master)
     assert hello["finished"] == [["t2", 1], ["t3", 1]]

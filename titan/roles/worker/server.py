@@ -316,8 +316,9 @@ class Worker(Handler):
                 if unacked[key]["seq"] > upto:
                     break
                 del unacked[key]
-        for item in body.get("items") or ():
-            if isinstance(item, list) and len(item) == 2:
+        items = body.get("items")
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
                 self.unacked.pop((item[0], item[1]), None)
 
     def _heartbeat(self) -> None:
