@@ -313,13 +313,12 @@ class Scheduler:
         """A worker reports the end of an attempt (exit code or signal)."""
         record = self.tasks.get(task_id)
         w = self.workers.get(worker)
-        if record is None or record.current is None or record.current.number != attempt \
-                or record.state is not S.RUNNING or record.current.worker != worker:
+        att = record.current if record is not None else None
+        if att is None or att.number != attempt or record.state is not S.RUNNING or att.worker != worker:
             if w is not None:
                 w.foreign.discard((task_id, attempt))
             return self._dispatch(now)
         self._lost.pop(task_id, None)
-        att = record.current
         att.finished_at, att.exit_code, att.reason = now, exit_code, reason
         if w is not None:
             w.running -= 1

@@ -108,8 +108,7 @@ def _str_part(value: str) -> bytes:
     return _SIZED.pack(TAG_STR, len(data)) + data
 
 
-def _str_or_none_part(value: Optional[str]) -> bytes:
-    return _NONE if value is None else _str_part(value)
+_STATE_PART = {state: _str_part(state.value) for state in TaskState}     # the state names, encoded once
 
 
 def _attempt_part(a: Attempt) -> bytes:
@@ -120,7 +119,7 @@ def _attempt_part(a: Attempt) -> bytes:
         _FLOAT.pack(TAG_FLOAT, a.started_at),
         _NONE if a.finished_at is None else _FLOAT.pack(TAG_FLOAT, a.finished_at),
         _NONE if a.exit_code is None else _INT.pack(TAG_INT, a.exit_code),
-        _str_part(a.reason), _str_part(a.state.value), _INT.pack(TAG_INT, a.log_bytes)))
+        _str_part(a.reason), _STATE_PART[a.state], _INT.pack(TAG_INT, a.log_bytes)))
 
 
 def record_to_blob(record: TaskRecord) -> bytes:
@@ -140,13 +139,15 @@ def record_to_blob(record: TaskRecord) -> bytes:
                               TAG_FLOAT, record.ready_at, flag, TAG_INT, record.retry_base)
         attempts = record.attempts
         return b"".join((
-            _ROW_HEAD, _str_part(record.id), _SIZED.pack(TAG_BYTES, len(spec)), spec, _str_part(record.state.value),
+            _ROW_HEAD, _str_part(record.id), _SIZED.pack(TAG_BYTES, len(spec)), spec, _STATE_PART[record.state],
             run,
             _SIZED.pack(TAG_LIST, len(attempts)) + b"".join([_attempt_part(a) for a in attempts]) if attempts else _NONE,
             encode(list(record.after)) if record.after else _NONE,
-            _str_or_none_part(record.affinity), _str_or_none_part(record.run), _str_or_none_part(record.pin),
+            _NONE if record.affinity is None else _str_part(record.affinity),
+            _NONE if record.run is None else _str_part(record.run),
+            _NONE if record.pin is None else _str_part(record.pin),
             _str_part(record.note) if record.note else _NONE, _FLOAT.pack(TAG_FLOAT, delay) if delay else _NONE))
-    except (_Unusual, struct.error, UnicodeEncodeError, AttributeError):
+    except (_Unusual, struct.error, UnicodeEncodeError, AttributeError, KeyError):
         return encode(record_row(record))
 
 

@@ -155,6 +155,11 @@ class _Header(NamedTuple):
     body_len: int
 
 
+# Frame(...) and _Header(...) run a Python-level __new__; tuple.__new__ builds the
+# same named tuples without it (two of each per task on the master).
+_new_tuple = tuple.__new__
+
+
 class FrameDecoder:
     """Turns a byte stream, split anywhere, into :class:`Frame` objects.
 
@@ -228,7 +233,7 @@ class FrameDecoder:
                 if body_end > end:
                     break
                 body = self._decode_body(view[body_start:body_end].tobytes(), header)
-                frames.append(Frame(header.opcode, header.flags, header.req_id, body))
+                frames.append(_new_tuple(Frame, (header.opcode, header.flags, header.req_id, body)))
                 pos = body_end
                 header = None
         self._header = header
@@ -250,7 +255,7 @@ class FrameDecoder:
                 f"{self._max_body_bytes}-byte limit (opcode 0x{opcode:02x}, request {req_id})",
                 req_id=req_id,
             )
-        return _Header(opcode, flags, req_id, body_len)
+        return _new_tuple(_Header, (opcode, flags, req_id, body_len))
 
     def _decode_body(self, body: bytes, header: _Header) -> object:
         try:

@@ -433,8 +433,8 @@ class Master(ClientRequests, Handler):
         tail = self._tails.pop(record.id, None)
         if tail is None and last is not None:
             tail = self.logs.tail(record.id, last.number)
-        result = {"id": record.id, "state": record.state.value, "exit_code": record.exit_code,
-                  "node": record.node, "attempts": len(record.attempts)}
+        result = {"id": record.id, "state": record.state.value, "exit_code": last.exit_code if last else None,
+                  "node": last.worker if last else None, "attempts": len(record.attempts)}
         reason = record.note or (last.reason if last else "")
         if reason:                      # the two left out when empty (most results)
             result["reason"] = reason
