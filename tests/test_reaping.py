@@ -21,6 +21,10 @@ def test_a_restarted_worker_kills_what_its_killed_predecessor_left_running(
         c.submit(f"sleep 300 & echo $! > {pids}; echo $$ >> {pids}; sleep 300", watch=False)
     wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, 20, "the task to start")
     left = [int(p) for p in pids.read_text().split()]
+    # (The worker writes the record just after the spawn returns: on a busy host the task can
+    # already have written its pids by then, and a kill in between would leave nothing to reap.)
+    ledger = titan_procs.base_dir / "w1" / "procs.log"
+    wait_until(lambda: f"+ {left[1]} " in ledger.read_text(), 10, "the worker to record the task")
     # When the worker is killed with SIGKILL (its task's processes live on) ...
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(10)

@@ -6,7 +6,9 @@
 A worker killed with SIGKILL leaves its tasks' process groups running.  When
 a worker starts on the same data directory it reads the records and kills
 those groups, checking each leader's start time, so a pid the system has
-since given to another process is never hit.
+since given to another process is never hit.  A group is recorded as soon as
+``posix_spawn`` returns its pid; a SIGKILL in that instant (before the write)
+leaves that one group unrecorded.
 """
 from __future__ import annotations
 
