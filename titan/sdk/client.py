@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from titan.core.model import KILL_GRACE_S
 from titan.errors import ConnectionLost, RemoteError, UnknownTask, UsageError
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
 from titan.sdk.kv import KV
@@ -371,7 +372,7 @@ class Client:
     def submit(self, command: Union[str, Sequence[str]], *, requires: Optional[Iterable[str]] = None,
                timeout_s: Optional[float] = None, name: Optional[str] = None, priority: int = 0,
                env: Optional[Dict[str, str]] = None, node: Optional[str] = None, retries: int = 0,
-               retry_backoff_s: float = 1.0, kill_grace_s: float = 5.0, watch: bool = True,
+               retry_backoff_s: float = 1.0, kill_grace_s: float = KILL_GRACE_S, watch: bool = True,
                on_output: Optional[Callable[[str, bytes], None]] = None) -> Task:
         """Queue a command (a str runs in ``/bin/sh -c``, a list is argv); return its Task.
 
@@ -572,7 +573,7 @@ def _submit_body(command: Union[str, Sequence[str]], requires: Optional[Iterable
         body["retries"] = retries
     if retry_backoff_s != 1.0:
         body["retry_backoff_s"] = retry_backoff_s
-    if kill_grace_s != 5.0:
+    if kill_grace_s != KILL_GRACE_S:
         body["kill_grace_s"] = kill_grace_s
     return body
 

@@ -633,7 +633,7 @@ class Worker(Handler):
             return
         job.terminating = True
         job.reason = reason
-        grace = self.grace_of.get(job.key, 5.0) if grace_s is None else grace_s
+        grace = self.grace_of.get(job.key, KILL_GRACE_S) if grace_s is None else grace_s
         logger.info("stopping %s attempt %d: %s", job.key[0], job.key[1], reason)
         self.procs.kill_group(job.spawned.pid, sig)
         job.timers.append(self.loop.call_later(
