@@ -423,9 +423,10 @@ class FakeMaster(Raw):
         self.hello: Dict[str, Any] = {}
 
     def accept(self) -> Dict[str, Any]:
-        """Take the worker's connection and complete its handshake; return its HELLO."""
+        """Take the worker's (next) connection and complete its handshake; return its HELLO."""
         self.listener.settimeout(READ_TIMEOUT_S)
         self.sock, _ = self.listener.accept()
+        self.decoder, self.frames = FrameDecoder(), []      # nothing carries over from an earlier connection
         shake = ServerHandshake(name="fake-master", token=None)
         while not shake.done:
             frame = self.read_frame()

@@ -27,8 +27,6 @@ def run_quick(fake: FakeMaster, *tasks: str) -> List[Dict[str, Any]]:
 def reconnect(fake: FakeMaster) -> Dict[str, Any]:
     """Drop the worker's connection and take the one it dials next; return its HELLO."""
     fake.sock.close()
-    fake.frames.clear()
-    fake.decoder = type(fake.decoder)()
     return fake.accept()
 
 
