@@ -29,6 +29,7 @@ import pytest
 from titan.errors import TitanError
 from titan.io.proc import titan_command, titan_env
 from titan.roles.local import LocalCluster
+from titan.roles.master.server import Peer
 from titan.sdk.client import Client
 from titan.wire.frames import Frame, FrameDecoder, Op, pack
 from titan.wire.handshake import ClientHandshake, ServerHandshake
@@ -457,3 +458,26 @@ def fake_master(titan_procs: TitanProcs) -> Iterator[FakeMaster]:
         yield fake
     finally:
         fake.close()
+
+
+class Recorder:
+    """Stands in for a client connection of an in-process Master: keeps every frame it is sent."""
+
+    closed = False
+    peer = "test"
+
+    def __init__(self) -> None:
+        self.state = Peer(ServerHandshake(name="m", token=None))
+        self.state.handshake.done = True
+        self.state.role, self.state.name = "client", "tester"
+        self.frames: List[Tuple[int, int, Any]] = []
+
+    def send(self, opcode: int, req_id: int, body: Any = None, flags: int = 0, urgent: bool = False,
+             lazy: bool = False) -> None:
+        self.frames.append((opcode, req_id, body))
+
+    def send_error(self, req_id: int, code: str, message: str) -> None:
+        self.frames.append((Op.ERROR, req_id, {"code": code, "message": message}))
+
+    def reply(self, req_id: int) -> Tuple[int, Any]:
+        return next((op, body) for op, rid, body in self.frames if rid == req_id)

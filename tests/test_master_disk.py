@@ -14,12 +14,11 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from conftest import child_env, cli_argv, wait_until
+from conftest import Recorder, child_env, cli_argv, wait_until
 from titan.errors import UsageError
 from titan.io.aof import FileOps
-from titan.roles.master.server import Master, MasterConfig, Peer
+from titan.roles.master.server import Master, MasterConfig
 from titan.wire.frames import Frame, Op
-from titan.wire.handshake import ServerHandshake
 
 
 class FullDisk(FileOps):
@@ -31,29 +30,6 @@ class FullDisk(FileOps):
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")
         return super().write(fd, data)
-
-
-class Recorder:
-    """Stands in for a client connection: keeps every frame the master sends."""
-
-    closed = False
-    peer = "test"
-
-    def __init__(self) -> None:
-        self.state = Peer(ServerHandshake(name="m", token=None))
-        self.state.handshake.done = True
-        self.state.role, self.state.name = "client", "tester"
-        self.frames: List[Tuple[int, int, Any]] = []
-
-    def send(self, opcode: int, req_id: int, body: Any = None, flags: int = 0, urgent: bool = False,
-             lazy: bool = False) -> None:
-        self.frames.append((opcode, req_id, body))
-
-    def send_error(self, req_id: int, code: str, message: str) -> None:
-        self.frames.append((Op.ERROR, req_id, {"code": code, "message": message}))
-
-    def reply(self, req_id: int) -> Tuple[int, Any]:
-        return next((op, body) for op, rid, body in self.frames if rid == req_id)
 
 
 def _master(data_dir: Path) -> Tuple[Master, FullDisk]:

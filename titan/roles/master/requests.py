@@ -54,9 +54,9 @@ class ClientRequests:
         self.hold(conn, req_id, Op.OK, {"id": task_id}, flags, LAZY if watch else False)
         if watch:
             self.watchers.setdefault(task_id, []).append((conn, req_id))
-            peer.watching.append((task_id, req_id))
+            peer.watching.add((task_id, req_id))
             if body.get("follow"):
-                peer.following.append((task_id, req_id))
+                peer.following.add((task_id, req_id))
         self.apply(self.sched.task_submitted(task_id, spec, self.clock()))
 
     def _c_status(self: "Master", conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
@@ -72,7 +72,7 @@ class ClientRequests:
             conn.send(Op.EVENT, req_id, {"kind": "result", "result": self.result_body(record)})
             return
         self.watchers.setdefault(record.id, []).append((conn, req_id))
-        conn.state.watching.append((record.id, req_id))
+        conn.state.watching.add((record.id, req_id))
 
     def _c_cancel(self: "Master", conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         if body.get("task") in self.runs.runs:
@@ -157,7 +157,7 @@ class ClientRequests:
         if body.get("follow") and (live or not record.attempts):
             if record.state not in TERMINAL:
                 self.followers.setdefault(record.id, []).append((conn, req_id))
-                conn.state.following.append((record.id, req_id))
+                conn.state.following.add((record.id, req_id))
                 return
         conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code,
                                   "attempt": attempt})
@@ -182,7 +182,7 @@ class ClientRequests:
         self._send_log(conn, req_id, "@" + name, gen)
         if body.get("follow") and gen == entry.gen:
             self.followers.setdefault("@" + name, []).append((conn, req_id))
-            conn.state.following.append(("@" + name, req_id))
+            conn.state.following.add(("@" + name, req_id))
             return
         conn.send(Op.OK, req_id, {"state": entry.state.value, "exit_code": None, "attempt": gen})
 

@@ -21,7 +21,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from titan import __version__
 from titan.core.model import KILL_GRACE_S, SpecCache, TaskRecord, TaskState
@@ -98,8 +98,9 @@ class Peer:
         self.handshake = handshake
         self.role = ""
         self.name = ""
-        self.watching: List[Tuple[str, int]] = []
-        self.following: List[Tuple[str, int]] = []
+        # (task, request) pairs this client waits on or follows the output of, until the task ends
+        self.watching: Set[Tuple[str, int]] = set()
+        self.following: Set[Tuple[str, int]] = set()
         self.subscriptions: List[int] = []
         self.retiring = False
 
@@ -376,10 +377,8 @@ class Master(ClientRequests, Handler):
                 logger.info("worker %s disconnected: %s", peer.name, reason)
                 self.apply(self.sched.worker_left(peer.name, self.clock()))
                 self.services.worker_left(peer.name, self.clock())
-        for task_id, _ in peer.watching:
-            self.watchers[task_id] = [w for w in self.watchers.get(task_id, []) if w[0] is not conn]
-        for task_id, _ in peer.following:
-            self.followers[task_id] = [w for w in self.followers.get(task_id, []) if w[0] is not conn]
+        _forget_conn(self.watchers, peer.watching, conn)
+        _forget_conn(self.followers, peer.following, conn)
         if peer.subscriptions:
             self.kv.dropped(peer.subscriptions)
         if peer.role == "client":
@@ -445,9 +444,13 @@ class Master(ClientRequests, Handler):
     def _ended(self, task_id: str) -> None:
         record = self.sched.tasks[task_id]
         result = self.result_body(record)
-        for conn, req_id in self.watchers.pop(task_id, []):
+        for conn, req_id in self.watchers.pop(task_id, ()):
+            peer = conn.state
+            peer.watching.discard((task_id, req_id))
+            peer.following.discard((task_id, req_id))       # a submission that also asked for the output
             conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
-        for conn, req_id in self.followers.pop(task_id, []):
+        for conn, req_id in self.followers.pop(task_id, ()):
+            conn.state.following.discard((task_id, req_id))
             conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code})
         self.runs.task_ended(record)
 
@@ -554,6 +557,18 @@ class Master(ClientRequests, Handler):
                 self._acked[conn] = seq
         else:
             self._acks.setdefault(conn, []).append([task_id, attempt])
+
+
+def _forget_conn(table: Dict[str, List[Tuple[Connection, int]]], pairs: Set[Tuple[str, int]],
+                 conn: Connection) -> None:
+    """A client went away: drop its entries from ``table`` (task -> who waits on it)."""
+    for task_id in {task_id for task_id, _ in pairs}:
+        left = [w for w in table.get(task_id, ()) if w[0] is not conn]
+        if left:
+            table[task_id] = left
+        else:
+            table.pop(task_id, None)
+    pairs.clear()
 
 
 def _pairs(value: object) -> List[Tuple[str, int]]:

@@ -1,0 +1,71 @@
+"""What the master keeps per client connection: only what is still to come.
+
+A client that stays connected for days and submits a task every second must
+not make the master grow: once a task has ended, nothing about who waited
+on it is left, and a client that goes away leaves no trace at all.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import Recorder
+from titan.roles.master.server import Master, MasterConfig
+from titan.wire.frames import Frame, Op
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Iterator[Master]:
+    m = Master(MasterConfig(data_dir=tmp_path / "m"))
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def _request(master: Master, conn: Recorder, req_id: int, opcode: int, body: Any) -> None:
+    master.on_frame(conn, Frame(opcode, 0, req_id, body))   # type: ignore[arg-type]
+    master._end_of_pass()
+
+
+def _results(conn: Recorder) -> dict:
+    return {body["result"]["id"]: body["result"]["state"] for op, _, body in conn.frames
+            if op == Op.EVENT and body.get("kind") == "result"}
+
+
+def test_a_long_lived_client_leaves_nothing_behind_for_tasks_that_ended(master: Master) -> None:
+    # Given a client that submits 300 tasks (a third of them also asking for the output) and waits on them
+    client = Recorder()
+    for n in range(1, 301):
+        _request(master, client, n, Op.SUBMIT, {"command": "true", "name": f"t{n}", "follow": n % 3 == 0})
+    _request(master, client, 301, Op.WAIT, {"task": "t1#1"})      # a second wait on one of them
+    _request(master, client, 302, Op.LOGS, {"task": "t2#1", "follow": True})
+    assert len(client.state.watching) == 301 and len(master.watchers) == 300
+    # When every one of them ends (cancelled while queued: no worker is connected)
+    for n in range(1, 301):
+        _request(master, client, 1000 + n, Op.CANCEL, {"task": f"t{n}#1"})
+    # Then the client heard every result, twice for the task it waited on twice
+    assert len(_results(client)) == 300 and set(_results(client).values()) == {"CANCELLED"}
+    assert sum(1 for op, rid, _ in client.frames if op == Op.EVENT and rid == 301) == 1
+    # And the master keeps nothing about who waited on or followed them
+    assert not client.state.watching and not client.state.following
+    assert master.watchers == {} and master.followers == {}
+
+
+def test_a_client_that_goes_away_leaves_no_entries_for_the_tasks_it_waited_on(master: Master) -> None:
+    # Given two clients waiting on queued tasks, one of them following the output too
+    leaving, staying = Recorder(), Recorder()
+    for n in range(1, 51):
+        _request(master, leaving, n, Op.SUBMIT, {"command": "true", "name": f"t{n}"})
+    _request(master, leaving, 51, Op.LOGS, {"task": "t1#1", "follow": True})
+    _request(master, staying, 1, Op.WAIT, {"task": "t1#1"})
+    # When the first one disconnects
+    master.on_close(leaving, "gone")   # type: ignore[arg-type]
+    # Then only the other client's wait is left
+    assert master.watchers == {"t1#1": [(staying, 1)]} and master.followers == {}
+    assert not leaving.state.watching and not leaving.state.following
+    # And it still hears the result
+    _request(master, staying, 2, Op.CANCEL, {"task": "t1#1"})
+    assert _results(staying) == {"t1#1": "CANCELLED"} and master.watchers == {}
