@@ -86,6 +86,10 @@ class Task:
     def __repr__(self) -> str:
         return f"<titan.Task {self._id or '(submitting)'}>"
 
+    def __del__(self) -> None:
+        if self._result is None and self._req_id is not None:
+            self.client._abandon(self._req_id)     # nobody can ask for this result any more
+
     @property
     def id(self) -> str:
         """The task's id, e.g. ``echo#3``; waits for the master's reply if needed."""
@@ -154,6 +158,7 @@ class Client:
         self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
         self._lock = threading.RLock()
         self._pending: Dict[int, _Pending] = {}
+        self._abandoned: List[int] = []      # requests whose Task or Run was dropped unfinished
         self._next_id = 1
         self._decoder = FrameDecoder()
         self._batch: Optional[List[bytes]] = None
@@ -243,6 +248,8 @@ class Client:
     def _send(self, opcode: int, body: Dict[str, Any],
               on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> int:
         with self._lock:
+            if self._abandoned:
+                self._drop_abandoned()
             req_id = self._next_id
             self._next_id = self._next_id % 0xFFFFFFFF + 1
             self._pending[req_id] = _Pending(on_event)
@@ -290,6 +297,18 @@ class Client:
 
     def _forget(self, req_id: int) -> None:
         self._pending.pop(req_id, None)
+
+    def _abandon(self, req_id: int) -> None:
+        """The handle on ``req_id`` is gone: drop what arrived for it at the next request.
+
+        Called from ``__del__``, so at any moment: it only appends, and the
+        next request (under the lock) does the forgetting.
+        """
+        self._abandoned.append(req_id)
+
+    def _drop_abandoned(self) -> None:
+        while self._abandoned:
+            self._pending.pop(self._abandoned.pop(), None)
 
     def _dispatch(self, frame: Frame) -> None:
         pending = self._pending.get(frame.req_id)

@@ -51,6 +51,10 @@ class Run:
     def __repr__(self) -> str:
         return f"<titan.Run {self.id}>"
 
+    def __del__(self) -> None:
+        if self._result is None and self._req_id is not None:
+            self.client._abandon(self._req_id)     # nobody can wait on this run any more
+
     def tasks(self) -> List[Dict[str, Any]]:
         """Every task of the run as the master sees it now (state, attempts, node)."""
         return list(self.client.status(self.id or "")["tasks"])
