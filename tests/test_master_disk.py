@@ -103,6 +103,33 @@ def test_finished_tasks_are_forgotten_after_the_retention_period(tmp_path: Path)
     master.close()
 
 
+def test_a_run_is_forgotten_with_its_tasks_and_listing_runs_shows_the_newest(tmp_path: Path) -> None:
+    # Given a master that keeps finished tasks for one minute, on a clock the test moves
+    now = [1_000_000.0]
+    master = Master(MasterConfig(data_dir=tmp_path / "m", retention_s=60.0), clock=lambda: now[0])
+    client = Recorder()
+    job = {"name": "nightly", "tasks": [{"name": "a", "command": ["true"]},
+                                        {"name": "b", "command": ["true"], "after": ["a"]}]}
+    # And three runs of a job, the first two cancelled (ended) long ago, the third still waiting
+    for n in (1, 2):
+        _request(master, client, n, Op.RUN, {"job": job, "watch": False})
+        _request(master, client, 10 + n, Op.CANCEL, {"task": f"nightly#{n}"})
+    now[0] += 3600
+    _request(master, client, 3, Op.RUN, {"job": job, "watch": False})
+    _request(master, client, 4, Op.RUNS, {"job": "nightly", "limit": 2})
+    opcode, body = client.reply(4)
+    assert [r["id"] for r in body["runs"]] == ["nightly#3", "nightly#2"] and body["total"] == 3
+    # When the housekeeping forgets what ended more than a minute ago
+    master._purged_at = float("-inf")
+    master._housekeeping()
+    # Then the old runs are gone with their tasks, and the live one stays
+    _request(master, client, 5, Op.RUNS, {})
+    opcode, body = client.reply(5)
+    assert [r["id"] for r in body["runs"]] == ["nightly#3"] and body["total"] == 1
+    assert body["runs"][0]["state"] == "RUNNING" and body["runs"][0]["tasks"] == 2
+    master.close()
+
+
 def test_a_master_on_a_non_loopback_address_needs_a_token_or_insecure(tmp_path: Path) -> None:
     # Checked before anything is bound: nothing listens beyond loopback in this test
     with pytest.raises(UsageError, match="without a cluster token"):

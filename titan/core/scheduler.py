@@ -139,13 +139,13 @@ class Scheduler:
         w.connected = False
         w.info = dict(info or {})
 
-    def forget_finished(self, before: float) -> List[str]:
-        """Drop terminal tasks that finished before ``before``; return their ids."""
-        gone = [r.id for r in self.tasks.values()
+    def forget_finished(self, before: float) -> List[TaskRecord]:
+        """Drop terminal tasks that finished before ``before``; return their records."""
+        gone = [r for r in self.tasks.values()
                 if r.state in TERMINAL and r.finished_at is not None and r.finished_at < before]
-        for task_id in gone:
-            del self.tasks[task_id]
-            self._dependants.pop(task_id, None)
+        for record in gone:
+            del self.tasks[record.id]
+            self._dependants.pop(record.id, None)
         return gone
 
     # ----- queries -------------------------------------------------------

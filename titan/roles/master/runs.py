@@ -154,12 +154,20 @@ class RunService:
         if body.get("watch") and run_id:
             self.watchers.setdefault(run_id, []).append((conn, req_id, bool(body.get("progress", True))))
 
+    def forget(self, gone: List[TaskRecord]) -> None:
+        """Tasks past their retention were forgotten: so is a run none of whose tasks is left."""
+        tasks = self.master.sched.tasks
+        for run_id in {record.run for record in gone if record.run}:
+            if run_id in self.runs and not any(t in tasks for t in self.runs[run_id]):
+                del self.runs[run_id]
+
     def list_runs(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         job = body.get("job")
         limit = body.get("limit") if isinstance(body.get("limit"), int) else 50
-        rows = [self.view(run_id, detail=False) for run_id in reversed(list(self.runs))
-                if job is None or _job_of(run_id) == job]
-        conn.send(Op.OK, req_id, {"runs": rows[:limit], "total": len(rows)})
+        matching = [run_id for run_id in self.runs if job is None or _job_of(run_id) == job]
+        newest = matching[-limit:] if limit > 0 else []          # only these are looked at
+        rows = [self.view(run_id, detail=False) for run_id in reversed(newest)]
+        conn.send(Op.OK, req_id, {"runs": rows, "total": len(matching)})
 
     def list_jobs(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         rows = []

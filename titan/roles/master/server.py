@@ -224,7 +224,7 @@ class Master(ClientRequests, Handler):
         self.durable.housekeeping(self.clock())
         if now - self._purged_at > min(60.0, max(1.0, self.config.retention_s / 4)):
             self._purged_at = now
-            self.sched.forget_finished(self.clock() - self.config.retention_s)
+            self.runs.forget(self.sched.forget_finished(self.clock() - self.config.retention_s))
         self._scale()
         self._forget_lost_ephemerals()
         self.loop.call_later(1.0, self._housekeeping)
