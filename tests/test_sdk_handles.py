@@ -1,16 +1,22 @@
-"""A client that drops its task and run handles does not keep their results.
+"""What arrives for a client's tasks and runs: kept while a handle can ask for it, never lost.
 
 The master pushes every watched task's result to the client. A program that
 submits work for hours without keeping the Task objects (fire and forget)
 must not collect all those results in memory: once a handle is gone, what
-arrives for it is dropped.
+arrives for it is dropped. And a user's output callback that raises must not
+take other tasks' results down with it.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
-from conftest import wait_until
+import pytest
+
+from conftest import FakeMaster, wait_until
 from titan.roles.local import LocalCluster
+from titan.sdk.client import Client
+from titan.wire.frames import FLAG_MORE, Op, pack
 
 Cluster = Callable[..., LocalCluster]
 
@@ -44,3 +50,34 @@ def test_a_dropped_run_handle_is_forgotten_and_a_kept_one_still_waits(cluster: C
         wait_until(lambda: all(r["state"] == "SUCCEEDED" for r in c.runs("pair")), 30, "both runs to end")
         # Then the client keeps nothing for either of them
         assert c._pending == {}
+
+
+def test_an_output_callback_that_raises_loses_no_other_result() -> None:
+    # Given a client whose first task's output callback fails, and a second task
+    fake = FakeMaster()
+    accepting = threading.Thread(target=fake.accept)
+    accepting.start()
+    try:
+        with Client(fake.address, token="") as c:
+            accepting.join()
+            def broken(stream: str, data: bytes) -> None:
+                raise ValueError("the callback failed")
+            first = c.submit(["echo", "hi"], on_output=broken)
+            second = c.submit(["true"])
+            submits = [fake.read_frame_where(lambda f: f.opcode == Op.SUBMIT) for _ in range(2)]
+            r1, r2 = (f.req_id for f in submits)
+            result = {"state": "SUCCEEDED", "exit_code": 0, "node": "w", "attempts": 1}
+            # When the first one's output and both results arrive in one read
+            fake.sock.sendall(pack(Op.OK, r1, {"id": "echo#1"}, FLAG_MORE) + pack(Op.OK, r2, {"id": "true#1"}, FLAG_MORE)
+                              + pack(Op.EVENT, r1, {"kind": "output", "stream": "out", "data": b"hi\n"}, FLAG_MORE)
+                              + pack(Op.EVENT, r2, {"kind": "result", "result": {"id": "true#1", **result}})
+                              + pack(Op.EVENT, r1, {"kind": "result", "result": {"id": "echo#1", **result}}))
+            # Then the callback's error reaches the call that ran it
+            with pytest.raises(ValueError, match="the callback failed"):
+                second.result(timeout=5)
+            # And nothing that came with it was lost: both results are there
+            assert second.result(timeout=5).id == "true#1"
+            assert first.result(timeout=5).id == "echo#1"
+    finally:
+        accepting.join()
+        fake.close()

@@ -311,6 +311,21 @@ class Client:
         while self._abandoned:
             self._pending.pop(self._abandoned.pop(), None)
 
+    def _dispatch_all(self, frames: List[Frame]) -> None:
+        """Hand every frame to its request, then raise the first error an ``on_output`` callback raised.
+
+        The frames are out of the socket already: stopping at the error would
+        lose the rest of them (another task's result, say).
+        """
+        error: Optional[BaseException] = None
+        for frame in frames:
+            try:
+                self._dispatch(frame)
+            except BaseException as exc:        # KeyboardInterrupt too: raised once the rest are handed on
+                error = error or exc
+        if error is not None:
+            raise error
+
     def _dispatch(self, frame: Frame) -> None:
         pending = self._pending.get(frame.req_id)
         if pending is None:
@@ -331,8 +346,7 @@ class Client:
     def _poll(self, timeout: float) -> None:
         with self._lock:
             try:
-                for frame in self._read_frames(time.monotonic() + timeout):
-                    self._dispatch(frame)
+                self._dispatch_all(self._read_frames(time.monotonic() + timeout))
             except TimeoutError:
                 pass
 
@@ -342,15 +356,13 @@ class Client:
             self._poll(0.0)
             return
         with self._lock:
-            for frame in self._take_in(socket.MSG_DONTWAIT):
-                self._dispatch(frame)
+            self._dispatch_all(self._take_in(socket.MSG_DONTWAIT))
 
     def _wait_for(self, req_id: int, deadline: Optional[float], final_event: str = "") -> _Pending:
         with self._lock:
             pending = self._pending[req_id]
             while not self._satisfied(pending, final_event):
-                for frame in self._read_frames(deadline):
-                    self._dispatch(frame)
+                self._dispatch_all(self._read_frames(deadline))
             self._raise_error(pending)
             return pending
 
@@ -397,7 +409,8 @@ class Client:
         """Queue a command (a str runs in ``/bin/sh -c``, a list is argv); return its Task.
 
         ``on_output(stream, data)`` is called with the task's output as it
-        arrives while you wait on the task.
+        arrives while you wait on the task.  What it raises comes out of the
+        call that was waiting, once everything that arrived with it is handled.
         """
         body = _submit_body(command, requires, timeout_s, name, priority, env, node, retries,
                             retry_backoff_s, kill_grace_s)
@@ -471,8 +484,7 @@ class Client:
         with self._lock:
             pending = self._pending[req_id]
             while len(pending.events) <= seen:
-                for frame in self._read_frames(deadline):
-                    self._dispatch(frame)
+                self._dispatch_all(self._read_frames(deadline))
                 self._raise_error(pending)
 
     def task(self, task_id: str) -> Task:
@@ -543,8 +555,7 @@ class Client:
                 with self._lock:
                     pending = self._pending[req_id]
                     if not chunks and pending.reply is None:
-                        for frame in self._read_frames(deadline):
-                            self._dispatch(frame)
+                        self._dispatch_all(self._read_frames(deadline))
                     self._raise_error(pending)
                 while chunks:
                     yield chunks.pop(0)
