@@ -69,3 +69,17 @@ def test_a_client_that_goes_away_leaves_no_entries_for_the_tasks_it_waited_on(ma
     # And it still hears the result
     _request(master, staying, 2, Op.CANCEL, {"task": "t1#1"})
     assert _results(staying) == {"t1#1": "CANCELLED"} and master.watchers == {}
+
+
+def test_two_subscriptions_of_one_client_each_get_their_own_messages(master: Master) -> None:
+    # Given one client with two subscriptions whose request ids are 4096 apart
+    client, publisher = Recorder(), Recorder()
+    _request(master, client, 5, Op.SUBSCRIBE, {"channels": ["first"]})
+    _request(master, client, 5 + 4096, Op.SUBSCRIBE, {"channels": ["second"]})
+    # When a message is published on each channel
+    _request(master, publisher, 1, Op.KV, {"op": "publish", "channel": "first", "message": b"one"})
+    _request(master, publisher, 2, Op.KV, {"op": "publish", "channel": "second", "message": b"two"})
+    # Then each arrives on the request that subscribed to its channel
+    messages = [(rid, body["channel"], body["data"]) for op, rid, body in client.frames if op == Op.EVENT]
+    assert messages == [(5, "first", b"one"), (4101, "second", b"two")]
+    assert publisher.reply(1)[1] == {"receivers": 1} and publisher.reply(2)[1] == {"receivers": 1}

@@ -52,6 +52,22 @@ def test_a_dropped_run_handle_is_forgotten_and_a_kept_one_still_waits(cluster: C
         assert c._pending == {}
 
 
+def test_messages_for_a_dropped_subscription_are_not_kept(cluster: Cluster) -> None:
+    local = cluster(workers=1, slots=1)
+    with local.client() as listener, local.client() as talker:
+        # Given a subscription that is dropped without being closed, and one that is kept
+        listener.kv.subscribe("news")
+        kept = listener.kv.subscribe("weather")
+        # When messages keep coming on both channels
+        for n in range(20):
+            talker.kv.publish("news", f"n{n}".encode())
+            talker.kv.publish("weather", f"w{n}".encode())
+        # Then the kept one gets its messages in order
+        assert [kept.get(timeout=10) for _ in range(20)] == [("weather", f"w{n}".encode()) for n in range(20)]
+        # And the client holds nothing for the dropped one
+        assert list(listener._pending) == [kept.req_id]
+
+
 def test_an_output_callback_that_raises_loses_no_other_result() -> None:
     # Given a client whose first task's output callback fails, and a second task
     fake = FakeMaster()

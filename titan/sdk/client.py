@@ -159,7 +159,7 @@ class Client:
         self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
         self._lock = threading.RLock()
         self._pending: Dict[int, _Pending] = {}
-        self._abandoned: List[int] = []      # requests whose Task or Run was dropped unfinished
+        self._abandoned: List[int] = []      # requests whose Task, Run or Subscription was dropped
         self._next_id = 1
         self._decoder = FrameDecoder()
         self._batch: Optional[List[bytes]] = None
@@ -249,8 +249,6 @@ class Client:
     def _send(self, opcode: int, body: Dict[str, Any],
               on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> int:
         with self._lock:
-            if self._abandoned:
-                self._drop_abandoned()
             req_id = self._next_id
             self._next_id = self._next_id % 0xFFFFFFFF + 1
             self._pending[req_id] = _Pending(on_event)
@@ -303,7 +301,7 @@ class Client:
         """The handle on ``req_id`` is gone: drop what arrived for it at the next request.
 
         Called from ``__del__``, so at any moment: it only appends, and the
-        next request (under the lock) does the forgetting.
+        next read (under the lock) does the forgetting.
         """
         self._abandoned.append(req_id)
 
@@ -317,6 +315,8 @@ class Client:
         The frames are out of the socket already: stopping at the error would
         lose the rest of them (another task's result, say).
         """
+        if self._abandoned:
+            self._drop_abandoned()
         error: Optional[BaseException] = None
         for frame in frames:
             try:

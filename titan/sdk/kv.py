@@ -82,6 +82,9 @@ class Subscription:
         self.client = client
         self.req_id = req_id
 
+    def __del__(self) -> None:
+        self.client._abandon(self.req_id)     # what still arrives for it is dropped, not kept
+
     def get(self, timeout: Optional[float] = None) -> Optional[Tuple[str, bytes]]:
         """The next ``(channel, data)``, or None if ``timeout`` passes first."""
         pending = self.client._pending[self.req_id]

@@ -94,6 +94,7 @@ class KvService:
         self.master = master
         self.pubsub = PubSub()
         self.streams: Dict[int, Tuple[Connection, int]] = {}   # subscriber id -> (conn, request id)
+        self._last_sid = 0
 
     def request(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         op = body.get("op")
@@ -134,7 +135,8 @@ class KvService:
         patterns = [_key({"channel": p}, "channel") for p in body.get("patterns") or []]
         if not channels and not patterns:
             raise UsageError("subscribe needs channels or patterns")
-        sid = id(conn) * 4096 + req_id % 4096
+        self._last_sid += 1
+        sid = self._last_sid
         self.streams[sid] = (conn, req_id)
         conn.state.subscriptions.append(sid)
         self.pubsub.subscribe(sid, channels)
