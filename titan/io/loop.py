@@ -106,15 +106,26 @@ def format_address(addr: Tuple[str, int]) -> str:
 class Timer:
     """A pending call; :meth:`cancel` stops it from running."""
 
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("when", "callback", "cancelled", "loop")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], None], loop: Optional["Loop"] = None) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self.loop = loop
 
     def cancel(self) -> None:
+        """Stop it; what the callback refers to is let go now, not when it would have been due."""
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.callback = _nothing
+        if self.loop is not None:
+            self.loop._cancelled_one()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _fd(fileobj: Any) -> int:
@@ -212,6 +223,7 @@ class Loop:
         self.unregister: Callable[[Any], None] = self.selector.unregister
         self.clock = clock
         self._timers: List[Tuple[float, int, Timer]] = []
+        self._cancelled = 0                     # cancelled timers still in the heap
         self._count = itertools.count()
         self._hooks: List[Callable[[], None]] = []
         self._dirty: "set[Connection]" = set()
@@ -227,9 +239,18 @@ class Loop:
         return self.call_at(self.clock() + max(0.0, delay_s), callback)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(when, callback)
+        timer = Timer(when, callback, self)
         heapq.heappush(self._timers, (when, next(self._count), timer))
         return timer
+
+    def _cancelled_one(self) -> None:
+        """Drop cancelled timers once they are most of the heap (an hour-long timeout per
+        finished task would otherwise stay for the hour)."""
+        self._cancelled += 1
+        if self._cancelled > 64 and 2 * self._cancelled > len(self._timers):
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
 
     def gather_while(self, saturated: Callable[[], bool], seconds: float) -> None:
         """While ``saturated()`` holds, let events gather ``seconds`` before each pass.
@@ -357,7 +378,10 @@ class Loop:
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
+            timer.loop = None               # done: a late cancel() has nothing to count
+            if timer.cancelled:
+                self._cancelled -= 1
+            else:
                 try:
                     timer.callback()
                 except Exception:  # a timer's failure must not stop the loop
