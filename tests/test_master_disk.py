@@ -130,6 +130,30 @@ def test_a_run_is_forgotten_with_its_tasks_and_listing_runs_shows_the_newest(tmp
     master.close()
 
 
+def test_a_finished_task_another_still_waits_for_is_kept_past_the_retention(tmp_path: Path) -> None:
+    # Given a run where c waits for a and b; a ended long ago, b runs longer than the retention
+    now = [1_000_000.0]
+    master = Master(MasterConfig(data_dir=tmp_path / "m", retention_s=60.0), clock=lambda: now[0])
+    client = Recorder()
+    worker = Recorder()
+    master.worker_conns["w1"] = worker   # type: ignore[assignment]
+    master.sched.worker_joined("w1", [], 2, now[0])
+    job = {"name": "slow", "tasks": [{"name": "a", "command": ["true"]}, {"name": "b", "command": ["true"]},
+                                     {"name": "c", "command": ["true"], "after": ["a", "b"]}]}
+    _request(master, client, 1, Op.RUN, {"job": job, "watch": False})
+    master.apply(master.sched.attempt_finished("w1", "slow#1/a", 1, 0, "", now[0]))
+    now[0] += 3600
+    master._purged_at = float("-inf")
+    master._housekeeping()
+    # When b ends after the housekeeping ran
+    master.apply(master.sched.attempt_finished("w1", "slow#1/b", 1, 0, "", now[0]))
+    master._end_of_pass()
+    # Then c is dispatched (a was kept: c still needed its state)
+    assert master.sched.tasks["slow#1/c"].state.value == "RUNNING"
+    assert [body["task"] for op, _, body in worker.frames if op == Op.DISPATCH][-1] == "slow#1/c"
+    master.close()
+
+
 def test_a_master_on_a_non_loopback_address_needs_a_token_or_insecure(tmp_path: Path) -> None:
     # Checked before anything is bound: nothing listens beyond loopback in this test
     with pytest.raises(UsageError, match="without a cluster token"):

@@ -140,9 +140,15 @@ class Scheduler:
         w.info = dict(info or {})
 
     def forget_finished(self, before: float) -> List[TaskRecord]:
-        """Drop terminal tasks that finished before ``before``; return their records."""
-        gone = [r for r in self.tasks.values()
-                if r.state in TERMINAL and r.finished_at is not None and r.finished_at < before]
+        """Drop terminal tasks that finished before ``before``; return their records.
+
+        A task that one still to end waits for (``after``) or runs next to
+        (``affinity``) is kept: its state decides what that one does.
+        """
+        needed = {ref for r in self.tasks.values() if r.state not in TERMINAL
+                  for ref in (r.after + ((r.affinity,) if r.affinity else ()))}
+        gone = [r for r in self.tasks.values() if r.state in TERMINAL and r.finished_at is not None
+                and r.finished_at < before and r.id not in needed]
         for record in gone:
             del self.tasks[record.id]
             self._dependants.pop(record.id, None)
