@@ -97,3 +97,25 @@ def test_an_output_callback_that_raises_loses_no_other_result() -> None:
     finally:
         accepting.join()
         fake.close()
+
+
+def test_a_result_that_comes_before_the_reply_still_names_the_task() -> None:
+    # Given a master that holds the reply to a submission until its disk has it,
+    # and sends the (quick) task's result meanwhile
+    fake = FakeMaster()
+    accepting = threading.Thread(target=fake.accept)
+    accepting.start()
+    try:
+        with Client(fake.address, token="") as c:
+            accepting.join()
+            task = c.submit(["true"])
+            req = fake.read_frame_where(lambda f: f.opcode == Op.SUBMIT).req_id
+            result = {"id": "true#7", "state": "SUCCEEDED", "exit_code": 0, "node": "w", "attempts": 1}
+            fake.sock.sendall(pack(Op.EVENT, req, {"kind": "result", "result": result}))
+            # When the client takes the result, then asks for the task's id
+            assert task.result(timeout=5).state == "SUCCEEDED"
+            # Then it knows the id without waiting for the reply
+            assert task.id == "true#7"
+    finally:
+        accepting.join()
+        fake.close()

@@ -130,6 +130,8 @@ class Task:
         for event in pending.events:
             if event.get("kind") == "result":
                 self._result = TaskResult.from_wire(event["result"])
+                if self._id is None:       # the result can come before the (held) reply naming it
+                    self._id = self._result.id
                 self.client._forget(self._req_id)
                 return
 
