@@ -171,18 +171,20 @@ def test_hello_with_a_wrong_protocol_version(served: Served, raw: Raw) -> None:
 
 
 # ----- requests --------------------------------------------------------------
-@pytest.mark.parametrize("opcode", [Op.STATUS, Op.CANCEL, Op.LOGS, Op.WAIT])
+@pytest.mark.parametrize("opcode", [Op.STATUS, Op.CANCEL, Op.LOGS, Op.WAIT, Op.RETRY])
 def test_unknown_task_ids_get_unknown_task(served: Served, raw: Raw, opcode: Op) -> None:
     # Given a client past HELLO
     raw.hello()
-    # When it names tasks the master never had (a plausible id, a number, none at all)
+    # When it names tasks the master never had (a plausible id, a number, a list, none at all)
     raw.send_frame(opcode, 10, {"task": "nosuch#1"})
     raw.send_frame(opcode, 11, {"task": 42})
     raw.send_frame(opcode, 12, {})
+    raw.send_frame(opcode, 14, {"task": ["x"]})
     # Then each gets ERROR unknown_task naming the id, and the connection stays usable
     raw.expect_error("unknown_task", "'nosuch#1'", req_id=10)
     raw.expect_error("unknown_task", "42", req_id=11)
     raw.expect_error("unknown_task", "None", req_id=12)
+    raw.expect_error("unknown_task", "['x']", req_id=14)
     raw.ping(13)
     # And the SDK raises UnknownTask for the same id
     with Client(served.master.address, token="") as c, pytest.raises(UnknownTask, match="nosuch#1"):
@@ -192,6 +194,8 @@ def test_unknown_task_ids_get_unknown_task(served: Served, raw: Raw, opcode: Op)
             c.cancel("nosuch#1")
         elif opcode == Op.LOGS:
             list(c.logs("nosuch#1"))
+        elif opcode == Op.RETRY:
+            c.retry("nosuch#1")
         else:
             c.task("nosuch#1").result(timeout=5)
     assert_still_serving(served)

@@ -29,6 +29,10 @@ LAZY = "lazy"      # a held frame that may ride along with the connection's next
 class ClientRequests:
     """Client request handlers; :class:`~titan.roles.master.server.Master` inherits them."""
 
+    def _is_run(self: "Master", body: Dict[str, Any]) -> bool:
+        task_id = body.get("task")
+        return isinstance(task_id, str) and task_id in self.runs.runs
+
     def _record(self: "Master", body: Dict[str, Any]) -> TaskRecord:
         task_id = body.get("task")
         record = self.sched.tasks.get(task_id) if isinstance(task_id, str) else None
@@ -60,7 +64,7 @@ class ClientRequests:
         self.apply(self.sched.task_submitted(task_id, spec, self.clock()))
 
     def _c_status(self: "Master", conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        if body.get("task") in self.runs.runs:
+        if self._is_run(body):
             conn.send(Op.OK, req_id, self.runs.view(body["task"]))
             return
         record = self._record(body)
@@ -75,7 +79,7 @@ class ClientRequests:
         conn.state.watching.add((record.id, req_id))
 
     def _c_cancel(self: "Master", conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        if body.get("task") in self.runs.runs:
+        if self._is_run(body):
             self.runs.cancel(body["task"])
             view = self.runs.view(body["task"], detail=False)
             conn.send(Op.OK, req_id, {"id": view["id"], "state": view["state"], "was": "RUNNING",
@@ -88,7 +92,7 @@ class ClientRequests:
                                   "cancelling": record.cancel_requested and record.state is TaskState.RUNNING})
 
     def _c_retry(self: "Master", conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        if body.get("task") in self.runs.runs:          # a run: retry what failed in it
+        if self._is_run(body):          # a run: retry what failed in it
             retried = self.runs.retry(body["task"])
             if not retried:
                 raise UsageError(f"run {body['task']} has no FAILED, DEAD or CANCELLED task to retry")
