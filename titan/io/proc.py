@@ -48,7 +48,9 @@ class OsProcesses:
     """
 
     def __init__(self) -> None:
-        self.home = os.getcwd()
+        # The directory to come back to after a spawn: held open, so that coming
+        # back works even if it is removed meanwhile.
+        self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def spawn(self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str]) -> Spawned:
         """Start ``argv`` in its own session with piped, non-blocking output.
@@ -65,7 +67,12 @@ class OsProcesses:
 
     def _spawn(self, program: str, argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> Spawned:
         out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        try:
+            err_r, err_w = os.pipe()
+        except OSError:                 # out of descriptors: give back the first pair
+            os.close(out_r)
+            os.close(out_w)
+            raise
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
         try:
@@ -74,7 +81,7 @@ class OsProcesses:
                 pid = os.posix_spawn(program, list(argv), env, file_actions=actions, setsid=True,
                                      setsigdef=_ALL_SIGNALS)
             finally:
-                os.chdir(self.home)
+                os.fchdir(self.home_fd)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
