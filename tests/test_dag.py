@@ -69,6 +69,37 @@ def test_retrying_the_failed_task_brings_its_skipped_dependants_back() -> None:
     assert dispatched(s.attempt_finished("w1", "d#1/b", 2, 0, "", 4.0)) == ["d#1/d"]
 
 
+def test_retrying_a_run_cancelled_midway_runs_each_task_after_what_it_waits_for() -> None:
+    s = Scheduler()
+    s.worker_joined("w1", [], 4, 0.0)
+    diamond(s)
+    # Given a diamond cancelled while its root runs: the root and everything below end CANCELLED
+    s.cancel("d#1/a", 1.0)
+    s.attempt_finished("w1", "d#1/a", 1, -15, "killed by SIGTERM", 1.5)
+    assert {s.tasks[t].state for t in ("d#1/a", "d#1/b", "d#1/c", "d#1/d")} == {S.CANCELLED}
+    # When every task is retried, the dependants first (an order a run retry may use)
+    out = []
+    for task_id in ("d#1/d", "d#1/b", "d#1/c", "d#1/a"):
+        out += s.retry(task_id, 2.0)
+    # Then only the root runs; the others wait for what they depend on, as in a fresh run
+    assert dispatched(out) == ["d#1/a"]
+    assert [s.tasks[t].state for t in ("d#1/b", "d#1/c", "d#1/d")] == [S.WAITING] * 3
+    assert sorted(dispatched(s.attempt_finished("w1", "d#1/a", 2, 0, "", 3.0))) == ["d#1/b", "d#1/c"]
+
+
+def test_a_retried_task_whose_dependency_failed_is_skipped_with_the_reason() -> None:
+    s = Scheduler()
+    s.worker_joined("w1", [], 4, 0.0)
+    s.task_submitted("r#1/a", make_spec("true", name="a"), 0.0, run="r#1")
+    s.task_submitted("r#1/b", make_spec("true", name="b"), 0.0, after=["r#1/a"], run="r#1")
+    s.cancel("r#1/b", 0.5)                               # b cancelled while it waits
+    s.attempt_finished("w1", "r#1/a", 1, 3, "exit code 3", 1.0)
+    assert s.tasks["r#1/b"].state is S.CANCELLED
+    # When b alone is retried: it cannot run, since a failed
+    assert dispatched(s.retry("r#1/b", 2.0)) == []
+    assert s.tasks["r#1/b"].state is S.SKIPPED and "r#1/a FAILED" in s.tasks["r#1/b"].note
+
+
 def test_cancel_cascades_downstream_and_kills_what_runs() -> None:
     s = Scheduler()
     s.worker_joined("w1", [], 4, 0.0)

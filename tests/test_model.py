@@ -20,6 +20,7 @@ EXPECTED_LEGAL = {
     (S.WAITING, S.QUEUED), (S.WAITING, S.CANCELLED), (S.WAITING, S.SKIPPED),
     (S.WAITING, S.FAILED),        # its affinity node is gone
     (S.SKIPPED, S.WAITING),       # its failed upstream task was retried
+    (S.CANCELLED, S.WAITING),     # retried while a task it waits for has not succeeded
     (S.QUEUED, S.RUNNING), (S.QUEUED, S.CANCELLED),
     (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED),
     (S.RUNNING, S.QUEUED),

@@ -10,10 +10,12 @@ legal moves::
                            \\-> QUEUED (its worker was lost; no retry used)
     any live state -> CANCELLED;  WAITING -> SKIPPED (an upstream task failed)
     WAITING -> FAILED (the node its affinity names is gone); SKIPPED -> WAITING (upstream retried)
+    CANCELLED -> WAITING (retried while a task it waits for has not succeeded)
 
 A failed task that was given no retries ends in FAILED; one that used up its
 retries ends in DEAD (the dead-letter set).  ``titan retry`` moves FAILED,
-DEAD, CANCELLED and SKIPPED tasks back to QUEUED.
+DEAD, CANCELLED and SKIPPED tasks back to QUEUED (a cancelled one whose
+dependencies have not all succeeded back to WAITING).
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ TRANSITIONS: Dict[TaskState, FrozenSet[TaskState]] = {
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
     S.FAILED: frozenset({S.QUEUED, S.DEAD}),
     S.DEAD: frozenset({S.QUEUED}),
-    S.CANCELLED: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED, S.WAITING}),
     S.SKIPPED: frozenset({S.QUEUED, S.WAITING}),
     S.SUCCEEDED: frozenset(),
 }

@@ -295,24 +295,32 @@ class Scheduler:
         return [Kill(attempt.worker, task_id, attempt.number, "cancelled")]
 
     def retry(self, task_id: str, now: float) -> List[Action]:
-        """Re-queue a FAILED, DEAD, CANCELLED or SKIPPED task."""
+        """Re-queue a FAILED, DEAD, CANCELLED or SKIPPED task.
+
+        A cancelled task whose dependencies have not all succeeded (a run
+        cancelled before they ended) waits for them again instead.
+        """
         record = self.tasks[task_id]
         if record.state not in RETRYABLE:   # RUNNING -> QUEUED is legal, but only for a lost worker
             raise InvalidTransition(f"task {task_id!r} cannot move from {record.state.value} to "
                                     f"{S.QUEUED.value} by retry; only FAILED, DEAD, CANCELLED "
                                     f"or SKIPPED tasks can be retried")
-        self._move(record, S.QUEUED)  # FAILED|DEAD|CANCELLED|SKIPPED -> QUEUED
+        waits = record.state is S.CANCELLED and any(
+            dep in self.tasks and self.tasks[dep].state is not S.SUCCEEDED for dep in record.after)
+        self._move(record, S.WAITING if waits else S.QUEUED)  # FAILED|DEAD|CANCELLED|SKIPPED -> QUEUED
         record.retry_base = len(record.attempts)   # a manual retry gets the full retries again
         record.finished_at = None
         record.cancel_requested = False
         record.note = ""
-        self._push(record, now)
         for tid in self._downstream(task_id):      # what it skipped waits for it again
             child = self.tasks[tid]
             if child.state is S.SKIPPED:
                 self._move(child, S.WAITING)       # SKIPPED -> WAITING
                 child.finished_at, child.note = None, ""
-        return self._dispatch(now)
+        if not waits:
+            self._push(record, now)
+            return self._dispatch(now)
+        return self._consider(record, now) + self._dispatch(now)   # SKIPPED at once if one of them failed
 
     def attempt_finished(self, worker: str, task_id: str, attempt: int,
                          exit_code: Optional[int], reason: str, now: float) -> List[Action]:
