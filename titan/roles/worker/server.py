@@ -236,6 +236,7 @@ class Worker(Handler):
         was_ready = self.handshake is not None and self.handshake.done
         self.conn = None
         self.handshake = None
+        self.children.retire_req = 0        # a RETIRE asked on that connection gets no answer now
         self._resume_pipes()
         if self.stopping:
             return
@@ -323,12 +324,12 @@ class Worker(Handler):
 
     def _heartbeat(self) -> None:
         conn = self.conn
-        if conn is not None and self.handshake is not None and self.handshake.done:
-            if self.loop.clock() - self.last_rx > self.config.master_timeout_s:
-                conn.close(f"the master was silent for {self.config.master_timeout_s:g}s")
-            else:
-                conn.send(Op.HEARTBEAT, 0, {"running": self.running_tasks, "slots": self.config.slots})
-                self.children.maybe_retire(conn)
+        if conn is not None and self.loop.clock() - self.last_rx > self.config.master_timeout_s:
+            # also before the handshake is done: a master that never answers HELLO is dialled again
+            conn.close(f"the master was silent for {self.config.master_timeout_s:g}s")
+        elif conn is not None and self.handshake is not None and self.handshake.done:
+            conn.send(Op.HEARTBEAT, 0, {"running": self.running_tasks, "slots": self.config.slots})
+            self.children.maybe_retire(conn)
         self.loop.call_later(self.config.heartbeat_interval_s, self._heartbeat)
 
     def new_request_id(self) -> int:
