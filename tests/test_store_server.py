@@ -236,6 +236,17 @@ def test_quit_replies_then_closes(store: Store) -> None:
     assert c.closed_by_server()
 
 
+def test_commands_sent_with_quit_after_it_are_not_run(store: Store) -> None:
+    # Given a client that sends QUIT and a SET in one write (as a pipelining client may)
+    c = store.client()
+    c.send(encode_command([b"QUIT"]) + encode_command([b"SET", b"afterquit", b"1"]))
+    # Then it gets the OK to QUIT alone, and the connection closes
+    assert c.read() == "OK"
+    assert c.closed_by_server()
+    # And the SET after it was not run, as in Redis
+    assert store.client().call("EXISTS", "afterquit") == 0
+
+
 MALFORMED = {
     "bulk length larger than the data": b"*1\r\n$2\r\nPING\r\n",
     "missing CRLF after bulk": b"*1\r\n$4\r\nPINGxx*1\r\n",

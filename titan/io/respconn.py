@@ -122,6 +122,11 @@ class RespConnection:
         self._close_after_flush = reason
         self._reading = False
 
+    @property
+    def closing(self) -> bool:
+        """Closed, or closing once its replies are out: no further command is run."""
+        return self.closed or bool(self._close_after_flush)
+
     def flush(self) -> None:
         if self.closed:
             return

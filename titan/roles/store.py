@@ -196,7 +196,7 @@ class StoreServer(RespHandler):
         client: Client = conn.state
         now_ms = self.clock_ms()
         for args in commands:
-            if conn.closed:
+            if conn.closing:            # e.g. after QUIT: what came with it is not run (as in Redis)
                 return
             self._dispatch(client, args, now_ms)
 
