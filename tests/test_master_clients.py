@@ -83,3 +83,23 @@ def test_two_subscriptions_of_one_client_each_get_their_own_messages(master: Mas
     messages = [(rid, body["channel"], body["data"]) for op, rid, body in client.frames if op == Op.EVENT]
     assert messages == [(5, "first", b"one"), (4101, "second", b"two")]
     assert publisher.reply(1)[1] == {"receivers": 1} and publisher.reply(2)[1] == {"receivers": 1}
+
+
+def test_a_stop_that_waits_is_answered_when_the_service_is_removed_meanwhile(master: Master) -> None:
+    # Given a service running on a worker
+    worker = Recorder()
+    worker.state.role, worker.state.name = "worker", "w1"
+    master.worker_conns["w1"] = worker   # type: ignore[assignment]
+    master._admit_worker(worker, worker.state, {"role": "worker", "name": "w1", "slots": 2, "tags": []})
+    admin, other = Recorder(), Recorder()
+    _request(master, admin, 1, Op.DEPLOY, {"services": [{"name": "web", "command": "sleep 1000"}]})
+    _request(master, worker, 0, Op.SVC_STATE, {"name": "web", "gen": 1, "state": "RUNNING", "pid": 5})
+    # When one client stops it (the answer waits for the worker) and another removes it meanwhile
+    _request(master, admin, 2, Op.SERVICE_CTL, {"name": "web", "action": "stop"})
+    assert admin.frames[-1][1] != 2
+    _request(master, other, 3, Op.SERVICE_CTL, {"name": "web", "action": "remove"})
+    _request(master, worker, 0, Op.SVC_STATE, {"name": "web", "gen": 1, "state": "STOPPED"})
+    # Then both are answered, and nothing waits any more
+    assert other.reply(3)[0] == Op.OK
+    assert admin.reply(2)[0] == Op.OK
+    assert master.services.waiters == []

@@ -197,6 +197,7 @@ class ServiceManager:
     def _forget(self, entry: Entry) -> None:
         del self.entries[entry.spec.name]
         self.master.durable.services_dirty[entry.spec.name] = None
+        self._settle()          # a request waiting on it (a stop) is answered: it is gone
 
     def listing(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         now = self.master.clock()
