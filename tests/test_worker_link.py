@@ -1,5 +1,7 @@
-"""The worker's link to the master: nothing waits forever on an answer that cannot come."""
+"""A worker keeps going when its master does not answer or its disk refuses writes."""
 from __future__ import annotations
+
+import resource
 
 from conftest import FakeMaster, TitanProcs
 from titan.wire.frames import Op
@@ -30,3 +32,21 @@ def test_an_ephemeral_worker_asks_to_retire_again_after_a_reconnect(titan_procs:
     fake_master.accept()
     # Then it asks again (the question on the lost connection can never be answered)
     fake_master.read_frame_where(lambda f: f.opcode == Op.RETIRE, 10)
+
+
+def test_a_task_runs_and_is_reported_once_when_its_record_cannot_be_written(titan_procs: TitanProcs,
+                                                                           fake_master: FakeMaster) -> None:
+    # Given a worker that can no longer write its record of process groups (no file may grow)
+    worker = titan_procs.start_worker(fake_master.address, "w", slots=1)
+    fake_master.accept()
+    fake_master.dispatch("t1", ["true"])
+    assert fake_master.finished()["exit_code"] == 0
+    resource.prlimit(worker.pid, resource.RLIMIT_FSIZE, (1, 1))
+    # When a task is dispatched, then it runs to its end and is reported once
+    fake_master.dispatch("t2", ["sh", "-c", "sleep 0.3; exit 3"])
+    report = fake_master.finished()
+    assert (report["task"], report["exit_code"]) == ("t2", 3), report
+    fake_master.dispatch("t3", ["true"])
+    report = fake_master.finished()
+    assert (report["task"], report["exit_code"]) == ("t3", 0), report
+    assert worker.poll() is None

@@ -72,18 +72,33 @@ class ProcessLedger:
         self._lock_fd = fd
 
     _ended = ""         # "-" lines not written yet (see forget)
+    _failing = False    # the last write failed (full disk, ...)
 
-    def _write(self, line: str) -> None:
-        if self._fd is None:
-            self._fd = self._open(self.path)
-            self._size = os.fstat(self._fd).st_size
+    def _write(self, line: str) -> bool:
+        """Append ``line`` (and the "-" lines waiting); False if the disk refused it.
+
+        A full disk must not stop the worker: its tasks run on, and what is
+        not written costs only the reaping of that group after a kill -9.
+        """
         if self._ended:
             line, self._ended = self._ended + line, ""
         data = line.encode()
-        os.write(self._fd, data)
-        self._size += len(data)
-        if self._size > self.compact_bytes:
-            self._compact()
+        try:
+            if self._fd is None:
+                self._fd = self._open(self.path)
+                self._size = os.fstat(self._fd).st_size
+            os.write(self._fd, data)
+            self._size += len(data)
+            if self._size > self.compact_bytes:
+                self._compact()
+        except OSError as exc:
+            if not self._failing:       # once per spell of failures, not once per task
+                logger.warning("cannot write %s (%s): a worker killed now could not stop every task it ran",
+                               self.path, exc.strerror or exc)
+            self._failing = True
+            return False
+        self._failing = False
+        return True
 
     @staticmethod
     def _open(path: Path) -> int:
