@@ -5,7 +5,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 from conftest import TitanProcs, pid_gone, run_cli, wait_until
+from titan.errors import RemoteError
 from titan.roles.local import LocalCluster
 from titan.sdk.client import Client
 
@@ -241,3 +244,25 @@ def test_a_job_submitted_again_unchanged_is_stored_once(titan_procs: TitanProcs,
         assert run.wait(timeout=30).state == "SUCCEEDED"
         task = run.tasks()[0]
         assert b"".join(c.logs(task["id"])) == b"changed\n"
+
+
+def test_a_bad_job_from_the_sdk_is_refused_whole_and_changes_nothing(cluster: Cluster) -> None:
+    local = cluster(workers=1, slots=1)
+    ok = {"name": "a", "command": ["true"]}
+    bad_jobs = {
+        "two tasks are named 'a'": {"name": "bad", "tasks": [ok, ok]},
+        "after must be a list of task names": {"name": "bad", "tasks": [ok, {**ok, "name": "b", "after": 5}]},
+        "delay_s must be a number": {"name": "bad", "tasks": [{**ok, "delay_s": "soon"}]},
+        "catchup_limit must be a whole number": {"name": "bad", "catchup_limit": "x", "tasks": [ok]},
+        "task 'b': command must be": {"name": "bad", "tasks": [ok, {"name": "b"}]},
+    }
+    with local.client() as c:
+        # When jobs with a problem in a later task are submitted
+        for words, job in bad_jobs.items():
+            with pytest.raises(RemoteError, match=words) as err:
+                c.submit_job(job)
+            assert err.value.code == "bad_request"
+        # Then none of them was stored, and no task of theirs runs
+        assert c.jobs() == [] and c.runs() == []
+        # And the connection serves a good job as usual
+        assert c.submit_job({"name": "good", "tasks": [ok]}).wait(timeout=30).state == "SUCCEEDED"

@@ -14,7 +14,7 @@ import hashlib
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from titan.core.jobfile import JobSpec
-from titan.core.model import TERMINAL, TaskState
+from titan.core.model import TERMINAL, SpecCache, TaskState, spec_from_wire
 from titan.core.service import ServiceSettings
 from titan.errors import UsageError
 
@@ -78,24 +78,53 @@ def _ship(spec: JobSpec, label: str, paths: Iterable[str], read_file: Optional[F
     return files or None
 
 
-def check_job(job: Any) -> Dict[str, Any]:
-    """Validate a RUN body's ``job`` on the master; raise UsageError naming the problem."""
+def check_job(job: Any, specs: Optional[SpecCache] = None) -> Dict[str, Any]:
+    """Validate a RUN body's ``job`` on the master; raise UsageError naming the problem.
+
+    Everything is checked before anything is stored or started, so a bad job
+    changes nothing.  Each task's spec is built through ``specs`` (the
+    master's cache), where starting the run finds it again.
+    """
     if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
         raise UsageError("a job needs a name")
+    name = job["name"]
     tasks = job.get("tasks")
     services = job.get("services") or []
     if not isinstance(tasks, list) or not isinstance(services, list) or not (tasks or services):
-        raise UsageError(f"job {job['name']!r} has no tasks and no services")
+        raise UsageError(f"job {name!r} has no tasks and no services")
+    _want_number(job, "jitter_s", f"job {name!r}")
+    limit = job.get("catchup_limit")
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise UsageError(f"job {name!r}: catchup_limit must be a whole number of at least 1, not {limit!r}")
+    build = specs.get if specs is not None else spec_from_wire
     seen: set = set()
     for t in tasks:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-            raise UsageError(f"job {job['name']!r}: every task needs a name")
-        for dep in list(t.get("after") or []) + ([t["affinity"]] if t.get("affinity") else []):
+            raise UsageError(f"job {name!r}: every task needs a name")
+        where = f"job {name!r}: task {t['name']!r}"
+        if t["name"] in seen:
+            raise UsageError(f"job {name!r}: two tasks are named {t['name']!r}; task names must be unique")
+        after, affinity = t.get("after") or [], t.get("affinity")
+        if not isinstance(after, list) or not all(isinstance(d, str) for d in after):
+            raise UsageError(f"{where}: after must be a list of task names, not {after!r}")
+        if affinity is not None and not isinstance(affinity, str):
+            raise UsageError(f"{where}: affinity must be a task name, not {affinity!r}")
+        for dep in after + ([affinity] if affinity else []):
             if dep not in seen:
-                raise UsageError(f"job {job['name']!r}: task {t['name']!r} depends on {dep!r}, "
-                                 f"which is not listed before it")
+                raise UsageError(f"{where} depends on {dep!r}, which is not listed before it")
+        _want_number(t, "delay_s", where)
+        try:
+            build(task_body(t))
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
         seen.add(t["name"])
     return job
+
+
+def _want_number(body: Mapping[str, Any], key: str, where: str) -> None:
+    value = body.get(key)
+    if value is not None and (type(value) not in (int, float) or not 0 <= value < float("inf")):
+        raise UsageError(f"{where}: {key} must be a number of seconds, at least 0, not {value!r}")
 
 
 def file_hashes(job: Mapping[str, Any]) -> List[str]:

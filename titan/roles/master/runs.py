@@ -46,7 +46,7 @@ class RunService:
 
     # ----- requests ------------------------------------------------------
     def run(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        job = check_job(body.get("job"))
+        job = check_job(body.get("job"), self.master.specs)
         services = [service_from_wire(item) for item in job.get("services") or []]
         for spec in services:
             self.master.services.check_node(spec)
