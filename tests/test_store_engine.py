@@ -578,6 +578,12 @@ def test_what_clients_send_first(s: Session) -> None:
     assert s("CONFIG", "GET") == ErrorReply("ERR wrong number of arguments for 'config|get' command")
     assert s("CONFIG", "SET", "maxmemory", "1") == OK
     assert s("CONFIG", "GET", "maxmemory") == [b"maxmemory", b"1"]
+    # what the store takes at start only is refused, not answered OK and ignored (nothing of the call is set)
+    refused = s("CONFIG", "SET", "maxmemory", "2", "appendonly", "no")
+    assert isinstance(refused, ErrorReply) and "'appendonly'" in refused.message and "immutable" in refused.message
+    assert s("CONFIG", "GET", "a*only") == [b"appendonly", b"yes"]
+    assert s("CONFIG", "GET", "maxmemory") == [b"maxmemory", b"1"]
+    assert isinstance(s("CONFIG", "SET", "appendfsync", "no"), ErrorReply)
     assert s("CONFIG", "FOO") == ErrorReply("ERR unknown subcommand 'FOO'. Try CONFIG HELP.")
     configured = Engine(config={b"appendfsync": b"everysec", b"port": b"6380"})
     assert configured.execute([b"CONFIG", b"GET", b"appendfsync"], T0)[0] == [b"appendfsync", b"everysec"]

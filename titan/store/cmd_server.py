@@ -49,6 +49,11 @@ DEFAULT_CONFIG: Dict[bytes, bytes] = {
     b"lazyfree-lazy-expire": b"no",
 }
 
+# Settings the store takes at start only: CONFIG SET refuses them rather than
+# answer OK and go on as before (appendonly and appendfsync can change at run
+# time in Redis; here they are command-line options of `titan store`).
+START_ONLY = frozenset({b"appendonly", b"appendfsync", b"appenddirname", b"appendfilename", b"databases"})
+
 _CLIENT_INFO = b"id=1 addr=? laddr=? fd=0 name= db=0 flags=N cmd=client|info\n"
 
 
@@ -217,6 +222,11 @@ def _config_set(state: ServerState, args: List[bytes]) -> Reply:
             raise CommandError(
                 ErrorReply(f"ERR Unknown option or number of arguments for CONFIG SET - '{text_of(name)}'")
             )
+    for name, _ in pairs:
+        if name.lower() in START_ONLY:
+            raise CommandError(ErrorReply(
+                f"ERR CONFIG SET failed (possibly related to argument '{text_of(name)}') - "
+                f"can't set immutable config: titan store takes it at start (see `titan store --help`)"))
     for name, value in pairs:
         state.config[name.lower()] = value
     return OK
