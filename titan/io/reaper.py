@@ -8,7 +8,8 @@ a worker starts on the same data directory it reads the records and kills
 those groups, checking each leader's start time, so a pid the system has
 since given to another process is never hit.  A group is recorded as soon as
 ``posix_spawn`` returns its pid; a SIGKILL in that instant (before the write)
-leaves that one group unrecorded.
+leaves that one group unrecorded, and so does a write the disk refuses (the
+worker warns and goes on: its tasks matter more than this record).
 """
 from __future__ import annotations
 
