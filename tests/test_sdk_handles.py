@@ -8,8 +8,9 @@ take other tasks' results down with it.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Callable
+from typing import Callable, Iterator, Tuple
 
 import pytest
 
@@ -68,54 +69,53 @@ def test_messages_for_a_dropped_subscription_are_not_kept(cluster: Cluster) -> N
         assert list(listener._pending) == [kept.req_id]
 
 
-def test_an_output_callback_that_raises_loses_no_other_result() -> None:
-    # Given a client whose first task's output callback fails, and a second task
+@contextlib.contextmanager
+def client_of_fake_master() -> Iterator[Tuple[FakeMaster, Client]]:
+    """A real client connected to a fake master that sends exactly what the test says."""
     fake = FakeMaster()
     accepting = threading.Thread(target=fake.accept)
     accepting.start()
     try:
         with Client(fake.address, token="") as c:
             accepting.join()
-            def broken(stream: str, data: bytes) -> None:
-                raise ValueError("the callback failed")
-            first = c.submit(["echo", "hi"], on_output=broken)
-            second = c.submit(["true"])
-            submits = [fake.read_frame_where(lambda f: f.opcode == Op.SUBMIT) for _ in range(2)]
-            r1, r2 = (f.req_id for f in submits)
-            result = {"state": "SUCCEEDED", "exit_code": 0, "node": "w", "attempts": 1}
-            # When the first one's output and both results arrive in one read
-            fake.sock.sendall(pack(Op.OK, r1, {"id": "echo#1"}, FLAG_MORE) + pack(Op.OK, r2, {"id": "true#1"}, FLAG_MORE)
-                              + pack(Op.EVENT, r1, {"kind": "output", "stream": "out", "data": b"hi\n"}, FLAG_MORE)
-                              + pack(Op.EVENT, r2, {"kind": "result", "result": {"id": "true#1", **result}})
-                              + pack(Op.EVENT, r1, {"kind": "result", "result": {"id": "echo#1", **result}}))
-            # Then the callback's error reaches the call that ran it
-            with pytest.raises(ValueError, match="the callback failed"):
-                second.result(timeout=5)
-            # And nothing that came with it was lost: both results are there
-            assert second.result(timeout=5).id == "true#1"
-            assert first.result(timeout=5).id == "echo#1"
+            yield fake, c
     finally:
         accepting.join()
         fake.close()
+
+
+def test_an_output_callback_that_raises_loses_no_other_result() -> None:
+    # Given a client whose first task's output callback fails, and a second task
+    with client_of_fake_master() as (fake, c):
+        def broken(stream: str, data: bytes) -> None:
+            raise ValueError("the callback failed")
+        first = c.submit(["echo", "hi"], on_output=broken)
+        second = c.submit(["true"])
+        submits = [fake.read_frame_where(lambda f: f.opcode == Op.SUBMIT) for _ in range(2)]
+        r1, r2 = (f.req_id for f in submits)
+        result = {"state": "SUCCEEDED", "exit_code": 0, "node": "w", "attempts": 1}
+        # When the first one's output and both results arrive in one read
+        fake.sock.sendall(pack(Op.OK, r1, {"id": "echo#1"}, FLAG_MORE) + pack(Op.OK, r2, {"id": "true#1"}, FLAG_MORE)
+                          + pack(Op.EVENT, r1, {"kind": "output", "stream": "out", "data": b"hi\n"}, FLAG_MORE)
+                          + pack(Op.EVENT, r2, {"kind": "result", "result": {"id": "true#1", **result}})
+                          + pack(Op.EVENT, r1, {"kind": "result", "result": {"id": "echo#1", **result}}))
+        # Then the callback's error reaches the call that ran it
+        with pytest.raises(ValueError, match="the callback failed"):
+            second.result(timeout=5)
+        # And nothing that came with it was lost: both results are there
+        assert second.result(timeout=5).id == "true#1"
+        assert first.result(timeout=5).id == "echo#1"
 
 
 def test_a_result_that_comes_before_the_reply_still_names_the_task() -> None:
     # Given a master that holds the reply to a submission until its disk has it,
     # and sends the (quick) task's result meanwhile
-    fake = FakeMaster()
-    accepting = threading.Thread(target=fake.accept)
-    accepting.start()
-    try:
-        with Client(fake.address, token="") as c:
-            accepting.join()
-            task = c.submit(["true"])
-            req = fake.read_frame_where(lambda f: f.opcode == Op.SUBMIT).req_id
-            result = {"id": "true#7", "state": "SUCCEEDED", "exit_code": 0, "node": "w", "attempts": 1}
-            fake.sock.sendall(pack(Op.EVENT, req, {"kind": "result", "result": result}))
-            # When the client takes the result, then asks for the task's id
-            assert task.result(timeout=5).state == "SUCCEEDED"
-            # Then it knows the id without waiting for the reply
-            assert task.id == "true#7"
-    finally:
-        accepting.join()
-        fake.close()
+    with client_of_fake_master() as (fake, c):
+        task = c.submit(["true"])
+        req = fake.read_frame_where(lambda f: f.opcode == Op.SUBMIT).req_id
+        result = {"id": "true#7", "state": "SUCCEEDED", "exit_code": 0, "node": "w", "attempts": 1}
+        fake.sock.sendall(pack(Op.EVENT, req, {"kind": "result", "result": result}))
+        # When the client takes the result, then asks for the task's id
+        assert task.result(timeout=5).state == "SUCCEEDED"
+        # Then it knows the id without waiting for the reply
+        assert task.id == "true#7"
