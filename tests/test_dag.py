@@ -69,13 +69,19 @@ def test_retrying_the_failed_task_brings_its_skipped_dependants_back() -> None:
     assert dispatched(s.attempt_finished("w1", "d#1/b", 2, 0, "", 4.0)) == ["d#1/d"]
 
 
-def test_retrying_a_run_cancelled_midway_runs_each_task_after_what_it_waits_for() -> None:
+def cancelled_diamond() -> Scheduler:
+    """A diamond whose root was cancelled while it ran (its worker reported the kill)."""
     s = Scheduler()
     s.worker_joined("w1", [], 4, 0.0)
     diamond(s)
-    # Given a diamond cancelled while its root runs: the root and everything below end CANCELLED
     s.cancel("d#1/a", 1.0)
-    s.attempt_finished("w1", "d#1/a", 1, -15, "killed by SIGTERM", 1.5)
+    s.attempt_finished("w1", "d#1/a", 1, -15, "cancelled", 1.5)
+    return s
+
+
+def test_retrying_a_run_cancelled_midway_runs_each_task_after_what_it_waits_for() -> None:
+    # Given a diamond cancelled while its root runs: the root and everything below end CANCELLED
+    s = cancelled_diamond()
     assert {s.tasks[t].state for t in ("d#1/a", "d#1/b", "d#1/c", "d#1/d")} == {S.CANCELLED}
     # When every task is retried, the dependants first (an order a run retry may use)
     out = []
@@ -115,11 +121,7 @@ def test_cancel_cascades_downstream_and_kills_what_runs() -> None:
 
 
 def test_cancelling_the_root_cancels_the_whole_run() -> None:
-    s = Scheduler()
-    s.worker_joined("w1", [], 4, 0.0)
-    diamond(s)
-    s.cancel("d#1/a", 1.0)
-    s.attempt_finished("w1", "d#1/a", 1, -15, "cancelled", 1.5)
+    s = cancelled_diamond()
     assert {t: r.state for t, r in s.tasks.items()} == {
         "d#1/a": S.CANCELLED, "d#1/b": S.CANCELLED, "d#1/c": S.CANCELLED, "d#1/d": S.CANCELLED}
 
