@@ -62,7 +62,8 @@ class WorkerConfig:
     heartbeat_interval_s: float = 2.0
     master_timeout_s: float = 10.0
     reconnect_max_s: float = 5.0
-    offline_output_bytes: int = 8 * 1024 * 1024
+    offline_output_bytes: int = 8 * 1024 * 1024           # output kept per attempt while the master is away
+    offline_total_bytes: int = 64 * 1024 * 1024           # ... and for all of them (sent in one go on reconnect)
     high_water_bytes: int = 4 * 1024 * 1024
     exit_linger_s: float = 1.0
     tls: Optional[ssl.SSLContext] = None
@@ -113,6 +114,7 @@ class Worker(Handler):
         self.seq = 0                                   # the last result's number (the master ACKs "up to" one)
         self.outbox: List[Dict[str, Any]] = []        # OUTPUT bodies read while the master was away
         self.outbox_bytes: Dict[Key, int] = {}
+        self.outbox_total = 0
         self.dropped: Dict[Key, int] = {}
         self.files = JobFiles(self, config.data_dir.resolve() / "cache")
         self.next_req = 1
@@ -302,6 +304,7 @@ class Worker(Handler):
                 conn.send(Op.OUTPUT, 0, body)
             self.outbox.clear()
             self.outbox_bytes.clear()
+            self.outbox_total = 0
             for body in self.unacked.values():
                 conn.send(Op.FINISHED, 0, body)
             self.services.registered()
@@ -366,11 +369,13 @@ class Worker(Handler):
             return
         if opcode != Op.OUTPUT:
             return                      # a result waits in ``unacked``, sent again on the next connection
-        used = self.outbox_bytes.get(key, 0)
-        if used + len(body["data"]) > self.config.offline_output_bytes:
-            self.dropped[key] = self.dropped.get(key, 0) + len(body["data"])
+        used, size = self.outbox_bytes.get(key, 0), len(body["data"])
+        if used + size > self.config.offline_output_bytes or \
+                self.outbox_total + size > self.config.offline_total_bytes:
+            self.dropped[key] = self.dropped.get(key, 0) + size     # noted in the attempt's log at its end
             return
-        self.outbox_bytes[key] = used + len(body["data"])
+        self.outbox_bytes[key] = used + size
+        self.outbox_total += size
         self.outbox.append(body)
 
     # ----- attempts ------------------------------------------------------
@@ -610,8 +615,11 @@ class Worker(Handler):
         dropped = self.dropped.pop(key, 0)
         if dropped:
             note = f"\n[titan: {dropped} bytes of output dropped while the master was unreachable]\n"
-            self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": "err",
-                                     "data": note.encode()}, key)
+            body = {"task": key[0], "attempt": key[1], "stream": "err", "data": note.encode()}
+            if self._ready() is None:
+                self.outbox.append(body)    # past the caps: it is what tells they were reached
+            else:
+                self._report(Op.OUTPUT, body, key)
         self.outbox_bytes.pop(key, None)
         body = {"task": key[0], "attempt": key[1], "exit_code": exit_code}
         if reason:
