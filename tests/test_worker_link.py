@@ -1,9 +1,9 @@
-"""A worker keeps going when its master does not answer or its disk refuses writes."""
+"""A worker on its own: a master that does not answer, a disk that refuses writes, a run that ends first."""
 from __future__ import annotations
 
 import resource
 
-from conftest import FakeMaster, TitanProcs
+from conftest import FakeMaster, TitanProcs, wait_until
 from titan.wire.frames import Op
 
 
@@ -50,3 +50,18 @@ def test_a_task_runs_and_is_reported_once_when_its_record_cannot_be_written(tita
     report = fake_master.finished()
     assert (report["task"], report["exit_code"]) == ("t3", 0), report
     assert worker.poll() is None
+
+
+def test_a_runs_shared_directory_goes_when_its_last_task_here_ends_after_the_run(
+        titan_procs: TitanProcs, fake_master: FakeMaster) -> None:
+    # Given a task of run r#1 that writes to $TITAN_SHARED and is still running when the run ends
+    titan_procs.start_worker(fake_master.address, "w", slots=1)
+    fake_master.accept()
+    shared = titan_procs.base_dir / "w" / "shared" / "r%231"
+    fake_master.send_frame(Op.DISPATCH, 0, {"task": "r#1/a", "attempt": 1, "run": "r#1",
+                                            "argv": ["sh", "-c", 'echo x > "$TITAN_SHARED/f"; sleep 0.5']})
+    wait_until(lambda: (shared / "f").exists(), 10, "the task to write into its shared directory")
+    fake_master.send_frame(Op.RUN_DONE, 0, {"run": "r#1"})
+    # When the task ends, then the run's shared directory goes with it
+    assert fake_master.finished()["task"] == "r#1/a"
+    wait_until(lambda: not shared.exists(), 10, "the shared directory to be removed")

@@ -23,7 +23,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 from urllib.parse import quote
 
 from titan import __version__
@@ -130,6 +130,7 @@ class Worker(Handler):
         self.loop.add_pass_hook(self.ledger.flush)
         self.spaces = WorkspacePool(data_dir / "work", keep=2 * config.slots + 2)
         self.shared_root = data_dir / "shared"
+        self.ended_runs: Set[str] = set()      # runs that ended while a task of theirs still ran here
         self.shared_root.mkdir(parents=True, exist_ok=True)
         self.base_env = dict(os.environ)
         self.base_env["TITAN_MASTER"] = format_address(config.master)
@@ -481,8 +482,13 @@ class Worker(Handler):
             self._start(start)
 
     def _run_done(self, run: str) -> None:
-        """A run ended: its $TITAN_SHARED here goes, unless a task of it still runs."""
-        if run and not any(job.run == run for job in self.jobs.values()):
+        """A run ended: its $TITAN_SHARED here goes, now or when its last task here ends."""
+        if not run:
+            return
+        if any(job.run == run for job in self.jobs.values()):
+            self.ended_runs.add(run)         # a stale attempt of it still runs here
+        else:
+            self.ended_runs.discard(run)
             shutil.rmtree(self.shared_root / quote(run, safe=""), ignore_errors=True)
 
     def _run_dir(self, run: str) -> Path:
@@ -609,6 +615,8 @@ class Worker(Handler):
             return
         self._finish_now(job.key, job.exit_code, reason)
         self.spaces.release(job.workspace)
+        if job.run in self.ended_runs:
+            self._run_done(job.run)
         self._maybe_exit()
 
     def _finish_now(self, key: Key, exit_code: int, reason: str) -> None:
