@@ -114,6 +114,11 @@ class Timer:
         self.cancelled = False
         self.loop = loop
 
+    @property
+    def done(self) -> bool:
+        """It ran, or it was cancelled."""
+        return self.cancelled or self.loop is None
+
     def cancel(self) -> None:
         """Stop it; what the callback refers to is let go now, not when it would have been due."""
         if self.cancelled:

@@ -543,6 +543,7 @@ class Worker(Handler):
         if self.procs.has_exited(job.spawned):
             self._exited(job)
         elif job.key in self.jobs:
+            job.timers = [timer for timer in job.timers if not timer.done]    # not one more per poll
             job.timers.append(self.loop.call_later(0.05, lambda: self._poll_exit(job)))
 
     def _readable(self, job: Job, fd: int) -> None:
