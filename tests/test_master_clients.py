@@ -103,3 +103,15 @@ def test_a_stop_that_waits_is_answered_when_the_service_is_removed_meanwhile(mas
     assert other.reply(3)[0] == Op.OK
     assert admin.reply(2)[0] == Op.OK
     assert master.services.waiters == []
+
+
+def test_cancelling_a_run_says_what_state_it_was_in(master: Master) -> None:
+    client = Recorder()
+    _request(master, client, 1, Op.RUN, {"job": {"name": "j", "tasks": [{"name": "a", "command": ["true"]}]},
+                                         "watch": False})
+    # When a run is cancelled, then cancelled again once it has ended
+    _request(master, client, 2, Op.CANCEL, {"task": "j#1"})
+    _request(master, client, 3, Op.CANCEL, {"task": "j#1"})
+    # Then each answer says what the run was before it
+    assert client.reply(2)[1]["was"] == "RUNNING" and client.reply(3)[1]["was"] == "CANCELLED"
+    assert client.reply(3)[1]["cancelling"] is False

@@ -80,9 +80,10 @@ class ClientRequests:
 
     def _c_cancel(self: "Master", conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         if self._is_run(body):
+            was = self.runs.view(body["task"], detail=False)["state"]
             self.runs.cancel(body["task"])
             view = self.runs.view(body["task"], detail=False)
-            conn.send(Op.OK, req_id, {"id": view["id"], "state": view["state"], "was": "RUNNING",
+            conn.send(Op.OK, req_id, {"id": view["id"], "state": view["state"], "was": was,
                                       "cancelling": view["state"] == "RUNNING"})
             return
         record = self._record(body)
