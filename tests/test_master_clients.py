@@ -105,6 +105,19 @@ def test_a_stop_that_waits_is_answered_when_the_service_is_removed_meanwhile(mas
     assert master.services.waiters == []
 
 
+
+def test_following_a_service_log_ends_when_the_service_is_removed(master: Master) -> None:
+    # Given a client following a deployed service's log
+    admin, follower = Recorder(), Recorder()
+    _request(master, admin, 1, Op.DEPLOY, {"services": [{"name": "web", "command": "sleep 1000"}]})
+    _request(master, follower, 7, Op.LOGS, {"task": "web", "follow": True})
+    assert [f for f in follower.frames if f[1] == 7 and f[0] == Op.OK] == []
+    # When the service is removed, then the follow ends with a final OK, and nothing is kept for it
+    _request(master, admin, 2, Op.SERVICE_CTL, {"name": "web", "action": "remove"})
+    assert follower.reply(7)[0] == Op.OK
+    assert "@web" not in master.followers and not follower.state.following
+
+
 def test_cancelling_a_run_says_what_state_it_was_in(master: Master) -> None:
     client = Recorder()
     _request(master, client, 1, Op.RUN, {"job": {"name": "j", "tasks": [{"name": "a", "command": ["true"]}]},
