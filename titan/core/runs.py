@@ -14,7 +14,7 @@ import hashlib
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from titan.core.jobfile import JobSpec
-from titan.core.model import TERMINAL, SpecCache, TaskState, spec_from_wire
+from titan.core.model import TERMINAL, SpecCache, TaskState
 from titan.core.service import ServiceSettings
 from titan.errors import UsageError
 
@@ -78,7 +78,7 @@ def _ship(spec: JobSpec, label: str, paths: Iterable[str], read_file: Optional[F
     return files or None
 
 
-def check_job(job: Any, specs: Optional[SpecCache] = None) -> Dict[str, Any]:
+def check_job(job: Any, specs: SpecCache) -> Dict[str, Any]:
     """Validate a RUN body's ``job`` on the master; raise UsageError naming the problem.
 
     Everything is checked before anything is stored or started, so a bad job
@@ -96,7 +96,6 @@ def check_job(job: Any, specs: Optional[SpecCache] = None) -> Dict[str, Any]:
     limit = job.get("catchup_limit")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise UsageError(f"job {name!r}: catchup_limit must be a whole number of at least 1, not {limit!r}")
-    build = specs.get if specs is not None else spec_from_wire
     seen: set = set()
     for t in tasks:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
@@ -114,7 +113,7 @@ def check_job(job: Any, specs: Optional[SpecCache] = None) -> Dict[str, Any]:
                 raise UsageError(f"{where} depends on {dep!r}, which is not listed before it")
         _want_number(t, "delay_s", where)
         try:
-            build(task_body(t))
+            specs.get(task_body(t))
         except UsageError as exc:
             raise UsageError(f"{where}: {exc}") from None
         seen.add(t["name"])
