@@ -449,10 +449,14 @@ class Master(ClientRequests, Handler):
             peer.watching.discard((task_id, req_id))
             peer.following.discard((task_id, req_id))       # a submission that also asked for the output
             conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
-        for conn, req_id in self.followers.pop(task_id, ()):
-            conn.state.following.discard((task_id, req_id))
-            conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code})
+        self.end_followers(task_id, {"state": record.state.value, "exit_code": record.exit_code})
         self.runs.task_ended(record)
+
+    def end_followers(self, key: str, reply: Dict[str, Any]) -> None:
+        """The log of ``key`` (a task, or "@" + a service) is over: its followers get ``reply`` as their final OK."""
+        for conn, req_id in self.followers.pop(key, ()):
+            conn.state.following.discard((key, req_id))
+            conn.send(Op.OK, req_id, reply)
 
     # ----- worker requests -----------------------------------------------
     def _name_free(self, conn: Connection, peer: Peer) -> bool:

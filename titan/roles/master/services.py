@@ -198,10 +198,8 @@ class ServiceManager:
         del self.entries[entry.spec.name]
         self.master.durable.services_dirty[entry.spec.name] = None
         self._settle()          # a request waiting on it (a stop) is answered: it is gone
-        key = "@" + entry.spec.name
-        for conn, req_id in self.master.followers.pop(key, ()):     # `logs -f` of it ends here
-            conn.state.following.discard((key, req_id))
-            conn.send(Op.OK, req_id, {"state": entry.state.value, "exit_code": None, "attempt": entry.gen})
+        self.master.end_followers("@" + entry.spec.name,          # `logs -f` of it ends here
+                                  {"state": entry.state.value, "exit_code": None, "attempt": entry.gen})
 
     def listing(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         now = self.master.clock()
