@@ -360,7 +360,8 @@ class Worker(Handler):
             return self.conn
         return None
 
-    def _report(self, opcode: int, body: Dict[str, Any], key: Key) -> None:
+    def _report(self, opcode: int, body: Dict[str, Any], key: Key, capped: bool = True) -> None:
+        """Send a report, or keep output for the next connection (within the caps, if ``capped``)."""
         conn = self._ready()
         if conn is not None:
             # With work waiting here, the master is in no hurry: reports go out in batches.
@@ -371,8 +372,8 @@ class Worker(Handler):
         if opcode != Op.OUTPUT:
             return                      # a result waits in ``unacked``, sent again on the next connection
         used, size = self.outbox_bytes.get(key, 0), len(body["data"])
-        if used + size > self.config.offline_output_bytes or \
-                self.outbox_total + size > self.config.offline_total_bytes:
+        if capped and (used + size > self.config.offline_output_bytes
+                       or self.outbox_total + size > self.config.offline_total_bytes):
             self.dropped[key] = self.dropped.get(key, 0) + size     # noted in the attempt's log at its end
             return
         self.outbox_bytes[key] = used + size
@@ -624,11 +625,8 @@ class Worker(Handler):
         dropped = self.dropped.pop(key, 0)
         if dropped:
             note = f"\n[titan: {dropped} bytes of output dropped while the master was unreachable]\n"
-            body = {"task": key[0], "attempt": key[1], "stream": "err", "data": note.encode()}
-            if self._ready() is None:
-                self.outbox.append(body)    # past the caps: it is what tells they were reached
-            else:
-                self._report(Op.OUTPUT, body, key)
+            self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": "err", "data": note.encode()},
+                         key, capped=False)       # past the caps: it is what tells they were reached
         self.outbox_bytes.pop(key, None)
         body = {"task": key[0], "attempt": key[1], "exit_code": exit_code}
         if reason:
