@@ -75,8 +75,8 @@ class ProcessLedger:
     _ended = ""         # "-" lines not written yet (see forget)
     _failing = False    # the last write failed (full disk, ...)
 
-    def _write(self, line: str) -> bool:
-        """Append ``line`` (and the "-" lines waiting); False if the disk refused it.
+    def _write(self, line: str) -> None:
+        """Append ``line`` (and the "-" lines waiting), or warn that the disk refused it.
 
         A full disk must not stop the worker: its tasks run on, and what is
         not written costs only the reaping of that group after a kill -9.
@@ -97,9 +97,8 @@ class ProcessLedger:
                 logger.warning("cannot write %s (%s): a worker killed now could not stop every task it ran",
                                self.path, exc.strerror or exc)
             self._failing = True
-            return False
+            return
         self._failing = False
-        return True
 
     @staticmethod
     def _open(path: Path) -> int:
