@@ -307,18 +307,14 @@ class Client:
         """
         self._abandoned.append(req_id)
 
-    def _drop_abandoned(self) -> None:
-        while self._abandoned:
-            self._pending.pop(self._abandoned.pop(), None)
-
     def _dispatch_all(self, frames: List[Frame]) -> None:
         """Hand every frame to its request, then raise the first error an ``on_output`` callback raised.
 
         The frames are out of the socket already: stopping at the error would
         lose the rest of them (another task's result, say).
         """
-        if self._abandoned:
-            self._drop_abandoned()
+        while self._abandoned:
+            self._pending.pop(self._abandoned.pop(), None)
         error: Optional[BaseException] = None
         for frame in frames:
             try:
