@@ -307,7 +307,7 @@ class Scheduler:
                                     f"or SKIPPED tasks can be retried")
         waits = record.state is S.CANCELLED and any(
             dep in self.tasks and self.tasks[dep].state is not S.SUCCEEDED for dep in record.after)
-        self._move(record, S.WAITING if waits else S.QUEUED)  # FAILED|DEAD|CANCELLED|SKIPPED -> QUEUED
+        self._move(record, S.WAITING if waits else S.QUEUED)  # ... -> QUEUED, or CANCELLED -> WAITING
         record.retry_base = len(record.attempts)   # a manual retry gets the full retries again
         record.finished_at = None
         record.cancel_requested = False
