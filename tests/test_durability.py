@@ -88,3 +88,21 @@ def test_every_acknowledged_submission_survives_a_kill_9(titan_procs: TitanProcs
     wait_until(lambda: _all_succeeded(master.address, acknowledged), 120,
                lambda: f"the queued tasks to run\n{titan_procs.logs()}", interval_s=0.5,
                ignore=(ConnectionLost, OSError))
+
+
+def test_results_a_client_saw_are_still_known_after_a_kill_9(titan_procs: TitanProcs) -> None:
+    # Given a master and a worker that have just run tasks one after another (their results'
+    # ACKs wait for an fsync that may come up to 20 ms later)
+    master = titan_procs.start_master()
+    titan_procs.start_worker(master.address, "w1", slots=1)
+    titan_procs.wait_ready(master.address, ["w1"])
+    with Client(master.address, token="") as c:
+        seen = [c.submit("true", name="seen").result(timeout=30).id for _ in range(20)]
+        # When the master is killed right after the last result
+        titan_procs.kill(master.proc)
+    master = titan_procs.start_master(*master.args, bind=master.address, data_dir=master.data_dir)
+    # Then the restarted master knows every task the client saw end, and how: from its
+    # store, or from the worker, which kept each result until it was ACKed
+    wait_until(lambda: _all_succeeded(master.address, seen), 30,
+               lambda: f"the results to be known again\n{titan_procs.logs()}", interval_s=0.2,
+               ignore=(ConnectionLost, OSError))

@@ -72,6 +72,49 @@ def test_a_full_disk_refuses_submissions_and_keeps_answering_reads(tmp_path: Pat
     again.close()
 
 
+class CountingDisk(FileOps):
+    """Real file operations that count fsyncs."""
+
+    fsyncs = 0
+
+    def fsync(self, fd: int) -> None:
+        self.fsyncs += 1
+        super().fsync(fd)
+
+
+def _aof_bytes(data_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted((data_dir / "store" / "appendonlydir").iterdir()))
+
+
+def test_data_only_lazy_frames_wait_for_is_written_at_once_and_fsynced_a_moment_later(tmp_path: Path) -> None:
+    master = Master(MasterConfig(data_dir=tmp_path / "m"))
+    disk = CountingDisk()
+    master.durable.aof.ops = disk
+    client = Recorder()
+    try:
+        # When a watched submission arrives (its client waits for the result, not for the OK)
+        _request(master, client, 1, Op.SUBMIT, {"command": "true", "name": "watched"})
+        # Then its record is in the file at once (a kill -9 cannot lose it), but not fsynced yet,
+        # and its OK waits for that fsync
+        assert b"watched#1" in _aof_bytes(tmp_path / "m")
+        assert disk.fsyncs == 0 and [f for f in client.frames if f[1] == 1] == []
+        # And the loop fsyncs it within LAZY_SYNC_S and sends the OK
+        wait_until(lambda: master.loop.run_once(0.005) or any(f[1] == 1 for f in client.frames), 5,
+                   "the deferred fsync")
+        assert disk.fsyncs == 1 and client.reply(1) == (Op.OK, {"id": "watched#1"})
+        # When another watched one is deferred and then a submission whose client waits for
+        # its OK arrives (watch=False: the OK is all that comes)
+        _request(master, client, 2, Op.SUBMIT, {"command": "true", "name": "watched"})
+        assert disk.fsyncs == 1
+        _request(master, client, 3, Op.SUBMIT, {"command": "true", "name": "eager", "watch": False})
+        # Then one fsync in that same pass covers both, and both OKs go out
+        assert disk.fsyncs == 2
+        assert client.reply(2) == (Op.OK, {"id": "watched#2"})
+        assert client.reply(3) == (Op.OK, {"id": "eager#1"})
+    finally:
+        master.close()
+
+
 def test_a_second_master_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
     master, _ = _master(tmp_path / "m")
     try:

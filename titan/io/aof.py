@@ -357,6 +357,24 @@ class AppendOnlyFile:
         self._failed, self.error = False, None
         return True
 
+    def write_ahead(self) -> bool:
+        """Write what is buffered to the file now and leave its fsync to the next flush.
+
+        The commands then survive the process being killed; they are durable
+        (:attr:`durable_total`) only after that flush.  Returns False when
+        writing failed (:attr:`error` says why; the next flush retries).
+        """
+        if self._fd is None:
+            raise AofError("the AOF is not open")
+        if self._failed:
+            return False
+        try:
+            self._write_pending()
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        return True
+
     def _write_pending(self) -> None:
         while self._written < len(self._pending):
             with memoryview(self._pending) as view:

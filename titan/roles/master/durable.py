@@ -223,12 +223,25 @@ class Durable:
             return self._flush_inline()
         if self.aof.syncing or not self._inline_now():
             return self.aof.flush_async(self._request_fsync)
-        if not self.aof.pending_bytes:
+        if not self.unsynced:
             return self._flush_inline()
         start = time.perf_counter()
         ok = self._flush_inline()
         self._observe(time.perf_counter() - start)
         return ok
+
+    def write_ahead(self) -> bool:
+        """Write this pass's commands to the file, leaving the fsync to a later :meth:`flush`.
+
+        What is written survives the master being killed; what waits for
+        durability waits for that flush.
+        """
+        return self.aof.write_ahead()
+
+    @property
+    def unsynced(self) -> bool:
+        """True while appended commands are not yet known to be on disk."""
+        return self.aof.appended_total > self.aof.durable_total
 
     def _flush_inline(self) -> bool:
         ok = self.aof.flush()

@@ -44,6 +44,7 @@ __all__ = ["MasterConfig", "Master"]
 
 logger = logging.getLogger(__name__)
 
+LAZY_SYNC_S = 0.02         # the longest data that only lazy frames wait for stays un-fsynced
 MAX_AHEAD_PER_SLOT = 4      # a worker may hold at most this many attempts per slot beyond its slots
 
 
@@ -133,6 +134,8 @@ class Master(ClientRequests, Handler):
         self._acks: Dict[Connection, List[List[Any]]] = {}   # results without a seq (older workers), per pass
         self._acked: Dict[Connection, int] = {}                # the highest result seq read per worker, per pass
         self._held: List[Frame_] = []                        # held in this pass
+        self._sync_timer: Optional[Timer] = None               # a deferred fsync (only lazy frames wait for it)
+        self._appended_at_pass = 0                             # the AOF position at the end of the last pass
         self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
         self.blobs = BlobStore(config.data_dir / "files")
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
@@ -283,19 +286,51 @@ class Master(ClientRequests, Handler):
             self._held.append((conn, 0, Op.ACK, {"items": items}, 0, LAZY))
         self._acked.clear()
         self._acks.clear()
+        # Data that only lazy frames wait for may wait a little for its fsync; data
+        # written for its own sake (a cron claim, a retry's backoff) is fsynced now,
+        # as is everything once a frame someone waits for is held.
+        appended = self.durable.appended_total
         if self._held:
-            self._waiting.append((self.durable.appended_total, self._held))
+            may_wait = all(frame[5] is LAZY for frame in self._held)
+            self._waiting.append((appended, self._held))
             self._held = []
-        if self.durable.aof.pending_bytes or self.durable.broken:
+        else:
+            may_wait = appended == self._appended_at_pass
+        self._appended_at_pass = appended
+        if self.durable.broken:
             self.durable.flush()
+        elif self.durable.unsynced:
+            if may_wait and self.config.fsync == "always":
+                self._sync_later()
+            else:
+                self.durable.flush()
         self._release()
 
-    def _release(self) -> None:
+    def _sync_later(self) -> None:
+        """Write this pass's data now; fsync it with the next pass that holds an answer
+        someone waits for, or within LAZY_SYNC_S.
+
+        Only lazy frames wait for it (the ACK of a result, which the worker
+        keeps until then; the OK of a watched submission, whose client waits
+        for the result instead), so an fsync per pass would buy nobody
+        anything, and on a busy host it costs the next task its latency.
+        """
+        self.durable.write_ahead()
+        if self._sync_timer is None:
+            self._sync_timer = self.loop.call_later(LAZY_SYNC_S, self._sync_now)
+
+    def _sync_now(self) -> None:
+        self._sync_timer = None
+        if self.durable.unsynced or self.durable.broken:
+            self.durable.flush()
+        self._release(lazy=False)       # these waited already
+
+    def _release(self, lazy: bool = True) -> None:
         """Send the held frames whose data the store now has on disk."""
         durable = self.durable.durable_total
         while self._waiting and self._waiting[0][0] <= durable:
             for conn, req_id, opcode, body, flags, when in self._waiting.popleft()[1]:
-                conn.send(opcode, req_id, body, flags, urgent=when is True, lazy=when is LAZY)
+                conn.send(opcode, req_id, body, flags, urgent=when is True, lazy=lazy and when is LAZY)
 
     def hold(self, conn: Connection, req_id: int, opcode: int, body: Any, flags: int = 0,
              urgent: Any = False) -> None:
