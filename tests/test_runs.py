@@ -158,6 +158,27 @@ run = cat "$TITAN_SHARED/f"
     wait_until(lambda: not os.path.exists(shared), 10, "the run's shared directory to go")
 
 
+def test_a_task_that_removes_the_shared_directory_leaves_one_for_the_next(cluster: Cluster,
+                                                                          tmp_path: Path) -> None:
+    local = cluster(workers=1)
+    job = write(tmp_path, "gone.ini", """
+[job]
+name = gone
+[task:first]
+run = echo a > "$TITAN_SHARED/a"
+[task:remove]
+after = first
+run = rm -rf "$TITAN_SHARED"
+[task:last]
+after = remove
+run = echo b > "$TITAN_SHARED/b" && ls "$TITAN_SHARED"
+""")
+    with local.client() as c:
+        result = c.submit_file(job).wait(timeout=60)
+        assert result.ok, result
+        assert b"".join(c.logs("gone#1/last")) == b"b\n"
+
+
 def test_retries_then_dead_then_retry_of_the_run(cluster: Cluster, tmp_path: Path) -> None:
     # Given a task that fails until a file appears, with 2 retries and a short backoff
     local = cluster(workers=1)

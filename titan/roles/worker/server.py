@@ -23,7 +23,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple, Union
 from urllib.parse import quote
 
 from titan import __version__
@@ -131,6 +131,7 @@ class Worker(Handler):
         self.spaces = WorkspacePool(data_dir / "work", keep=2 * config.slots + 2)
         self.shared_root = data_dir / "shared"
         self.ended_runs: Set[str] = set()      # runs that ended while a task of theirs still ran here
+        self.run_dirs: Dict[str, str] = {}      # run -> its $TITAN_SHARED path here
         self.shared_root.mkdir(parents=True, exist_ok=True)
         self.base_env = dict(os.environ)
         self.base_env["TITAN_MASTER"] = format_address(config.master)
@@ -490,14 +491,21 @@ class Worker(Handler):
             self.ended_runs.add(run)         # a stale attempt of it still runs here
         else:
             self.ended_runs.discard(run)
+            self.run_dirs.pop(run, None)
             shutil.rmtree(self.shared_root / quote(run, safe=""), ignore_errors=True)
 
-    def _run_dir(self, run: str) -> Path:
-        path = self.shared_root / quote(run, safe="")
-        path.mkdir(exist_ok=True)
+    def _run_dir(self, run: str) -> str:
+        """The run's $TITAN_SHARED here, made if missing (its path is worked out once per run)."""
+        path = self.run_dirs.get(run)
+        if path is None:
+            if len(self.run_dirs) >= 1024:
+                self.run_dirs.clear()
+            path = self.run_dirs[run] = str(self.shared_root / quote(run, safe=""))
+        if not os.path.isdir(path):
+            os.mkdir(path)
         return path
 
-    def _env(self, body: Dict[str, Any], key: Key, run: str, workspace: Path, shared: Path) -> Dict[str, str]:
+    def _env(self, body: Dict[str, Any], key: Key, run: str, workspace: Path, shared: Union[Path, str]) -> Dict[str, str]:
         env = self.base_env.copy()
         extra = body.get("env")
         if extra:
