@@ -50,7 +50,7 @@ def _random_record(rng: random.Random, specs: SpecCache, n: int) -> TaskRecord:
     record.finished_at = rng.choice([None, time_value()])                                # type: ignore[assignment]
     record.cancel_requested = rng.random() < 0.3
     record.retry_base = rng.choice([0, 0, 2, 2, 2, 2**70])
-    record.after = tuple(f"dep#{i}" for i in range(rng.randrange(3)))
+    record.after = tuple(f"dep#{i}{text()}" for i in range(rng.randrange(3)))
     record.affinity, record.run, record.pin = (rng.choice([None, text()]) for _ in range(3))
     record.note = text()
     record.delay_s = rng.choice([0.0, 1.5, 30, 0])                                      # type: ignore[assignment]

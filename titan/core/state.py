@@ -142,7 +142,8 @@ def record_to_blob(record: TaskRecord) -> bytes:
             _ROW_HEAD, _str_part(record.id), _SIZED.pack(TAG_BYTES, len(spec)), spec, _STATE_PART[record.state],
             run,
             _SIZED.pack(TAG_LIST, len(attempts)) + b"".join([_attempt_part(a) for a in attempts]) if attempts else _NONE,
-            encode(list(record.after)) if record.after else _NONE,
+            _SIZED.pack(TAG_LIST, len(record.after)) + b"".join([_str_part(d) for d in record.after])
+            if record.after else _NONE,
             _NONE if record.affinity is None else _str_part(record.affinity),
             _NONE if record.run is None else _str_part(record.run),
             _NONE if record.pin is None else _str_part(record.pin),
