@@ -14,7 +14,7 @@ import hashlib
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from titan.core.jobfile import JobSpec
-from titan.core.model import TERMINAL, SpecCache, TaskState
+from titan.core.model import TERMINAL, SpecCache, TaskSpec, TaskState
 from titan.core.service import ServiceSettings
 from titan.errors import UsageError
 
@@ -78,12 +78,12 @@ def _ship(spec: JobSpec, label: str, paths: Iterable[str], read_file: Optional[F
     return files or None
 
 
-def check_job(job: Any, specs: SpecCache) -> Dict[str, Any]:
+def check_job(job: Any, specs: SpecCache) -> List[TaskSpec]:
     """Validate a RUN body's ``job`` on the master; raise UsageError naming the problem.
 
     Everything is checked before anything is stored or started, so a bad job
-    changes nothing.  Each task's spec is built through ``specs`` (the
-    master's cache), where starting the run finds it again.
+    changes nothing.  Returns each task's spec, in order, built through
+    ``specs`` (the master's cache).
     """
     if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
         raise UsageError("a job needs a name")
@@ -97,6 +97,7 @@ def check_job(job: Any, specs: SpecCache) -> Dict[str, Any]:
     if limit is not None and (type(limit) is not int or limit < 1):
         raise UsageError(f"job {name!r}: catchup_limit must be a whole number of at least 1, not {limit!r}")
     seen: set = set()
+    built = []
     for t in tasks:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise UsageError(f"job {name!r}: every task needs a name")
@@ -113,11 +114,11 @@ def check_job(job: Any, specs: SpecCache) -> Dict[str, Any]:
                 raise UsageError(f"{where} depends on {dep!r}, which is not listed before it")
         _want_number(t, "delay_s", where)
         try:
-            specs.get(task_body(t))
+            built.append(specs.get(task_body(t)))
         except UsageError as exc:
             raise UsageError(f"{where}: {exc}") from None
         seen.add(t["name"])
-    return job
+    return built
 
 
 def _want_number(body: Mapping[str, Any], key: str, where: str) -> None:

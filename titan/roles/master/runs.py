@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from titan.core.model import TERMINAL, TaskRecord, TaskState
+from titan.core.model import TERMINAL, TaskRecord, TaskSpec, TaskState
 from titan.core.service import service_from_wire
 from titan.core.runs import check_job, file_hashes, run_state, summarize, task_body
 from titan.errors import TitanError, UsageError
@@ -31,6 +31,7 @@ class RunService:
     def __init__(self, master: "Master") -> None:
         self.master = master
         self.jobs: Dict[str, Dict[str, Any]] = {}
+        self.job_specs: Dict[str, List[TaskSpec]] = {}      # job -> its tasks' specs, in order
         self.runs: Dict[str, List[str]] = {}
         self.watchers: Dict[str, List[Tuple[Connection, int, bool]]] = {}   # run -> (conn, req, progress)
         self._touched: "set[str]" = set()
@@ -46,7 +47,8 @@ class RunService:
 
     # ----- requests ------------------------------------------------------
     def run(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        job = check_job(body.get("job"), self.master.specs)
+        task_specs = check_job(body.get("job"), self.master.specs)
+        job: Dict[str, Any] = body["job"]
         services = [service_from_wire(item) for item in job.get("services") or []]
         for spec in services:
             self.master.services.check_node(spec)
@@ -55,6 +57,7 @@ class RunService:
         if self.jobs.get(job["name"]) != job:      # the same job again (a rerun) is already stored
             self.master.durable.jobs_dirty[job["name"]] = job
         self.jobs[job["name"]] = job
+        self.job_specs[job["name"]] = task_specs
         reply: Dict[str, Any] = {"job": job["name"], "run": None, "tasks": [],
                                  "services": [spec.name for spec in services]}
         for spec in services:                       # a job's services: deployed (or updated) with it
@@ -138,8 +141,10 @@ class RunService:
             run_id = f"{job['name']}#{n}"
         ids = []
         now = m.clock()
-        for task in job["tasks"]:
-            spec = m.specs.get(task_body(task))
+        task_specs = self.job_specs.get(job["name"])
+        if task_specs is None:              # a job read back at start
+            task_specs = self.job_specs[job["name"]] = [m.specs.get(task_body(task)) for task in job["tasks"]]
+        for task, spec in zip(job["tasks"], task_specs):
             task_id = f"{run_id}/{task['name']}"
             after = [f"{run_id}/{d}" for d in task.get("after") or []]
             affinity = f"{run_id}/{task['affinity']}" if task.get("affinity") else None
