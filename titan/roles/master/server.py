@@ -478,13 +478,16 @@ class Master(ClientRequests, Handler):
 
     def _ended(self, task_id: str) -> None:
         record = self.sched.tasks[task_id]
-        result = self.result_body(record)
-        for conn, req_id in self.watchers.pop(task_id, ()):
-            peer = conn.state
-            peer.watching.discard((task_id, req_id))
-            peer.following.discard((task_id, req_id))       # a submission that also asked for the output
-            conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
-        self.end_followers(task_id, {"state": record.state.value, "exit_code": record.exit_code})
+        watchers = self.watchers.pop(task_id, None)
+        if watchers:                    # a run's task usually has none: its run is watched instead
+            result = self.result_body(record)
+            for conn, req_id in watchers:
+                peer = conn.state
+                peer.watching.discard((task_id, req_id))
+                peer.following.discard((task_id, req_id))       # a submission that also asked for the output
+                conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
+        if task_id in self.followers:
+            self.end_followers(task_id, {"state": record.state.value, "exit_code": record.exit_code})
         self.runs.task_ended(record)
 
     def end_followers(self, key: str, reply: Dict[str, Any]) -> None:
