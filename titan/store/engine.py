@@ -29,7 +29,6 @@ from titan.store import cmd_containers, cmd_keys, cmd_strings
 from titan.store.cmd_server import ServerState, server_table
 from titan.store.command import Command
 from titan.store.keyspace import Keyspace, Snapshot, Value
-from titan.store.resp import encode_command
 from titan.store.reply import (
     CommandError,
     ErrorReply,
@@ -57,6 +56,9 @@ DATA_COMMANDS: Dict[bytes, Command] = {**cmd_strings.TABLE, **cmd_keys.TABLE, **
 
 _SET, _SADD, _HSET, _PXAT, _PEXPIREAT, _DEL = b"SET", b"SADD", b"HSET", b"PXAT", b"PEXPIREAT", b"DEL"
 _REPLAY_NOOPS = frozenset({b"MULTI", b"EXEC"})
+# put_string's AOF records: what encode_command makes of SET key value [PXAT ms], in one step
+_AOF_SET = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+_AOF_SET_PXAT = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n"
 DUMP_BATCH = 64  # members or fields per SADD / HSET in a dump, as Redis's rewrite
 
 
@@ -176,9 +178,13 @@ class Engine:
         records per task this way.
         """
         db = self._db
-        db.now_ms, db.prop = now_ms, []
-        cmd_strings.store_string(db, key, value, expire_at_ms)
-        return b"".join([encode_command(command) for command in db.prop])
+        db.now_ms = now_ms
+        db.set_string(key, value)
+        if expire_at_ms is None:
+            return _AOF_SET % (len(key), key, len(value), value)
+        db.set_expire(key, expire_at_ms)
+        when = b"%d" % expire_at_ms
+        return _AOF_SET_PXAT % (len(key), key, len(value), value, len(when), when)
 
     # -- expiry -------------------------------------------------------------------
 
