@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from conftest import TitanProcs, pid_gone, run_cli, wait_until
+from conftest import Raw, TitanProcs, pid_gone, run_cli, wait_until
 from titan.errors import RemoteError
 from titan.roles.local import LocalCluster
 from titan.sdk.client import Client
+from titan.wire.frames import Op
 
 REPO = Path(__file__).resolve().parent.parent
 Cluster = Callable[..., LocalCluster]
@@ -177,6 +179,68 @@ run = echo b > "$TITAN_SHARED/b" && ls "$TITAN_SHARED"
         result = c.submit_file(job).wait(timeout=60)
         assert result.ok, result
         assert b"".join(c.logs("gone#1/last")) == b"b\n"
+
+
+def test_a_worker_away_when_the_run_ended_removes_its_shared_directory_when_it_is_back(
+        titan_procs: TitanProcs, tmp_path: Path) -> None:
+    # Given a run whose first task writes into $TITAN_SHARED on worker wa, and whose second waits on wb
+    gate = tmp_path / "gate"
+    master = titan_procs.start_master()
+    wa = titan_procs.start_worker(master.address, "wa", slots=1)
+    titan_procs.start_worker(master.address, "wb", slots=1)
+    titan_procs.wait_ready(master.address, ["wa", "wb"])
+    job = write(tmp_path, "away.ini", f"""
+[job]
+name = away
+[task:write]
+node = wa
+run = echo data > "$TITAN_SHARED/f"
+[task:wait]
+node = wb
+run = while [ ! -e {gate} ]; do sleep 0.05; done
+""")
+    shared_a = titan_procs.base_dir / "wa" / "shared" / "away%231"
+    shared_b = titan_procs.base_dir / "wb" / "shared" / "away%231"
+    with Client(master.address, token="") as c:
+        run_id = c.submit_file(job, watch=False).id
+        wait_until(lambda: c.status(f"{run_id}/write")["state"] == "SUCCEEDED", 30, "the first task to end")
+        # When wa stops before the run ends, and the run ends while it is away
+        titan_procs.kill(wa, signal.SIGTERM)
+        assert (shared_a / "f").read_text() == "data\n"
+        gate.touch()
+        wait_until(lambda: c.status(run_id)["state"] == "SUCCEEDED", 30, "the run to end")
+    wait_until(lambda: not shared_b.exists(), 10, "wb's shared directory to go")
+    assert shared_a.exists(), "wa removed its shared directory while it was away"
+    # Then wa, started again with the same name and data, removes its shared directory once it registers
+    titan_procs.start_worker(master.address, "wa", slots=1)
+    titan_procs.wait_ready(master.address, ["wa"])
+    wait_until(lambda: not shared_a.exists(), 10, "wa's shared directory to go")
+
+
+def test_the_master_tells_a_joining_worker_which_listed_runs_are_over(titan_procs: TitanProcs) -> None:
+    # Given a master with a live run (its task waits for a tag nobody has)
+    master = titan_procs.start_master()
+    with Client(master.address, token="") as c:
+        live = c.submit_job({"name": "live", "tasks": [{"name": "a", "command": ["true"],
+                                                        "requires": ["nowhere"]}]}, watch=False).id
+    # When a worker registers listing run directories: that live run, an unknown one, and junk
+    raw = Raw(master.address)
+    try:
+        raw.hello_as_worker("fake", shared=[live, 7, None, ["x"], "", "gone#3"])
+        raw.send_frame(Op.PING, 9, {})
+        done = []
+        while True:
+            frame = raw.read_frame()
+            if frame.opcode == Op.PONG:
+                break
+            if frame.opcode == Op.RUN_DONE:
+                done.append(frame.body["run"])
+    finally:
+        raw.close()
+    # Then only the run it does not know as live is over; the junk is ignored and the master serves on
+    assert done == ["gone#3"]
+    with Client(master.address, token="") as c:
+        assert c.status(live)["state"] == "RUNNING"
 
 
 def test_retries_then_dead_then_retry_of_the_run(cluster: Cluster, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
     RUN {job, start, watch} ──▶ register the job (titan:job:NAME) ──▶ run JOB#N: tasks JOB#N/TASK
     TRIGGER {job}           ──▶ a run of a registered job now
     task ends ──▶ EVENT {kind: "task"} to the run's watchers; the last one ──▶ EVENT {kind: "run"}
+                                                             and RUN_DONE to the connected workers
+    worker HELLO {shared: [run, ...]} ──▶ RUN_DONE for each listed run that is over
 
 A run is its tasks: the scheduler holds them (each record names its run), so
 a restarted master finds its runs again from the tasks it restores.
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from titan.roles.master.server import Master
 
 __all__ = ["RunService"]
+
+MAX_SHARED_LISTED = 1000     # runs of a worker's HELLO ``shared`` list looked at
 
 
 class RunService:
@@ -251,6 +255,17 @@ class RunService:
                 self.slot_freed = True                         # overlap=queue slots may start now
             for conn, req_id, _ in self.watchers.pop(run_id, []):
                 conn.send(Op.EVENT, req_id, {"kind": "run", "run": view}, 0, urgent=True)
+
+    def worker_joined(self, conn: Connection, shared: Any) -> None:
+        """A worker listed the runs whose $TITAN_SHARED it holds: RUN_DONE for each one that is over.
+
+        Over: every task ended, or the run is unknown here (forgotten, or
+        never this master's).  RUN_DONE went only to the workers connected
+        when the run ended; this reaches one that was away.
+        """
+        for run_id in shared[:MAX_SHARED_LISTED] if isinstance(shared, list) else ():
+            if isinstance(run_id, str) and run_id and not self._live(run_id):
+                conn.send(Op.RUN_DONE, 0, {"run": run_id}, lazy=True)
 
     def dropped(self, conn: Connection) -> None:
         for run_id in list(self.watchers):

@@ -521,6 +521,7 @@ class Master(ClientRequests, Handler):
                                             running=running, finished=finished, info=info,
                                             ahead=min(ahead, MAX_AHEAD_PER_SLOT * slots)))
         self.services.worker_joined(peer.name, hello.get("services"))
+        self.runs.worker_joined(conn, hello.get("shared"))
         if isinstance(hello.get("parent"), str):
             self.scaler.child_joined(hello["parent"])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import itertools
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple, Union
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from titan import __version__
 from titan.core.model import KILL_GRACE_S
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 Key = Tuple[str, int]
 EXIT_CHECK_S = 0.5    # how soon the exit of a task whose children hold its pipes is noticed
 HAND_BACK_S = 0.5     # an attempt sent ahead that finds no free slot this long goes back to the master
+MAX_SHARED_LISTED = 1000   # run directories a HELLO names (the master says which runs are over)
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,21 @@ class Worker(Handler):
                        + [list(k) for k in self.ahead],
             "services": self.services.hello(),
             "finished": [list(k) for k in self.unacked],
+            "shared": self._shared_runs(),
         }
+
+    def _shared_runs(self) -> List[str]:
+        """The runs whose $TITAN_SHARED is here (the first MAX_SHARED_LISTED found).
+
+        A run that ended while this worker was away got no RUN_DONE here;
+        the master answers this list with one for each run that is over.
+        """
+        try:
+            with os.scandir(self.shared_root) as entries:
+                names = [entry.name for entry in itertools.islice(entries, MAX_SHARED_LISTED)]
+        except OSError:
+            return []
+        return [unquote(name) for name in names]
 
     def _retry_later(self, why: str) -> None:
         delay = self.backoff_s * (0.8 + 0.4 * random.random())
