@@ -102,6 +102,30 @@ def test_given_a_dedicated_gpu_worker_then_it_takes_only_gpu_work(h) -> None:
     assert dispatched(h.join("cpu")) == [("cpu", "plain", 1)]
 
 
+def test_given_many_node_pins_over_time_then_the_sweep_keeps_a_queue_only_for_classes_with_work(h) -> None:
+    # Given 100 workers that each ran one task pinned to it, 20 pins to absent nodes cancelled
+    # while queued, and one task still queued for an absent node
+    for i in range(100):
+        h.join(f"n{i}", slots=1)
+    started = [d for i in range(100) for d in actions_of(h.submit(f"t{i}", node=f"n{i}"), Dispatch)]
+    for i in range(20):
+        assert dispatched(h.submit(f"lost{i}", node=f"gone{i}")) == []
+        h.cancel(f"lost{i}")
+    assert dispatched(h.submit("waits", node="late")) == []
+    for d in started:
+        h.finish_dispatch(d)
+    assert [h.state(f"t{i}") for i in range(100)] == [S.SUCCEEDED] * 100
+    # When the retention sweep runs (it forgets no task here)
+    assert h.sched.forget_finished(before=0.0) == []
+    # Then one queue is left, the one with work in it (a dispatch pass scans every queue kept)
+    assert len(h.sched._classes) == 1
+    # And classes that come back are queued and placed as before
+    assert dispatched(h.submit("again", node="n7")) == [("n7", "again", 1)]
+    assert dispatched(h.submit("back", node="gone3")) == []
+    assert dispatched(h.join("gone3")) == [("gone3", "back", 1)]
+    assert dispatched(h.join("late")) == [("late", "waits", 1)]
+
+
 # ----- slots and placement --------------------------------------------------
 
 def test_given_limited_slots_then_never_more_dispatches_than_free_slots(h) -> None:

@@ -14,7 +14,9 @@ epoch), and carries out the actions it returns::
 Queued tasks wait in one heap per routing class (same ``requires`` and
 ``node``), ordered ``(-priority, seq)``: higher priority first, first-in
 first-out within a priority.  A dispatch pass looks only at the head of each
-class, so a task no worker can take now never blocks one that can.
+class, so a task no worker can take now never blocks one that can.  A class
+with nothing queued keeps its heap until the periodic sweep (forget_finished)
+drops it.
 """
 from __future__ import annotations
 
@@ -143,7 +145,8 @@ class Scheduler:
         """Drop terminal tasks that finished before ``before``; return their records.
 
         A task that one still to end waits for (``after``) or runs next to
-        (``affinity``) is kept: its state decides what that one does.
+        (``affinity``) is kept: its state decides what that one does.  The
+        queues of routing classes with nothing queued go too.
         """
         needed = {ref for r in self.tasks.values() if r.state not in TERMINAL
                   for ref in (r.after + ((r.affinity,) if r.affinity else ()))}
@@ -152,7 +155,18 @@ class Scheduler:
         for record in gone:
             del self.tasks[record.id]
             self._dependants.pop(record.id, None)
+        self._drop_empty_classes()
         return gone
+
+    def _drop_empty_classes(self) -> None:
+        """Forget the heap of each routing class with nothing queued; one that comes back gets a new one.
+
+        Every distinct ``requires`` and ``node`` (pin) seen leaves a heap
+        behind, which each dispatch pass scans.  Pruning them here, in the
+        periodic sweep, keeps the dispatch path as it is.
+        """
+        for key in [key for key, heap in self._classes.items() if self._head(heap) is None]:
+            del self._classes[key]
 
     # ----- queries -------------------------------------------------------
     def queued_count(self) -> int:
