@@ -11,11 +11,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from titan.errors import (  # noqa: E402
-    AuthError, ConnectionLost, RemoteError, TitanError, UnknownTask, UsageError,
+    AuthError, ConnectionLost, RemoteError, TitanError, UnknownJob, UnknownTask, UsageError,
 )
 from titan.sdk.client import Client, Run, RunResult, Task, TaskResult, connect  # noqa: E402
 
 __all__ = [
     "__version__", "connect", "Client", "Task", "TaskResult", "Run", "RunResult",
-    "TitanError", "AuthError", "ConnectionLost", "RemoteError", "UnknownTask", "UsageError",
+    "TitanError", "AuthError", "ConnectionLost", "RemoteError", "UnknownTask", "UnknownJob", "UsageError",
 ]

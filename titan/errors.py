@@ -14,6 +14,7 @@ __all__ = [
     "ConnectionLost",
     "RemoteError",
     "UnknownTask",
+    "UnknownJob",
     "InvalidTransition",
     "UsageError",
 ]
@@ -67,6 +68,10 @@ class RemoteError(TitanError):
 
 class UnknownTask(RemoteError):
     """Raised when a task id names no task the master knows."""
+
+
+class UnknownJob(RemoteError):
+    """Raised when a job name names no job the master has registered (``remove_job``)."""
 
 
 class InvalidTransition(TitanError):

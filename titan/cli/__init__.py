@@ -10,7 +10,7 @@ The package is split by responsibility::
     main(argv)  parser.build_parser -> args; environment fills the unset globals
         |
         +-- VERBS[args.verb](args) -> tasks.cmd_*  run, up, status, wait, cancel, retry, logs, tasks
-        |                             jobs.cmd_*   check, submit, trigger, runs, jobs, dead, cron
+        |                             jobs.cmd_*   check, submit, trigger, runs, jobs [rm], dead, cron
         |                             admin.cmd_*  master, worker, store, nodes, drain, kv
         |                             services.cmd_*  deploy, ps, stop, restart
         |
@@ -32,7 +32,7 @@ from titan.cli.common import (EXIT_AUTH, EXIT_CANCELLED, EXIT_FAILED, EXIT_NOT_F
                               EXIT_UNAVAILABLE, EXIT_USAGE, fail)
 from titan.cli.parser import build_parser
 from titan.cli.tasks import exit_code_of
-from titan.errors import AuthError, ConnectionLost, RemoteError, TitanError, UnknownTask, UsageError
+from titan.errors import AuthError, ConnectionLost, RemoteError, TitanError, UnknownJob, UnknownTask, UsageError
 from titan.sdk.client import DEFAULT_MASTER
 
 __all__ = ["main", "build_parser", "exit_code_of", "VERBS", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",
@@ -70,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(str(exc), EXIT_AUTH)
     except ConnectionLost as exc:
         return fail(str(exc), EXIT_UNAVAILABLE)
-    except UnknownTask as exc:
+    except (UnknownTask, UnknownJob) as exc:
         return fail(exc.message, EXIT_NOT_FOUND)
     except RemoteError as exc:
         return fail(exc.message, EXIT_USAGE if exc.code == "bad_request" else EXIT_FAILED)

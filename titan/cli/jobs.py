@@ -1,4 +1,4 @@
-"""The job and schedule verbs: ``check``, ``submit``, ``trigger``, ``runs``, ``jobs``, ``dead``, ``cron``.
+"""The job and schedule verbs: ``check``, ``submit``, ``trigger``, ``runs``, ``jobs [rm]``, ``dead``, ``cron``.
 
 Also owns how a run is shown (``titan status RUN``) and ``titan up FILE.ini``
 (:func:`run_file`), which :mod:`titan.cli.tasks` calls. ``check`` and
@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from titan.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, make_client, print_json, show_list
+from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, fail, make_client, print_json,
+                              show_list)
 from titan.core.jobfile import JobFileError
-from titan.errors import UsageError
+from titan.errors import UnknownJob, UsageError
 from titan.sdk.client import Client
 from titan.sdk.runs import Run, RunResult
 
@@ -99,11 +100,42 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    if getattr(args, "jobs_action", None) == "rm":
+        return _remove_jobs(args)
     with make_client(args) as c:
         jobs = c.jobs()
     return show_list(args, jobs, ["JOB", "TASKS", "SCHEDULE", "NEXT", "RUNS", "LAST RUN", "LAST STATE"], lambda j: [
         j["name"], str(j["tasks"]), f"{j['schedule']} {j['timezone']}" if j.get("schedule") else "-",
         j.get("next") or "-", str(j["runs"]), j.get("last_run") or "-", j.get("last_state") or "-"])
+
+
+def _remove_jobs(args: argparse.Namespace) -> int:
+    """``titan jobs rm NAME...``: each known job is removed even when another name is unknown (exit 4)."""
+    removed: List[Dict[str, Any]] = []
+    code = EXIT_OK
+    with make_client(args) as c:
+        for name in args.names:
+            try:
+                removed.append(c.remove_job(name))
+            except UnknownJob as exc:
+                code = fail(exc.message, EXIT_NOT_FOUND)
+    if args.json:
+        print_json(removed)
+    else:
+        for reply in removed:
+            print(_removed_line(reply))
+    return code
+
+
+def _removed_line(reply: Dict[str, Any]) -> str:
+    """``etl: removed``, and what goes on without it: runs that started, services deployed with it."""
+    notes = []
+    active = reply.get("active_runs") or []
+    if active:
+        notes.append(f"{len(active)} run(s) still going, not cancelled: {', '.join(active)}")
+    if reply.get("services"):
+        notes.append(f"its services keep running: {', '.join(reply['services'])} (`titan stop NAME --remove`)")
+    return f"{reply['job']}: removed" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def cmd_dead(args: argparse.Namespace) -> int:

@@ -155,7 +155,7 @@ def _add_task_verbs(subs: Any) -> None:
 
 
 def _add_job_verbs(subs: Any) -> None:
-    """submit, trigger, runs, jobs and dead."""
+    """submit, trigger, runs, jobs (and jobs rm) and dead."""
     p = _sub(subs, "submit", "register a job file's job; start a run unless it has a schedule")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--wait", action="store_true", help="show progress; exit 0 only if the run succeeded")
@@ -163,7 +163,12 @@ def _add_job_verbs(subs: Any) -> None:
     p.add_argument("job", metavar="JOB")
     p.add_argument("--wait", action="store_true", help="show progress; exit 0 only if the run succeeded")
     _sub(subs, "runs", "list recent runs").add_argument("job", nargs="?", default=None, metavar="JOB")
-    _sub(subs, "jobs", "list registered jobs")
+    p = _sub(subs, "jobs", "list registered jobs; `titan jobs rm NAME...` removes jobs")
+    p = p.add_subparsers(dest="jobs_action", metavar="rm").add_parser(
+        "rm", help="remove registered jobs",
+        description="remove registered jobs: their schedules stop; runs that started finish")
+    _globals(p, suppress=True)
+    p.add_argument("names", nargs="+", metavar="NAME")
     _sub(subs, "dead", "the dead-letter list: tasks that used up their retries")
 
 

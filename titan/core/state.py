@@ -5,8 +5,8 @@ Every key the master owns starts with ``titan:``; users' keys (``titan kv``,
 
     titan:task:<id>      one task record (codec blob: spec, state, attempts)
     titan:worker:<name>  one worker as last seen (tags, slots, info)
-    titan:job:<name>     a job as last submitted (its tasks, schedule)
-    titan:cron           hash: scheduled job -> its last claimed slot (epoch seconds)
+    titan:job:<name>     a job as last submitted (its tasks, schedule); deleted when it is removed
+    titan:cron           hash: scheduled job -> its last claimed slot (epoch seconds); its field goes with it
     titan:counters       hash: task or job name -> last number used (ids never repeat)
 
 Values are TITAN_PROTO body encodings (``titan.wire.codec``), so a record

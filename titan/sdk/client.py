@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from titan.core.model import KILL_GRACE_S
-from titan.errors import ConnectionLost, RemoteError, UnknownTask, UsageError
+from titan.errors import ConnectionLost, RemoteError, UnknownJob, UnknownTask, UsageError
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
 from titan.sdk.kv import KV
 from titan.sdk.runs import Run, RunResult
@@ -380,6 +380,8 @@ class Client:
         code, message = str(body.get("code", "error")), str(body.get("message", body))
         if code == "unknown_task":
             raise UnknownTask(code, message)
+        if code == "unknown_job":
+            raise UnknownJob(code, message)
         raise RemoteError(code, message)
 
     def _call(self, opcode: int, body: Dict[str, Any], timeout: Optional[float] = 30.0) -> Dict[str, Any]:
@@ -476,6 +478,17 @@ class Client:
 
     def jobs(self) -> List[Dict[str, Any]]:
         return list(self._call(Op.JOBS, {}).get("jobs", []))
+
+    def remove_job(self, name: str) -> Dict[str, Any]:
+        """Forget a registered job: its schedule stops firing and it leaves :meth:`jobs`.
+
+        Returns ``{job, schedule, active_runs, services}``: the runs of it
+        that are still going (they are not cancelled) and the services
+        deployed with it (they keep running).  Raises
+        :class:`~titan.errors.UnknownJob` (a RemoteError) for a name the
+        master has not registered.
+        """
+        return self._call(Op.REMOVE_JOB, {"job": name})
 
     def _wait_more(self, req_id: int, deadline: Optional[float], seen: int) -> None:
         """Block until request ``req_id`` has more than ``seen`` events (or raise TimeoutError)."""

@@ -74,6 +74,7 @@ class Op(enum.IntEnum):
     RUNS = 0x1B
     JOBS = 0x1C
     DRAIN = 0x1D
+    REMOVE_JOB = 0x1E
     HEARTBEAT = 0x20
     DISPATCH = 0x21
     OUTPUT = 0x22

@@ -69,8 +69,8 @@ class Durable:
         self.aof = AppendOnlyFile(data_dir, fsync=fsync, rewrite_min_bytes=rewrite_min_bytes)
         self.retention_s = retention_s
         self.counters_dirty: Dict[str, int] = {}
-        self.jobs_dirty: Dict[str, Dict[str, Any]] = {}
-        self.cursors_dirty: Dict[str, float] = {}
+        self.jobs_dirty: Dict[str, Optional[Dict[str, Any]]] = {}       # None: forget it
+        self.cursors_dirty: Dict[str, Optional[float]] = {}              # None: forget it
         self.services_dirty: Dict[str, Optional[Dict[str, Any]]] = {}   # None: forget it
         self._timed: Deque[float] = deque(maxlen=TIMED_FSYNCS)            # recent fsyncs on the loop, in seconds
 
@@ -144,23 +144,35 @@ class Durable:
                 out += self._run([b"DEL", WORKER_PREFIX + name.encode()], now_ms)
         sched.workers_dirty.clear()
         for name, job in self.jobs_dirty.items():
-            out += self._run([b"SET", JOB_PREFIX + name.encode(), encode(job)], now_ms)
+            key = JOB_PREFIX + name.encode()
+            out += self._run([b"SET", key, encode(job)] if job is not None else [b"DEL", key], now_ms)
         self.jobs_dirty.clear()
         for name, service in self.services_dirty.items():
             key = SERVICE_PREFIX + name.encode()
             out += self._run([b"SET", key, encode(service)] if service is not None else [b"DEL", key], now_ms)
         self.services_dirty.clear()
         if self.cursors_dirty:                  # cron claims: in the same write as the runs they start
-            command = [b"HSET", CRON_KEY]
-            for name, cursor in sorted(self.cursors_dirty.items()):
-                command += [name.encode(), repr(cursor).encode()]
-            out += self._run(command, now_ms)
-            self.cursors_dirty.clear()
+            out += self._save_cursors(now_ms)
         if self.counters_dirty:
             out += self._run(save_counters(self.counters_dirty), now_ms)
             self.counters_dirty.clear()
         if out:
             self.aof.append(out)
+
+    def _save_cursors(self, now_ms: int) -> List[List[bytes]]:
+        """One HSET for the cursors that moved, one HDEL for those of removed jobs."""
+        moved, gone = [b"HSET", CRON_KEY], [b"HDEL", CRON_KEY]
+        for name, cursor in sorted(self.cursors_dirty.items()):
+            if cursor is None:
+                gone.append(name.encode())
+            else:
+                moved += [name.encode(), repr(cursor).encode()]
+        self.cursors_dirty.clear()
+        out: List[List[bytes]] = []
+        for command in (moved, gone):
+            if len(command) > 2:
+                out += self._run(command, now_ms)
+        return out
 
     def _run(self, command: List[bytes], now_ms: int) -> List[List[bytes]]:
         reply, aof = self.engine.execute(command, now_ms)

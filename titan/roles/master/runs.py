@@ -2,6 +2,7 @@
 
     RUN {job, start, watch} ──▶ register the job (titan:job:NAME) ──▶ run JOB#N: tasks JOB#N/TASK
     TRIGGER {job}           ──▶ a run of a registered job now
+    REMOVE_JOB {job}        ──▶ forget the job and its schedule; runs that started go on
     task ends ──▶ EVENT {kind: "task"} to the run's watchers; the last one ──▶ EVENT {kind: "run"}
                                                              and RUN_DONE to the connected workers
     worker HELLO {shared: [run, ...]} ──▶ RUN_DONE for each listed run that is over
@@ -24,13 +25,13 @@ from titan.wire.frames import FLAG_MORE, Op
 if TYPE_CHECKING:
     from titan.roles.master.server import Master
 
-__all__ = ["RunService"]
+__all__ = ["RunService", "UnknownJobName"]
 
 MAX_SHARED_LISTED = 1000     # runs of a worker's HELLO ``shared`` list looked at
 
 
 class RunService:
-    """Runs RUN, TRIGGER, RUNS and JOBS requests, and tells watchers how runs go."""
+    """Runs RUN, TRIGGER, REMOVE_JOB, RUNS and JOBS requests, and tells watchers how runs go."""
 
     def __init__(self, master: "Master") -> None:
         self.master = master
@@ -97,6 +98,27 @@ class RunService:
         reply = self._start(job)
         self._watch(conn, req_id, reply["run"], body)
         self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") else 0)
+
+    def remove(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
+        """Forget a registered job: no more runs on its schedule, none by trigger.
+
+        Its runs that started are not cancelled: they finish and stay listed
+        until their tasks' retention ends.  Its services keep running.  A
+        job of the same name submitted later starts afresh (its schedule
+        from then on; run numbers go on from the old ones).
+        """
+        name = body.get("job")
+        job = self.jobs.pop(name, None) if isinstance(name, str) else None
+        if job is None:
+            raise UnknownJobName(name)
+        self.master.planner.remove_job(name)         # its slots, claimed or waiting, with it
+        durable = self.master.durable
+        durable.jobs_dirty[name] = None
+        durable.cursors_dirty[name] = None
+        active = [run_id for run_id in self.runs if _job_of(run_id) == name and self._live(run_id)]
+        services = sorted(n for n, entry in self.master.services.entries.items() if entry.job == name)
+        self.master.hold(conn, req_id, Op.OK, {"job": name, "schedule": job.get("schedule"),
+                                               "active_runs": active, "services": services})
 
     def _plan(self, job: Dict[str, Any], cursor: Optional[float]) -> None:
         """Give a scheduled job to the planner (or take an unscheduled one away)."""
@@ -272,6 +294,13 @@ class RunService:
             self.watchers[run_id] = [w for w in self.watchers[run_id] if w[0] is not conn]
             if not self.watchers[run_id]:
                 del self.watchers[run_id]
+
+
+class UnknownJobName(UsageError):
+    """Raised inside the master when REMOVE_JOB names a job it has not registered."""
+
+    def __init__(self, name: object) -> None:
+        super().__init__(f"no job {name!r}: `titan jobs` lists the jobs this master knows")
 
 
 def _job_of(run_id: str) -> str:

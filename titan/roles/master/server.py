@@ -34,7 +34,7 @@ from titan.io.logfiles import LogStore
 from titan.roles.master.durable import Durable, SavedState
 from titan.roles.master.kv import KvService
 from titan.roles.master.requests import LAZY, ClientRequests, UnknownTaskId
-from titan.roles.master.runs import RunService
+from titan.roles.master.runs import RunService, UnknownJobName
 from titan.roles.master.services import ServiceManager
 from titan.io.loop import Connection, Handler, Listener, Loop, Timer, format_address, is_loopback
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, FLAG_MORE, Frame, Op
@@ -367,6 +367,8 @@ class Master(ClientRequests, Handler):
             method(self, conn, frame.req_id, body)
         except UnknownTaskId as exc:
             conn.send_error(frame.req_id, "unknown_task", str(exc))
+        except UnknownJobName as exc:
+            conn.send_error(frame.req_id, "unknown_job", str(exc))
         except UsageError as exc:
             conn.send_error(frame.req_id, "bad_request", str(exc))
 
@@ -636,6 +638,7 @@ CLIENT_OPS: Dict[int, Callable[..., None]] = {
     Op.TRIGGER: lambda m, conn, req_id, body: m.runs.trigger(conn, req_id, body),
     Op.RUNS: lambda m, conn, req_id, body: m.runs.list_runs(conn, req_id, body),
     Op.JOBS: lambda m, conn, req_id, body: m.runs.list_jobs(conn, req_id, body),
+    Op.REMOVE_JOB: lambda m, conn, req_id, body: m.runs.remove(conn, req_id, body),
 }
 WORKER_OPS: Dict[int, Callable[..., None]] = {
     Op.HEARTBEAT: Master._w_heartbeat, Op.OUTPUT: Master._w_output, Op.FINISHED: Master._w_finished,
