@@ -69,9 +69,9 @@ def test_jobs_rm_removes_each_named_job_and_names_the_unknown_one(cluster: Clust
     listed = run_cli(*m, "jobs")
     assert listed.code == 0 and "keep" in listed.stdout and "etl" not in listed.stdout, listed
     assert [j["name"] for j in json.loads(run_cli(*m, "jobs", "--json").stdout)] == ["keep"]
-    # And a removed job cannot be triggered, while its run stays listed
+    # And a removed job cannot be triggered (exit 4: it is not found), while its run stays listed
     res = run_cli(*m, "trigger", "etl")
-    assert res.code == 2 and "no job 'etl'" in res.stderr, res
+    assert res.code == 4 and "no job 'etl'" in res.stderr and "titan submit FILE" in res.stderr, res
     assert "etl#1" in run_cli(*m, "runs", "etl").stdout
     # And --json prints what was removed
     res = run_cli(*m, "jobs", "rm", "keep", "--json")

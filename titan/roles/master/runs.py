@@ -90,8 +90,7 @@ class RunService:
         name = body.get("job")
         job = self.jobs.get(name) if isinstance(name, str) else None
         if job is None:
-            raise UsageError(f"no job {name!r}: `titan jobs` lists the jobs this master knows; "
-                             f"`titan submit FILE` registers one")
+            raise UnknownJobName(name)
         if not job["tasks"]:
             raise UsageError(f"job {name!r} has only services: `titan ps` shows them, `titan restart NAME` "
                              f"restarts one")
@@ -111,6 +110,7 @@ class RunService:
         job = self.jobs.pop(name, None) if isinstance(name, str) else None
         if job is None:
             raise UnknownJobName(name)
+        self.job_specs.pop(name, None)
         self.master.planner.remove_job(name)         # its slots, claimed or waiting, with it
         durable = self.master.durable
         durable.jobs_dirty[name] = None
@@ -297,10 +297,11 @@ class RunService:
 
 
 class UnknownJobName(UsageError):
-    """Raised inside the master when REMOVE_JOB names a job it has not registered."""
+    """Raised inside the master when TRIGGER or REMOVE_JOB names a job it has not registered."""
 
     def __init__(self, name: object) -> None:
-        super().__init__(f"no job {name!r}: `titan jobs` lists the jobs this master knows")
+        super().__init__(f"no job {name!r}: `titan jobs` lists the jobs this master knows; "
+                         f"`titan submit FILE` registers one")
 
 
 def _job_of(run_id: str) -> str:
