@@ -24,7 +24,7 @@ def test_a_restarted_worker_kills_what_its_killed_predecessor_left_running(
     # (The worker writes the record just after the spawn returns: on a busy host the task can
     # already have written its pids by then, and a kill in between would leave nothing to reap.)
     ledger = titan_procs.base_dir / "w1" / "procs.log"
-    wait_until(lambda: f"+ {left[1]} " in ledger.read_text(), 10, "the worker to record the task")
+    wait_until(lambda: ledger.exists() and f"+ {left[1]} " in ledger.read_text(), 10, "the worker to record the task")
     # When the worker is killed with SIGKILL (its task's processes live on) ...
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(10)
