@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,13 @@ def pid_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def write_job(tmp_path: Path, name: str, text: str) -> str:
+    """Write a job file (its text dedented) into ``tmp_path``; return its path."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
 
 
 def free_port() -> int:

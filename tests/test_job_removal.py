@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from conftest import Recorder, TitanProcs, run_cli, wait_until
+from conftest import Recorder, TitanProcs, run_cli, wait_until, write_job
 from titan.errors import ConnectionLost, RemoteError, UnknownJob
 from titan.roles.local import LocalCluster
 from titan.roles.master.server import Master, MasterConfig
@@ -29,11 +29,6 @@ def _offset_to_next_minute(lead_s: float) -> float:
     """A clock offset that puts the master ``lead_s`` seconds before a minute starts."""
     return (60.0 - time.time() % 60.0 - lead_s) % 60.0
 
-
-def _write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
 
 
 def _runs(address: str, job: str) -> List[Dict[str, Any]]:
@@ -90,7 +85,7 @@ def test_a_started_run_finishes_after_its_job_is_removed_and_the_name_registers_
     # Given a run of a job whose first task is running and waits for a file
     local = cluster(workers=1)
     started, gate = tmp_path / "started", tmp_path / "gate"
-    job = _write(tmp_path, "slow.ini", f"""
+    job = write_job(tmp_path, "slow.ini", f"""
 [job]
 name = slow
 [task:wait]
@@ -129,7 +124,7 @@ def test_a_removed_scheduled_job_does_not_fire_at_its_next_slot(titan_procs: Tit
     master = titan_procs.start_master("--clock-offset", f"{offset:.3f}")
     titan_procs.start_worker(master.address, "w1", slots=2)
     for name in ("gone", "kept"):
-        job = _write(tmp_path, f"{name}.ini", f"""
+        job = write_job(tmp_path, f"{name}.ini", f"""
 [job]
 name = {name}
 schedule = * * * * *
@@ -162,7 +157,7 @@ def test_a_removed_scheduled_job_stays_removed_after_a_master_kill_9(titan_procs
     jobs = {"minutely": f'echo "$TITAN_RUN" >> {ledger}; while [ ! -e {gate} ]; do sleep 0.05; done',
             "kept": f'echo "$TITAN_RUN" >> {kept_ledger}'}
     for name, command in jobs.items():
-        job = _write(tmp_path, f"{name}.ini", f"""
+        job = write_job(tmp_path, f"{name}.ini", f"""
 [job]
 name = {name}
 schedule = * * * * *

@@ -7,6 +7,7 @@ from typing import List
 
 import pytest
 
+from conftest import write_job
 from titan.cli import EXIT_OK, EXIT_USAGE, main
 from titan.core.jobfile import JobFileError, JobSpec, Problem, ServiceDef, TaskDef, check_files, parse
 from titan.errors import UsageError
@@ -579,18 +580,13 @@ def test_check_files_reports_missing_files_at_the_files_line() -> None:
 
 
 # ----- titan check -------------------------------------------------------------------------------------
-def write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
-
 
 def test_check_prints_ok_with_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    good = write(tmp_path, "etl.ini", FULL_EXAMPLE)
+    good = write_job(tmp_path, "etl.ini", FULL_EXAMPLE)
     for name in ("extract.py", "lib/util.py", "www/index.html"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("")
-    web = write(tmp_path, "web.ini", "[job]\nname = web\n[service:api]\nrun = ./serve\n")
+    web = write_job(tmp_path, "web.ini", "[job]\nname = web\n[service:api]\nrun = ./serve\n")
     assert main(["check", good, web]) == EXIT_OK
     out, err = capsys.readouterr()
     assert out.splitlines() == [
@@ -600,7 +596,7 @@ def test_check_prints_ok_with_a_summary(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_check_prints_every_problem_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    bad = write(tmp_path, "bad.ini", """\
+    bad = write_job(tmp_path, "bad.ini", """\
         [job]
         name = j
         [task:a]
@@ -614,7 +610,7 @@ def test_check_prints_every_problem_and_exits_2(tmp_path: Path, capsys: pytest.C
         run = ./serve
         port = 99999
         """)
-    good = write(tmp_path, "good.ini", MINIMAL)
+    good = write_job(tmp_path, "good.ini", MINIMAL)
     assert main(["check", bad, good]) == EXIT_USAGE
     out, err = capsys.readouterr()
     assert err.splitlines() == [
@@ -627,7 +623,7 @@ def test_check_prints_every_problem_and_exits_2(tmp_path: Path, capsys: pytest.C
 
 def test_check_reports_missing_files_relative_to_the_job_file(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
-    path = write(tmp_path, "j.ini", MINIMAL + "files = here.py, gone.py\n")
+    path = write_job(tmp_path, "j.ini", MINIMAL + "files = here.py, gone.py\n")
     (tmp_path / "here.py").write_text("")
     assert main(["check", path]) == EXIT_USAGE
     assert capsys.readouterr().err == (f"{path}:5: [task:t] files: no such file 'gone.py' (paths are relative to "

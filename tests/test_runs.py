@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import Raw, TitanProcs, pid_gone, run_cli, wait_until
+from conftest import Raw, TitanProcs, pid_gone, run_cli, wait_until, write_job
 from titan.errors import RemoteError
 from titan.roles.local import LocalCluster
 from titan.sdk.client import Client
@@ -17,11 +17,6 @@ from titan.wire.frames import Op
 REPO = Path(__file__).resolve().parent.parent
 Cluster = Callable[..., LocalCluster]
 
-
-def write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
 
 
 def test_up_runs_the_hello_diamond_and_shows_each_tasks_output() -> None:
@@ -36,7 +31,7 @@ def test_up_runs_the_hello_diamond_and_shows_each_tasks_output() -> None:
 
 def test_a_failed_task_skips_its_dependants_and_fails_the_run(cluster: Cluster, tmp_path: Path) -> None:
     local = cluster(workers=2)
-    job = write(tmp_path, "etl.ini", """
+    job = write_job(tmp_path, "etl.ini", """
 [job]
 name = etl
 [task:extract]
@@ -75,7 +70,7 @@ run = echo report
 def test_cancelling_a_run_kills_its_running_task_and_cancels_the_rest(cluster: Cluster, tmp_path: Path) -> None:
     local = cluster(workers=1)
     pidfile, childfile = tmp_path / "pid", tmp_path / "child"
-    job = write(tmp_path, "slow.ini", f"""
+    job = write_job(tmp_path, "slow.ini", f"""
 [job]
 name = slow
 [task:wait]
@@ -97,7 +92,7 @@ run = echo never
 
 def test_submit_wait_runs_and_lists(cluster: Cluster, tmp_path: Path) -> None:
     local = cluster(workers=2)
-    job = write(tmp_path, "fan.ini", "[job]\nname = fan\n[task:a]\nrun = true\n" + "".join(
+    job = write_job(tmp_path, "fan.ini", "[job]\nname = fan\n[task:a]\nrun = true\n" + "".join(
         f"[task:m{i}]\nafter = a\nrun = echo {i}\n" for i in range(100)) +
         "[task:z]\nafter = " + ", ".join(f"m{i}" for i in range(100)) + "\nrun = true\n")
     m = ("--master", local.address)
@@ -107,7 +102,7 @@ def test_submit_wait_runs_and_lists(cluster: Cluster, tmp_path: Path) -> None:
     assert "fan#1" in run_cli(*m, "runs").stdout
     jobs = run_cli(*m, "jobs").stdout
     assert "fan" in jobs and "SUCCEEDED" in jobs
-    bad = write(tmp_path, "bad.ini", "[job]\nname = bad\n[task:a]\nrun = true\nretires = 3\n")
+    bad = write_job(tmp_path, "bad.ini", "[job]\nname = bad\n[task:a]\nrun = true\nretires = 3\n")
     res = run_cli(*m, "submit", bad)
     assert res.code == 2 and "did you mean 'retries'" in res.stderr
 
@@ -118,7 +113,7 @@ def test_a_run_survives_a_master_kill_9(titan_procs: TitanProcs, tmp_path: Path)
     master = titan_procs.start_master()
     titan_procs.start_worker(master.address, "w1", slots=2)
     titan_procs.wait_ready(master.address, ["w1"])
-    job = write(tmp_path, "two.ini", f"""
+    job = write_job(tmp_path, "two.ini", f"""
 [job]
 name = two
 [task:first]
@@ -142,7 +137,7 @@ run = echo second
 
 def test_the_shared_directory_is_removed_when_the_run_ends(cluster: Cluster, tmp_path: Path) -> None:
     local = cluster(workers=1)
-    job = write(tmp_path, "share.ini", """
+    job = write_job(tmp_path, "share.ini", """
 [job]
 name = share
 [task:write]
@@ -163,7 +158,7 @@ run = cat "$TITAN_SHARED/f"
 def test_a_task_that_removes_the_shared_directory_leaves_one_for_the_next(cluster: Cluster,
                                                                           tmp_path: Path) -> None:
     local = cluster(workers=1)
-    job = write(tmp_path, "gone.ini", """
+    job = write_job(tmp_path, "gone.ini", """
 [job]
 name = gone
 [task:first]
@@ -189,7 +184,7 @@ def test_a_worker_away_when_the_run_ended_removes_its_shared_directory_when_it_i
     wa = titan_procs.start_worker(master.address, "wa", slots=1)
     titan_procs.start_worker(master.address, "wb", slots=1)
     titan_procs.wait_ready(master.address, ["wa", "wb"])
-    job = write(tmp_path, "away.ini", f"""
+    job = write_job(tmp_path, "away.ini", f"""
 [job]
 name = away
 [task:write]
@@ -247,7 +242,7 @@ def test_retries_then_dead_then_retry_of_the_run(cluster: Cluster, tmp_path: Pat
     # Given a task that fails until a file appears, with 2 retries and a short backoff
     local = cluster(workers=1)
     fixed = tmp_path / "fixed"
-    job = write(tmp_path, "flaky.ini", f"""
+    job = write_job(tmp_path, "flaky.ini", f"""
 [job]
 name = flaky
 [task:try]
@@ -276,7 +271,7 @@ run = echo next
 
 def test_affinity_holds_across_three_workers(cluster: Cluster, tmp_path: Path) -> None:
     local = cluster(workers=3, slots=2)
-    job = write(tmp_path, "aff.ini", "[job]\nname = aff\n" + "".join(
+    job = write_job(tmp_path, "aff.ini", "[job]\nname = aff\n" + "".join(
         f"[task:src{i}]\nrun = echo $TITAN_NODE\n[task:dst{i}]\nafter = src{i}\naffinity = src{i}\n"
         f"run = echo $TITAN_NODE\n" for i in range(6)))
     with local.client() as c:
