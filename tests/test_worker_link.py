@@ -65,3 +65,25 @@ def test_a_runs_shared_directory_goes_when_its_last_task_here_ends_after_the_run
     # When the task ends, then the run's shared directory goes with it
     assert fake_master.finished()["task"] == "r#1/a"
     wait_until(lambda: not shared.exists(), 10, "the shared directory to be removed")
+
+
+def test_a_worker_lists_only_run_directories_and_never_removes_one_above_them(tmp_path) -> None:
+    from titan.roles.worker.server import Worker, WorkerConfig
+    worker = Worker(WorkerConfig(master=("127.0.0.1", 9), name="w", data_dir=tmp_path / "w"))
+    try:
+        # Given its shared directory holds a run's directory, and names a task could have made
+        shared = tmp_path / "w" / "shared"
+        for name in ("etl%231", "%2E", "%2E%2E", "not%2fquoted%23"):
+            (shared / name).mkdir()
+        (shared / "etl%231" / "f").write_text("data")
+        # Then its HELLO lists the run, and only names that are what a run's directory is called
+        assert sorted(worker._hello_extra()["shared"]) == ["etl#1"]
+        # And a RUN_DONE for "." or ".." removes nothing
+        worker._run_done(".")
+        worker._run_done("..")
+        assert (shared / "etl%231" / "f").exists() and (tmp_path / "w").is_dir()
+        # While one for the run removes its directory
+        worker._run_done("etl#1")
+        assert not (shared / "etl%231").exists()
+    finally:
+        worker.ledger.close()

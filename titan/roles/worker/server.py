@@ -241,7 +241,8 @@ class Worker(Handler):
                 names = [entry.name for entry in itertools.islice(entries, MAX_SHARED_LISTED)]
         except OSError:
             return []
-        return [unquote(name) for name in names]
+        runs = [unquote(name) for name in names]
+        return [run for run, name in zip(runs, names) if quote(run, safe="") == name and name not in (".", "..")]
 
     def _retry_later(self, why: str) -> None:
         delay = self.backoff_s * (0.8 + 0.4 * random.random())
@@ -501,7 +502,7 @@ class Worker(Handler):
 
     def _run_done(self, run: str) -> None:
         """A run ended: its $TITAN_SHARED here goes, now or when its last task here ends."""
-        if not run:
+        if not run or quote(run, safe="") in (".", ".."):     # not a run id: never a directory above it
             return
         if any(job.run == run for job in self.jobs.values()):
             self.ended_runs.add(run)         # a stale attempt of it still runs here
