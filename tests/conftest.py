@@ -469,20 +469,30 @@ def fake_master(titan_procs: TitanProcs) -> Iterator[FakeMaster]:
 
 
 class Recorder:
-    """Stands in for a client connection of an in-process Master: keeps every frame it is sent."""
+    """Stands in for a client connection of an in-process Master: keeps every frame it is sent.
+
+    Given the master's ``loop``, it tells the loop of the frames that wait for the
+    end of the pass, as a real connection does (the frames are kept at once all the same).
+    """
 
     closed = False
     peer = "test"
 
-    def __init__(self) -> None:
+    def __init__(self, loop: Any = None) -> None:
         self.state = Peer(ServerHandshake(name="m", token=None))
         self.state.handshake.done = True
         self.state.role, self.state.name = "client", "tester"
         self.frames: List[Tuple[int, int, Any]] = []
+        self.loop = loop
 
     def send(self, opcode: int, req_id: int, body: Any = None, flags: int = 0, urgent: bool = False,
              lazy: bool = False) -> None:
         self.frames.append((opcode, req_id, body))
+        if self.loop is not None and not lazy:
+            self.loop.mark_dirty(self, urgent)
+
+    def flush(self) -> None:
+        pass
 
     def send_error(self, req_id: int, code: str, message: str) -> None:
         self.frames.append((Op.ERROR, req_id, {"code": code, "message": message}))

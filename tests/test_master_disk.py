@@ -86,31 +86,44 @@ def _aof_bytes(data_dir: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted((data_dir / "store" / "appendonlydir").iterdir()))
 
 
-def test_data_only_lazy_frames_wait_for_is_written_at_once_and_fsynced_a_moment_later(tmp_path: Path) -> None:
+def test_a_pass_of_results_is_written_at_once_and_fsynced_a_moment_later(tmp_path: Path) -> None:
     master = Master(MasterConfig(data_dir=tmp_path / "m"))
     disk = CountingDisk()
     master.durable.aof.ops = disk
-    client = Recorder()
+    client, worker = Recorder(master.loop), Recorder(master.loop)
+    worker.state.role, worker.state.name = "worker", "w1"
+    master.worker_conns["w1"] = worker   # type: ignore[assignment]
     try:
-        # When a watched submission arrives (its client waits for the result, not for the OK)
-        _request(master, client, 1, Op.SUBMIT, {"command": "true", "name": "watched"})
-        # Then its record is in the file at once (a kill -9 cannot lose it), but not fsynced yet,
-        # and its OK waits for that fsync
-        assert b"watched#1" in _aof_bytes(tmp_path / "m")
-        assert disk.fsyncs == 0 and [f for f in client.frames if f[1] == 1] == []
-        # And the loop fsyncs it within LAZY_SYNC_S and sends the OK
-        wait_until(lambda: master.loop.run_once(0.005) or any(f[1] == 1 for f in client.frames), 5,
-                   "the deferred fsync")
-        assert disk.fsyncs == 1 and client.reply(1) == (Op.OK, {"id": "watched#1"})
-        # When another watched one is deferred and then a submission whose client waits for
-        # its OK arrives (watch=False: the OK is all that comes)
-        _request(master, client, 2, Op.SUBMIT, {"command": "true", "name": "watched"})
-        assert disk.fsyncs == 1
-        _request(master, client, 3, Op.SUBMIT, {"command": "true", "name": "eager", "watch": False})
-        # Then one fsync in that same pass covers both, and both OKs go out
-        assert disk.fsyncs == 2
-        assert client.reply(2) == (Op.OK, {"id": "watched#2"})
-        assert client.reply(3) == (Op.OK, {"id": "eager#1"})
+        master._admit_worker(worker, worker.state, {"role": "worker", "name": "w1", "slots": 2, "tags": []})
+        master._end_of_pass()
+        # Given two watched submissions, each fsynced before its OK, as always, and a third
+        # that stays queued (no worker has its tag)
+        for req_id in (1, 2):
+            _request(master, client, req_id, Op.SUBMIT, {"command": "true", "name": "t"})
+            assert client.reply(req_id) == (Op.OK, {"id": f"t#{req_id}"})
+        _request(master, client, 9, Op.SUBMIT, {"command": "true", "name": "q", "requires": ["nowhere"]})
+        dispatched = [body for op, _, body in worker.frames if op == Op.DISPATCH]
+        assert [d["task"] for d in dispatched] == ["t#1", "t#2"]
+        fsyncs = disk.fsyncs
+        # When a pass reads a result and nothing else
+        _request(master, worker, 0, Op.FINISHED, {"task": "t#1", "attempt": 1, "exit_code": 0, "seq": 1})
+        # Then the client has the result at once, the record is in the file (a kill -9 cannot
+        # lose it), but it is not fsynced yet, and the worker's ACK waits for that fsync
+        assert any(op == Op.EVENT and body["result"]["id"] == "t#1" for op, _, body in client.frames)
+        assert b"t#1" in _aof_bytes(tmp_path / "m") and disk.fsyncs == fsyncs
+        assert not any(op == Op.ACK for op, _, _ in worker.frames)
+        # And the loop fsyncs it within LAZY_SYNC_S and sends the ACK
+        wait_until(lambda: master.loop.run_once(0.005) or any(op == Op.ACK for op, _, _ in worker.frames), 5,
+                   "the ACK after the deferred fsync")
+        assert disk.fsyncs == fsyncs + 1
+        assert [body for op, _, body in worker.frames if op == Op.ACK] == [{"upto": 1}]
+        # When a result is read in the same pass as a request whose answer goes out with the
+        # pass (a cancel), then one fsync, in that pass, comes before that answer
+        master.on_frame(worker, Frame(Op.FINISHED, 0, 0, {"task": "t#2", "attempt": 1, "exit_code": 0, "seq": 2}))
+        _request(master, client, 3, Op.CANCEL, {"task": "q#1"})
+        assert disk.fsyncs == fsyncs + 2
+        assert client.reply(3) == (Op.OK, {"id": "q#1", "was": "QUEUED", "state": "CANCELLED", "cancelling": False})
+        assert [body for op, _, body in worker.frames if op == Op.ACK][-1] == {"upto": 2}
     finally:
         master.close()
 

@@ -368,6 +368,8 @@ class AppendOnlyFile:
             raise AofError("the AOF is not open")
         if self._failed:
             return False
+        if self._syncing:
+            return True            # sync_done writes it, before the next fsync
         try:
             self._write_pending()
         except OSError as exc:

@@ -240,6 +240,11 @@ class Loop:
         self.running = False
         self.recv_buffer = RecvBuffer(RECV_BYTES)   # the loop reads one socket at a time
 
+    @property
+    def replies_waiting(self) -> bool:
+        """True while frames queued in this pass (neither urgent, lazy nor soon) wait for its end."""
+        return bool(self._dirty)
+
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
         return self.call_at(self.clock() + max(0.0, delay_s), callback)
 

@@ -124,8 +124,12 @@ class Durable:
                 return
 
     # ----- each pass -----------------------------------------------------
-    def persist(self, sched: Scheduler, now: float) -> None:
-        """Write every record the scheduler changed since the last pass."""
+    def persist(self, sched: Scheduler, now: float) -> bool:
+        """Write every record the scheduler changed since the last pass.
+
+        Returns True if it wrote more than task records (workers, jobs,
+        services, cron claims, id counters).
+        """
         now_ms = _ms(now)
         out: List[List[bytes]] = []
         put, append = self.engine.put_string, self.aof.append_encoded
@@ -158,6 +162,7 @@ class Durable:
             self.counters_dirty.clear()
         if out:
             self.aof.append(out)
+        return bool(out)
 
     def _save_cursors(self, now_ms: int) -> List[List[bytes]]:
         """One HSET for the cursors that moved, one HDEL for those of removed jobs."""

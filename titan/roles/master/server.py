@@ -44,7 +44,7 @@ __all__ = ["MasterConfig", "Master"]
 
 logger = logging.getLogger(__name__)
 
-LAZY_SYNC_S = 0.02         # the longest data that only lazy frames wait for stays un-fsynced
+LAZY_SYNC_S = 0.02         # the longest stored results wait for their fsync (and their ACK)
 MAX_AHEAD_PER_SLOT = 4      # a worker may hold at most this many attempts per slot beyond its slots
 
 
@@ -279,19 +279,20 @@ class Master(ClientRequests, Handler):
         Until the store has the data, submissions get no OK and results no
         ACK (a worker keeps an un-ACKed result and reports it again).
         """
-        self.durable.persist(self.sched, self.clock())
+        wrote_more = self.durable.persist(self.sched, self.clock())
+        acks_only = not self._held
         for conn, upto in self._acked.items():     # one ACK per worker per pass
             self._held.append((conn, 0, Op.ACK, {"upto": upto}, 0, LAZY))
         for conn, items in self._acks.items():
             self._held.append((conn, 0, Op.ACK, {"items": items}, 0, LAZY))
         self._acked.clear()
         self._acks.clear()
-        # Data that only lazy frames wait for may wait a little for its fsync; data
-        # written for its own sake (a cron claim, a retry's backoff) is fsynced now,
-        # as is everything once a frame someone waits for is held.
+        # A pass that only stored results (task records, answered by ACKs to their
+        # workers) may leave its fsync for a moment; anything else is fsynced now,
+        # before the pass's replies go out, and so is what earlier passes left.
         appended = self.durable.appended_total
         if self._held:
-            may_wait = all(frame[5] is LAZY for frame in self._held)
+            may_wait = acks_only and not wrote_more and not self.loop.replies_waiting
             self._waiting.append((appended, self._held))
             self._held = []
         else:
@@ -307,13 +308,13 @@ class Master(ClientRequests, Handler):
         self._release()
 
     def _sync_later(self) -> None:
-        """Write this pass's data now; fsync it with the next pass that holds an answer
-        someone waits for, or within LAZY_SYNC_S.
+        """Write this pass's data now; fsync it with the next pass that needs one,
+        or within LAZY_SYNC_S.
 
-        Only lazy frames wait for it (the ACK of a result, which the worker
-        keeps until then; the OK of a watched submission, whose client waits
-        for the result instead), so an fsync per pass would buy nobody
-        anything, and on a busy host it costs the next task its latency.
+        Only ACKs of results wait for it, and a worker keeps a result until
+        its ACK, so an fsync per pass of results buys nobody anything.  The
+        results themselves were pushed to their clients already (as always:
+        before the pass's fsync).
         """
         self.durable.write_ahead()
         if self._sync_timer is None:
