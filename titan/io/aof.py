@@ -318,6 +318,7 @@ class AppendOnlyFile:
         if self.error is None:
             logger.error("writing the AOF %s failed: %s; refusing writes until it works again",
                          self._current_path(), exc.strerror or exc)
+        # a copy without the traceback, which would pin a view of the buffer
         self._failed, self.error = True, OSError(exc.errno, exc.strerror or str(exc))
         self._failed_at = self.clock()
 
@@ -345,12 +346,7 @@ class AppendOnlyFile:
             self._write_pending()
             self._sync_if_due(force_fsync)
         except OSError as exc:
-            if self.error is None:
-                logger.error("writing the AOF %s failed: %s; refusing writes until it works again",
-                             self._current_path(), exc.strerror or exc)
-            # a copy without the traceback, which would pin a view of the buffer
-            self._failed, self.error = True, OSError(exc.errno, exc.strerror or str(exc))
-            self._failed_at = self.clock()
+            self._fail(exc)
             return False
         if self.error is not None:
             logger.warning("writing the AOF %s works again", self._current_path())
