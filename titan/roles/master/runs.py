@@ -13,7 +13,7 @@ a restarted master finds its runs again from the tasks it restores.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, TaskRecord, TaskSpec, TaskState
 from titan.core.service import service_from_wire
@@ -115,7 +115,7 @@ class RunService:
         durable = self.master.durable
         durable.jobs_dirty[name] = None
         durable.cursors_dirty[name] = None
-        active = [run_id for run_id in self.runs if _job_of(run_id) == name and self._live(run_id)]
+        active = list(self._active_runs(name))
         services = sorted(n for n, entry in self.master.services.entries.items() if entry.job == name)
         self.master.hold(conn, req_id, Op.OK, {"job": name, "schedule": job.get("schedule"),
                                                "active_runs": active, "services": services})
@@ -155,8 +155,12 @@ class RunService:
         tasks = self.master.sched.tasks
         return any(tasks[t].state not in TERMINAL for t in reversed(self.runs.get(run_id, ())) if t in tasks)
 
+    def _active_runs(self, name: str) -> Iterator[str]:
+        """The runs of job ``name`` that have a task still to end."""
+        return (run_id for run_id in self.runs if _job_of(run_id) == name and self._live(run_id))
+
     def _job_running(self, name: str) -> bool:
-        return any(_job_of(run_id) == name and self._live(run_id) for run_id in self.runs)
+        return next(self._active_runs(name), None) is not None
 
     def _start(self, job: Dict[str, Any], run_id: Optional[str] = None) -> Dict[str, Any]:
         m = self.master
