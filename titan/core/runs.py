@@ -47,6 +47,7 @@ def job_to_wire(spec: JobSpec, read_file: Optional[FileReader] = None,
 
 
 # The [service:NAME] settings that travel as they are (ServiceDef and ServiceSpec share them).
+MAX_SHARED_LISTED = 1000     # run directories a worker's HELLO lists (``shared``), and the master reads
 _SERVICE_SETTINGS = tuple(f.name for f in dataclasses.fields(ServiceSettings) if f.name not in ("name", "requires", "env"))
 
 

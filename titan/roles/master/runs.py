@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, TaskRecord, TaskSpec, TaskState
 from titan.core.service import service_from_wire
-from titan.core.runs import check_job, file_hashes, run_state, summarize, task_body
+from titan.core.runs import MAX_SHARED_LISTED, check_job, file_hashes, run_state, summarize, task_body
 from titan.errors import TitanError, UsageError
 from titan.io.loop import Connection
 from titan.wire.frames import FLAG_MORE, Op
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from titan.roles.master.server import Master
 
 __all__ = ["RunService", "UnknownJobName"]
-
-MAX_SHARED_LISTED = 1000     # runs of a worker's HELLO ``shared`` list looked at
 
 
 class RunService:

@@ -29,6 +29,7 @@ from urllib.parse import quote, unquote
 
 from titan import __version__
 from titan.core.model import KILL_GRACE_S
+from titan.core.runs import MAX_SHARED_LISTED
 from titan.errors import AuthError
 from titan.io.reaper import ProcessLedger
 from titan.io.loop import Connection, Handler, Loop, Timer, format_address
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 Key = Tuple[str, int]
 EXIT_CHECK_S = 0.5    # how soon the exit of a task whose children hold its pipes is noticed
 HAND_BACK_S = 0.5     # an attempt sent ahead that finds no free slot this long goes back to the master
-MAX_SHARED_LISTED = 1000   # run directories a HELLO names (the master says which runs are over)
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class Worker(Handler):
         except OSError:
             return []
         runs = [unquote(name) for name in names]
-        return [run for run, name in zip(runs, names) if quote(run, safe="") == name and name not in (".", "..")]
+        return [run for run, name in zip(runs, names) if _shared_name(run) == name]
 
     def _retry_later(self, why: str) -> None:
         delay = self.backoff_s * (0.8 + 0.4 * random.random())
@@ -502,14 +502,15 @@ class Worker(Handler):
 
     def _run_done(self, run: str) -> None:
         """A run ended: its $TITAN_SHARED here goes, now or when its last task here ends."""
-        if not run or quote(run, safe="") in (".", ".."):     # not a run id: never a directory above it
+        name = _shared_name(run)
+        if name is None:
             return
         if any(job.run == run for job in self.jobs.values()):
             self.ended_runs.add(run)         # a stale attempt of it still runs here
         else:
             self.ended_runs.discard(run)
             self.run_dirs.pop(run, None)
-            shutil.rmtree(self.shared_root / quote(run, safe=""), ignore_errors=True)
+            shutil.rmtree(self.shared_root / name, ignore_errors=True)
 
     def _run_dir(self, run: str) -> str:
         """The run's $TITAN_SHARED here, made if missing (its path is worked out once per run)."""
@@ -699,6 +700,12 @@ class Worker(Handler):
         for job in self.jobs.values():
             for fd in job.open_fds:
                 self.loop.register(fd, 1, lambda mask, fd=fd, job=job: self._readable(job, fd))
+
+
+def _shared_name(run: str) -> Optional[str]:
+    """The name of run ``run``'s directory under ``shared/``; None for what is no run id ("", ".", "..")."""
+    name = quote(run, safe="")
+    return name if name not in ("", ".", "..") else None
 
 
 def _describe_exit(code: int) -> str:
