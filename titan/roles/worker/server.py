@@ -383,7 +383,11 @@ class Worker(Handler):
         conn = self._ready()
         if conn is not None:
             # With work waiting here, the master is in no hurry: reports go out in batches.
-            conn.send(opcode, 0, body, soon=bool(self.ahead))
+            # Otherwise a result goes out at once, before the rest of the pass.
+            batch = bool(self.ahead)
+            conn.send(opcode, 0, body, soon=batch)
+            if opcode == Op.FINISHED and not batch:
+                conn.flush()
             if conn.out_bytes > self.config.high_water_bytes:
                 self._pause_pipes()
             return
@@ -631,17 +635,17 @@ class Worker(Handler):
         del self.jobs[job.key]
         if job.service is None:
             self.running_tasks -= 1
+            # The result first (someone may be waiting for it), the cleanup after.
+            self._finish_now(job.key, job.exit_code, job.reason or _describe_exit(job.exit_code))
         self.grace_of.pop(job.key, None)
         for timer in job.timers:
             timer.cancel()
         self.procs.release(job.spawned)
         self.ledger.forget(job.spawned.pid)
-        reason = job.reason or _describe_exit(job.exit_code)
         if job.service is not None:
             self.services.exited(job, _describe_exit(job.exit_code) or "exited with code 0")
             self._maybe_exit()
             return
-        self._finish_now(job.key, job.exit_code, reason)
         self.spaces.release(job.workspace)
         if job.run in self.ended_runs:
             self._run_done(job.run)
