@@ -123,7 +123,36 @@ def test_a_pass_of_results_is_written_at_once_and_fsynced_a_moment_later(tmp_pat
         _request(master, client, 3, Op.CANCEL, {"task": "q#1"})
         assert disk.fsyncs == fsyncs + 2
         assert client.reply(3) == (Op.OK, {"id": "q#1", "was": "QUEUED", "state": "CANCELLED", "cancelling": False})
-        assert [body for op, _, body in worker.frames if op == Op.ACK][-1] == {"upto": 2}
+        # And the worker's ACK of that result follows within ACK_EVERY_S
+        wait_until(lambda: master.loop.run_once(0.005) or len(_acks(worker)) == 2, 5, "the second ACK")
+        assert _acks(worker) == [{"upto": 1}, {"upto": 2}]
+    finally:
+        master.close()
+
+
+def _acks(worker: Recorder) -> List[Any]:
+    return [body for op, _, body in worker.frames if op == Op.ACK]
+
+
+def test_results_read_in_several_passes_share_one_ack(tmp_path: Path) -> None:
+    master = Master(MasterConfig(data_dir=tmp_path / "m"))
+    client, worker = Recorder(master.loop), Recorder(master.loop)
+    worker.state.role, worker.state.name = "worker", "w1"
+    master.worker_conns["w1"] = worker   # type: ignore[assignment]
+    try:
+        master._admit_worker(worker, worker.state, {"role": "worker", "name": "w1", "slots": 3, "tags": []})
+        for req_id in (1, 2, 3):
+            _request(master, client, req_id, Op.SUBMIT, {"command": "true", "name": "t"})
+        # When three results arrive in three passes, one after the other
+        for seq in (1, 2, 3):
+            _request(master, worker, 0, Op.FINISHED, {"task": f"t#{seq}", "attempt": 1, "exit_code": 0, "seq": seq})
+        # Then no ACK has gone out yet, and a moment later one ACK answers all three
+        assert _acks(worker) == []
+        wait_until(lambda: master.loop.run_once(0.005) or _acks(worker), 5, "the ACK")
+        for _ in range(5):
+            master.loop.run_once(0.005)
+        assert _acks(worker) == [{"upto": 3}]
+        assert all(master.sched.tasks[f"t#{n}"].state.value == "SUCCEEDED" for n in (1, 2, 3))
     finally:
         master.close()
 

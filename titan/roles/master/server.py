@@ -44,7 +44,8 @@ __all__ = ["MasterConfig", "Master"]
 
 logger = logging.getLogger(__name__)
 
-LAZY_SYNC_S = 0.02         # the longest stored results wait for their fsync (and their ACK)
+LAZY_SYNC_S = 0.02         # the longest stored results wait for their fsync
+ACK_EVERY_S = 0.02         # results read within this long share one ACK per worker
 MAX_AHEAD_PER_SLOT = 4      # a worker may hold at most this many attempts per slot beyond its slots
 
 
@@ -131,8 +132,11 @@ class Master(ClientRequests, Handler):
         self._tick_timer: Optional[Timer] = None
         self._tick_at: Optional[float] = None
         self._tails: Dict[str, bytes] = {}
-        self._acks: Dict[Connection, List[List[Any]]] = {}   # results without a seq (older workers), per pass
-        self._acked: Dict[Connection, int] = {}                # the highest result seq read per worker, per pass
+        self._acks: Dict[Connection, List[List[Any]]] = {}   # results without a seq (older workers), not yet ACKed
+        self._acked: Dict[Connection, int] = {}                # the highest result seq read per worker, not yet ACKed
+        self._ack_timer: Optional[Timer] = None                # set while results wait for their ACK
+        self._acks_due = False
+        self._results_read = False                             # in this pass
         self._held: List[Frame_] = []                        # held in this pass
         self._sync_timer: Optional[Timer] = None               # a deferred fsync (only lazy frames wait for it)
         self._appended_at_pass = 0                             # the AOF position at the end of the last pass
@@ -281,22 +285,26 @@ class Master(ClientRequests, Handler):
         """
         wrote_more = self.durable.persist(self.sched, self.clock())
         acks_only = not self._held
-        for conn, upto in self._acked.items():     # one ACK per worker per pass
-            self._held.append((conn, 0, Op.ACK, {"upto": upto}, 0, LAZY))
-        for conn, items in self._acks.items():
-            self._held.append((conn, 0, Op.ACK, {"items": items}, 0, LAZY))
-        self._acked.clear()
-        self._acks.clear()
-        # A pass that only stored results (task records, answered by ACKs to their
-        # workers) may leave its fsync for a moment; anything else is fsynced now,
-        # before the pass's replies go out, and so is what earlier passes left.
+        results, self._results_read = self._results_read, False
+        if self._acks_due:                          # one ACK per worker per ACK_EVERY_S
+            self._acks_due = False
+            for conn, upto in self._acked.items():
+                self._held.append((conn, 0, Op.ACK, {"upto": upto}, 0, False))
+            for conn, items in self._acks.items():
+                self._held.append((conn, 0, Op.ACK, {"items": items}, 0, False))
+            self._acked.clear()
+            self._acks.clear()
+        # A pass that only stored results (task records, later answered by ACKs to
+        # their workers) may leave its fsync for a moment; anything else is fsynced
+        # now, before the pass's replies go out, and so is what earlier passes left.
         appended = self.durable.appended_total
+        quiet = not wrote_more and not self.loop.replies_waiting
         if self._held:
-            may_wait = acks_only and not wrote_more and not self.loop.replies_waiting
+            may_wait = acks_only and quiet
             self._waiting.append((appended, self._held))
             self._held = []
         else:
-            may_wait = appended == self._appended_at_pass
+            may_wait = appended == self._appended_at_pass or (results and quiet)
         self._appended_at_pass = appended
         if self.durable.broken:
             self.durable.flush()
@@ -596,13 +604,25 @@ class Master(ClientRequests, Handler):
         self._tails.pop(task_id, None)
 
     def _ack_later(self, conn: Connection, body: Dict[str, Any], task_id: str, attempt: int) -> None:
-        """ACK this result once the pass's writes are on disk: by its seq, or (older workers) by name."""
+        """ACK this result within ACK_EVERY_S, once it is on disk: by its seq, or (older workers) by name.
+
+        A worker keeps a result until its ACK, and nothing else waits for one,
+        so the results of many passes share one ACK frame per worker, sent on
+        its own: it never rides ahead of a DISPATCH the worker should read first.
+        """
         seq = body.get("seq")
         if type(seq) is int:
             if seq > self._acked.get(conn, 0):
                 self._acked[conn] = seq
         else:
             self._acks.setdefault(conn, []).append([task_id, attempt])
+        self._results_read = True
+        if self._ack_timer is None:
+            self._ack_timer = self.loop.call_later(ACK_EVERY_S, self._acks_now)
+
+    def _acks_now(self) -> None:
+        self._ack_timer = None
+        self._acks_due = True
 
 
 def _forget_conn(table: Dict[str, List[Tuple[Connection, int]]], pairs: Set[Tuple[str, int]],
