@@ -138,7 +138,7 @@ class Master(ClientRequests, Handler):
         self._acks_due = False
         self._results_read = False                             # in this pass
         self._held: List[Frame_] = []                        # held in this pass
-        self._sync_timer: Optional[Timer] = None               # a deferred fsync (only lazy frames wait for it)
+        self._sync_timer: Optional[Timer] = None               # a deferred fsync (only ACKs wait for it)
         self._appended_at_pass = 0                             # the AOF position at the end of the last pass
         self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
         self.blobs = BlobStore(config.data_dir / "files")
