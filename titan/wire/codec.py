@@ -80,9 +80,8 @@ _B_TRUE = bytes([TAG_TRUE])
 _KEY_CACHE: Dict[str, bytes] = {}
 _KEY_CACHE_SIZE = 1024
 
-# Smallest encoding of one list item (a 1-byte tag) and of one dict pair
-# (an empty str key, 5 bytes, plus a 1-byte value).
-_MIN_ITEM_BYTES = 1
+# Smallest encoding of one dict pair (an empty str key, 5 bytes, plus a
+# 1-byte value); a list item takes at least its 1-byte tag.
 _MIN_PAIR_BYTES = 6
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -343,7 +342,10 @@ def decode(
     if end == 0:
         raise CodecError("empty body: expected a type tag at byte 0")
     try:
-        value, pos = _decode_value(data, 0, max_depth, max_items)
+        if data[0] == TAG_DICT:  # every protocol body: skip the generic dispatch
+            value, pos = _decode_dict(data, 0, max_depth, max_items)
+        else:
+            value, pos = _decode_value(data, 0, max_depth, max_items)
     except (IndexError, struct.error):
         raise CodecError(f"truncated body: a value runs past the end at byte {end}") from None
     except _DepthExceeded as exc:
@@ -397,12 +399,16 @@ def _decode_sized(data: bytes, pos: int, tag: int) -> Tuple[object, int]:
 
 
 def _decode_list(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[list, int]:
-    count = _read_count(data, pos, depth, max_items, "list", _MIN_ITEM_BYTES)
+    if depth <= 0:
+        raise _DepthExceeded("list", pos)
+    count = _unpack_u32(data, pos + 1)[0]
+    end = len(data)
+    if count > max_items or count > end - pos - 5:  # an item is at least its 1-byte tag
+        raise _bad_count("list", count, pos, max_items, end)
     depth -= 1
     cursor = pos + 5
     items = []
     append = items.append
-    end = len(data)
     for _ in range(count):
         tag = data[cursor]
         if tag == TAG_STR:  # inlined: the common cases (str as in _str_at)
@@ -430,11 +436,15 @@ def _decode_list(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[lis
 
 
 def _decode_dict(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[dict, int]:
-    count = _read_count(data, pos, depth, max_items, "dict", _MIN_PAIR_BYTES)
+    if depth <= 0:
+        raise _DepthExceeded("dict", pos)
+    count = _unpack_u32(data, pos + 1)[0]
+    end = len(data)
+    if count > max_items or count * _MIN_PAIR_BYTES > end - pos - 5:
+        raise _bad_count("dict", count, pos, max_items, end)
     depth -= 1
     cursor = pos + 5
     result = {}
-    end = len(data)
     for _ in range(count):
         if data[cursor] != TAG_STR:
             raise _bad_key(data, cursor)
@@ -471,21 +481,18 @@ def _decode_dict(data: bytes, pos: int, depth: int, max_items: int) -> Tuple[dic
     return result, cursor
 
 
-def _read_count(
-    data: bytes, pos: int, depth: int, max_items: int, kind: str, min_bytes: int
-) -> int:
-    """Read and check a container's count before anything is allocated."""
-    if depth <= 0:
-        raise _DepthExceeded(kind, pos)
-    count = _unpack_u32(data, pos + 1)[0]
+def _bad_count(kind: str, count: int, pos: int, max_items: int, end: int) -> CodecError:
+    """Word a container count that is over ``max_items`` or larger than the bytes left.
+
+    The containers check their count inline, before anything is allocated, and
+    call this only to describe a failure.
+    """
     if count > max_items:
-        raise CodecError(
+        return CodecError(
             f"{kind} at byte {pos} claims {count} items, more than max_items={max_items}"
         )
-    left = len(data) - pos - 5
-    if count * min_bytes > left:
-        raise CodecError(f"{kind} at byte {pos} claims {count} items but only {left} bytes remain")
-    return count
+    left = end - pos - 5
+    return CodecError(f"{kind} at byte {pos} claims {count} items but only {left} bytes remain")
 
 
 def _str_at(data: bytes, start: int, stop: int) -> str:
