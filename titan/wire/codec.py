@@ -113,7 +113,10 @@ def encode(value: object, *, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
     """
     parts: List[Any] = []
     try:
-        _encode_value(value, parts, max_depth)
+        if type(value) is dict:  # every protocol body: skip the generic dispatch
+            _encode_dict(value, parts, max_depth)
+        else:
+            _encode_value(value, parts, max_depth)
     except (_EncodeFailure, UnicodeEncodeError) as exc:
         failure = _as_failure(exc)
         reason = failure.reason
@@ -204,12 +207,15 @@ def _encode_list(value: Union[list, tuple], out: List[Any], depth: int) -> None:
             t = type(item)
             if t is str:  # inlined: the common cases
                 data = item.encode("utf-8")  # type: ignore[attr-defined]
-                append(_pack_len(TAG_STR, len(data)))
-                append(data)
+                append(_pack_len(TAG_STR, len(data)) + data)
             elif item is None:
                 append(_B_NONE)
             elif t is int and _INT64_MIN <= item <= _INT64_MAX:  # type: ignore[operator]
                 append(_pack_int(TAG_INT, item))
+            elif t is list:
+                _encode_list(item, out, depth)  # type: ignore[arg-type]
+            elif t is dict:
+                _encode_dict(item, out, depth)  # type: ignore[arg-type]
             elif t is float:
                 append(_pack_float(TAG_FLOAT, item))
             elif t is bool:
@@ -241,12 +247,15 @@ def _encode_dict(value: dict, out: List[Any], depth: int) -> None:
             t = type(item)
             if t is str:  # inlined: the common cases
                 data = item.encode("utf-8")
-                append(_pack_len(TAG_STR, len(data)))
-                append(data)
+                append(_pack_len(TAG_STR, len(data)) + data)
             elif item is None:
                 append(_B_NONE)
             elif t is int and _INT64_MIN <= item <= _INT64_MAX:
                 append(_pack_int(TAG_INT, item))
+            elif t is list:
+                _encode_list(item, out, depth)
+            elif t is dict:
+                _encode_dict(item, out, depth)
             elif t is float:
                 append(_pack_float(TAG_FLOAT, item))
             elif t is bool:
