@@ -210,8 +210,11 @@ def _encode_list(value: Union[list, tuple], out: List[Any], depth: int) -> None:
                 append(_pack_len(TAG_STR, len(data)) + data)
             elif item is None:
                 append(_B_NONE)
-            elif t is int and _INT64_MIN <= item <= _INT64_MAX:  # type: ignore[operator]
-                append(_pack_int(TAG_INT, item))
+            elif t is int:
+                try:
+                    append(_pack_int(TAG_INT, item))
+                except struct.error:  # struct checks the 64-bit range; past it, a big int
+                    _encode_int(item, out)  # type: ignore[arg-type]
             elif t is list:
                 _encode_list(item, out, depth)  # type: ignore[arg-type]
             elif t is dict:
@@ -250,8 +253,11 @@ def _encode_dict(value: dict, out: List[Any], depth: int) -> None:
                 append(_pack_len(TAG_STR, len(data)) + data)
             elif item is None:
                 append(_B_NONE)
-            elif t is int and _INT64_MIN <= item <= _INT64_MAX:
-                append(_pack_int(TAG_INT, item))
+            elif t is int:
+                try:
+                    append(_pack_int(TAG_INT, item))
+                except struct.error:  # struct checks the 64-bit range; past it, a big int
+                    _encode_int(item, out)  # type: ignore[arg-type]
             elif t is list:
                 _encode_list(item, out, depth)
             elif t is dict:
