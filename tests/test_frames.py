@@ -72,6 +72,50 @@ def test_random_splits_give_the_same_frames() -> None:
         assert got == frames
 
 
+def test_buffered_bytes_are_the_unfinished_frame_after_every_split() -> None:
+    frames = sample_frames(60, seed=5)
+    data = stream_of(frames)
+    boundaries = [0]
+    for frame in frames:
+        boundaries.append(boundaries[-1] + len(pack(frame.opcode, frame.req_id, frame.body, frame.flags)))
+    rng = random.Random(12)
+    decoder = FrameDecoder()
+    got: List[Frame] = []
+    pos = 0
+    while pos < len(data):
+        step = rng.choice([1, 5, 12, 13, 40, 300, 2000])
+        got.extend(decoder.feed(data[pos : pos + step]))
+        pos = min(pos + step, len(data))
+        last_boundary = max(b for b in boundaries if b <= pos)
+        assert decoder.buffered_bytes == pos - last_boundary
+        assert got == frames[: boundaries.index(last_boundary)]
+    assert got == frames and not decoder.mid_frame
+
+
+def test_large_frame_in_many_reads_then_small_frames_in_the_last() -> None:
+    big = Frame(Op.OUTPUT, 0, 1, {"data": b"x" * 100_000})
+    small = [Frame(Op.ACK, 0, 0, {"upto": n}) for n in range(3)]
+    data = stream_of([big] + small)
+    decoder = FrameDecoder()
+    chunks = [data[pos : pos + 4096] for pos in range(0, len(data), 4096)]
+    got: List[Frame] = []
+    for chunk in chunks[:-1]:
+        got.extend(decoder.feed(chunk))
+    assert got == [] and decoder.mid_frame
+    assert decoder.feed(chunks[-1]) == [big] + small
+    assert not decoder.mid_frame
+
+
+def test_oversized_header_after_a_partial_one_is_rejected_on_its_12th_byte() -> None:
+    decoder = FrameDecoder(max_body_bytes=100)
+    header = HEADER.pack(PROTOCOL_VERSION, Op.OK, 0, 8, 101)
+    assert decoder.feed(pack(Op.PING, 1) + header[:7]) == [Frame(Op.PING, 0, 1, None)]
+    assert decoder.feed(header[7:11]) == []
+    with pytest.raises(ProtocolError) as info:
+        decoder.feed(header[11:])
+    assert info.value.code == "frame_too_large" and info.value.req_id == 8
+
+
 def test_thousand_small_frames_in_one_chunk() -> None:
     frames = [Frame(Op.PING, 0, i, None) for i in range(1000)]
     decoder = FrameDecoder()

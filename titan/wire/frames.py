@@ -149,26 +149,21 @@ def error_body(code: str, message: str) -> dict:
     return {"code": code, "message": message}
 
 
-class _Header(NamedTuple):
-    opcode: int
-    flags: int
-    req_id: int
-    body_len: int
-
-
-# Frame(...) and _Header(...) run a Python-level __new__; tuple.__new__ builds the
-# same named tuples without it (two of each per task on the master).
+# Frame(...) runs a Python-level __new__; tuple.__new__ builds the same named
+# tuple without it (two per task on the master).
 _new_tuple = tuple.__new__
+_unpack_header = HEADER.unpack_from
+_HEADER_BYTES = HEADER.size
 
 
 class FrameDecoder:
     """Turns a byte stream, split anywhere, into :class:`Frame` objects.
 
     ``feed()`` returns every frame the bytes complete, in order.  Any split of
-    the stream (even one byte at a time) yields the same frames.  Bytes are
-    kept in one bytearray and read at an offset; the consumed prefix is
-    dropped once per ``feed()`` call, so a chunk of many small frames costs
-    linear time.
+    the stream (even one byte at a time) yields the same frames.  A chunk that
+    starts on a frame boundary (the usual read) is parsed in place; bytes of
+    an unfinished frame wait in a bytearray, which is parsed only once it
+    holds the whole frame, so a frame split into many reads costs linear time.
 
     A malformed frame raises :class:`ProtocolError` (``bad_version``,
     ``frame_too_large``, or ``bad_body`` as a :class:`CodecError` carrying the
@@ -187,8 +182,8 @@ class FrameDecoder:
     ) -> None:
         self._max_body_bytes = max_body_bytes
         self._max_depth = max_depth
-        self._buf = bytearray()
-        self._header: Optional[_Header] = None  # parsed header of the frame in progress
+        self._buf = bytearray()  # the start of an unfinished frame
+        self._need = 0  # bytes _buf must hold before there is something to parse
         self._error: Optional[ProtocolError] = None
 
     @property
@@ -206,64 +201,68 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []  # a header or body still arriving: nothing to copy yet
+            data = bytes(buf)
+            del buf[:]
         frames: List[Frame] = []
-        pos = 0
         try:
-            pos = self._parse(buf, frames)
+            pos = self._parse(data, frames)
         except ProtocolError as exc:
             self._error = exc
+            buf += data  # what a failed feed() leaves buffered: all of it
             raise
-        finally:
-            del buf[:pos]  # drop consumed bytes once per call
+        if pos < len(data):
+            buf += data[pos:] if pos else data
         return frames
 
-    def _parse(self, buf: bytearray, frames: List[Frame]) -> int:
-        """Append every complete frame in ``buf`` to ``frames``; return bytes used."""
+    def _parse(self, data: bytes, frames: List[Frame]) -> int:
+        """Append every complete frame in ``data`` to ``frames``; return bytes used.
+
+        Sets ``_need`` to the size of the unfinished frame at the returned offset.
+        """
         pos = 0
-        end = len(buf)
-        header = self._header
-        with memoryview(buf) as view:  # released before feed() trims buf
-            while True:
-                if header is None:
-                    if end - pos < HEADER.size:
-                        break
-                    header = self._read_header(buf, pos)
-                body_start = pos + HEADER.size
-                body_end = body_start + header.body_len
-                if body_end > end:
-                    break
-                body = self._decode_body(view[body_start:body_end].tobytes(), header)
-                frames.append(_new_tuple(Frame, (header.opcode, header.flags, header.req_id, body)))
-                pos = body_end
-                header = None
-        self._header = header
+        end = len(data)
+        append = frames.append
+        while end - pos >= _HEADER_BYTES:
+            version, opcode, flags, req_id, body_len = _unpack_header(data, pos)
+            if version != PROTOCOL_VERSION or body_len > self._max_body_bytes:
+                raise self._bad_header(version, opcode, req_id, body_len)  # before any body is kept
+            body_start = pos + _HEADER_BYTES
+            body_end = body_start + body_len
+            if body_end > end:
+                self._need = body_end - pos
+                return pos
+            try:
+                body = decode(data[body_start:body_end], max_depth=self._max_depth)
+            except CodecError as exc:
+                raise _bad_body(exc, opcode, req_id) from None
+            append(_new_tuple(Frame, (opcode, flags, req_id, body)))
+            pos = body_end
+        self._need = _HEADER_BYTES
         return pos
 
-    def _read_header(self, buf: bytearray, pos: int) -> _Header:
-        """Parse and check the header at ``pos`` before any of its body is kept."""
-        version, opcode, flags, req_id, body_len = HEADER.unpack_from(buf, pos)
+    def _bad_header(self, version: int, opcode: int, req_id: int, body_len: int) -> ProtocolError:
+        """The error for a header with another version or a body over the limit."""
         if version != PROTOCOL_VERSION:
-            raise ProtocolError(
+            return ProtocolError(
                 "bad_version",
                 f"protocol version {version} is not supported "
                 f"(this peer speaks {PROTOCOL_VERSION})",
             )  # req_id stays 0: another version may lay the header out differently
-        if body_len > self._max_body_bytes:
-            raise ProtocolError(
-                "frame_too_large",
-                f"frame body of {body_len} bytes exceeds the "
-                f"{self._max_body_bytes}-byte limit (opcode 0x{opcode:02x}, request {req_id})",
-                req_id=req_id,
-            )
-        return _new_tuple(_Header, (opcode, flags, req_id, body_len))
+        return ProtocolError(
+            "frame_too_large",
+            f"frame body of {body_len} bytes exceeds the "
+            f"{self._max_body_bytes}-byte limit (opcode 0x{opcode:02x}, request {req_id})",
+            req_id=req_id,
+        )
 
-    def _decode_body(self, body: bytes, header: _Header) -> object:
-        try:
-            return decode(body, max_depth=self._max_depth)
-        except CodecError as exc:
-            raise CodecError(
-                f"bad body in frame opcode 0x{header.opcode:02x}, request "
-                f"{header.req_id}: {exc.message}",
-                req_id=header.req_id,
-            ) from None
+
+def _bad_body(exc: CodecError, opcode: int, req_id: int) -> CodecError:
+    """A body's CodecError, reworded to name its frame and carry its request id."""
+    return CodecError(
+        f"bad body in frame opcode 0x{opcode:02x}, request {req_id}: {exc.message}",
+        req_id=req_id,
+    )
