@@ -162,6 +162,71 @@ def test_tag_constants_match_layout() -> None:
             codec.TAG_DICT) == tuple(range(10))
 
 
+# The bodies every task sends: the encoder's inline paths must give the
+# bytes the plain reading of the format gives.
+PER_TASK_BODIES = [
+    {"command": ["true"]},
+    {"id": "t#123"},
+    {"task": "fan#3/m123", "attempt": 1, "argv": ["true"], "run": "fan#3"},
+    {"task": "t#123", "attempt": 1, "argv": ["true"]},
+    {"task": "t#123", "attempt": 1, "exit_code": 0, "seq": 1234},
+    {"kind": "result", "result": {"id": "t#123", "state": "SUCCEEDED", "exit_code": 0,
+                                  "node": "w1", "attempts": 1}},
+    {"upto": 1234},
+]
+
+
+def reference_encode(value: object) -> bytes:
+    """The format as docs/protocol.md states it, one value at a time."""
+    if value is None or isinstance(value, bool):
+        return {None: b"\x00", False: b"\x01", True: b"\x02"}[value]
+    if isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            return b"\x03" + struct.pack(">q", value)
+        size = (value.bit_length() + 8) // 8
+        return b"\x04" + struct.pack(">I", size) + value.to_bytes(size, "big", signed=True)
+    if isinstance(value, float):
+        return b"\x05" + struct.pack(">d", value)
+    if isinstance(value, str):
+        data = value.encode("utf-8")
+        return b"\x06" + struct.pack(">I", len(data)) + data
+    if isinstance(value, (bytes, bytearray)):
+        return b"\x07" + struct.pack(">I", len(value)) + bytes(value)
+    if isinstance(value, (list, tuple)):
+        return b"\x08" + struct.pack(">I", len(value)) + b"".join(map(reference_encode, value))
+    assert isinstance(value, dict)
+    return b"\x09" + struct.pack(">I", len(value)) + b"".join(
+        reference_encode(k) + reference_encode(v) for k, v in value.items())
+
+
+@pytest.mark.parametrize("body", PER_TASK_BODIES)
+def test_per_task_bodies_encode_as_the_format_says_and_round_trip(body: dict) -> None:
+    assert encode(body) == reference_encode(body)
+    assert_same(decode(encode(body)), body)
+
+
+def test_values_encode_the_same_alone_and_inside_containers() -> None:
+    class Color(enum.IntEnum):
+        RED = 3
+
+    values = [None, True, False, 0, -1, INT64_MIN, INT64_MAX, INT64_MIN - 1, INT64_MAX + 1,
+              1.5, "", "t#123", "Grüße", b"ab", bytearray(b"c"), [], ["true"], (1, "x"), {},
+              {"a": [1]}, Color.RED, [[None]], {"n": {"m": 2**70}}]
+    for value in values:
+        alone = encode(value)
+        assert alone == reference_encode(value)
+        assert encode([value]) == b"\x08\x00\x00\x00\x01" + alone
+        assert encode({"k": value}) == b"\x09\x00\x00\x00\x01" + encode("k") + alone
+        assert encode({"k": [value]}) == encode({"k": (value,)})
+
+
+def test_random_values_encode_as_the_format_says() -> None:
+    rng = random.Random(20240612)
+    for _ in range(300):
+        value = random_value(rng)
+        assert encode(value) == reference_encode(value)
+
+
 # ---------------------------------------------------------------- encode errors
 
 def test_unsupported_type_names_the_type_and_path() -> None:
