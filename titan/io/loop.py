@@ -37,6 +37,12 @@ logger = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
 
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+# epoll: any bit but "in" (out, error, hang-up) makes an fd writable, any but "out" readable
+_NOT_EPOLLIN = ~getattr(select, "EPOLLIN", 0)
+_NOT_EPOLLOUT = ~getattr(select, "EPOLLOUT", 0)
+
 
 class RecvBuffer:
     """One receive buffer, reused for every read.
@@ -182,8 +188,7 @@ class _EpollPoller:
             entry = entries.get(fd)
             if entry is None:
                 continue
-            mask = (selectors.EVENT_WRITE if bits & ~select.EPOLLIN else 0) | \
-                   (selectors.EVENT_READ if bits & ~select.EPOLLOUT else 0)
+            mask = (_WRITE if bits & _NOT_EPOLLIN else 0) | (_READ if bits & _NOT_EPOLLOUT else 0)
             ready.append((entry[2], mask & entry[1]))
         return ready
 
@@ -361,11 +366,14 @@ class Loop:
             timeout = 0.0
         for callback, mask in self.selector.select(timeout):
             callback(mask)
-        self._run_timers()
-        self._flush_urgent()
+        if self._timers:                # most passes have nothing to do here: no calls then
+            self._run_timers()
+        if self._urgent:
+            self._flush_urgent()
         for hook in self._hooks:
             hook()
-        self.flush_dirty()
+        if self._dirty or self._urgent:
+            self.flush_dirty()
 
     def _flush_urgent(self) -> None:
         while self._urgent:
@@ -470,8 +478,10 @@ class Connection:
             self.loop.mark_lazy(self)
         elif soon:
             self.loop.mark_soon(self)
+        elif urgent:
+            self.loop._urgent.append(self)      # Loop.mark_dirty, without a call per frame
         else:
-            self.loop.mark_dirty(self, urgent)
+            self.loop._dirty.add(self)
 
     def send_error(self, req_id: int, code: str, message: str) -> None:
         self.send(Op.ERROR, req_id, error_body(code, message))
@@ -491,13 +501,15 @@ class Connection:
         self._out = [rest] if rest else []
         was = self._out_bytes
         self._out_bytes = len(rest)
-        self._want_write(bool(rest))
+        # _want_write(bool(rest)), without its calls when the events stay the same (nearly always)
+        events = (_READ if self._reading else 0) | (_WRITE if rest else 0)
+        if events != self._events:
+            self._set_events(events)
         if was > self.low_water_bytes >= self._out_bytes:
             self.handler.on_drain(self)
 
     def _want_write(self, want: bool) -> None:
-        events = (selectors.EVENT_READ if self._reading else 0) | (selectors.EVENT_WRITE if want else 0)
-        self._set_events(events)
+        self._set_events((_READ if self._reading else 0) | (_WRITE if want else 0))
 
     def _set_events(self, events: int) -> None:
         if not self.closed:
@@ -516,9 +528,9 @@ class Connection:
         if self._handshaking:
             self._tls_handshake()
             return
-        if mask & selectors.EVENT_WRITE:
+        if mask & _WRITE:
             self.flush()
-        if mask & selectors.EVENT_READ and not self.closed:
+        if mask & _READ and not self.closed:
             self._read()
 
     def _tls_handshake(self) -> None:
