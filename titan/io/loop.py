@@ -551,19 +551,20 @@ class Connection:
         self._want_write(bool(self._out))
         self.flush()
 
-    def _recv(self) -> bytes:
-        data = self.loop.recv_buffer.recv(self.sock)
-        if self._tls and data:
-            # Decrypted bytes already buffered by ssl never wake the selector.
+    def _with_tls_pending(self, data: bytes) -> bytes:
+        """``data`` and the decrypted bytes ssl already holds, which never wake the selector."""
+        pending = self.sock.pending()  # type: ignore[attr-defined]
+        while pending:
+            data += self.sock.recv(pending)
             pending = self.sock.pending()  # type: ignore[attr-defined]
-            while pending:
-                data += self.sock.recv(pending)
-                pending = self.sock.pending()  # type: ignore[attr-defined]
         return data
 
     def _read(self) -> None:
+        decoder = self.decoder
         try:
-            data = self._recv()
+            data = self.loop.recv_buffer.recv(self.sock)
+            if self._tls and data:
+                data = self._with_tls_pending(data)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
@@ -571,18 +572,18 @@ class Connection:
             return
         if not data:
             reason = "peer closed the connection"
-            if self.decoder.mid_frame:
-                reason += f" in the middle of a frame ({self.decoder.buffered_bytes} bytes buffered)"
+            if decoder.mid_frame:
+                reason += f" in the middle of a frame ({decoder.buffered_bytes} bytes buffered)"
             self.close(reason)
             return
         now = self.last_progress = self.loop.clock()
-        was_mid = self.decoder.mid_frame
+        was_mid = decoder.mid_frame
         try:
-            frames = self.decoder.feed(data)
+            frames = decoder.feed(data)
         except ProtocolError as exc:
             self.fail(exc.req_id, exc.code, exc.message)
             return
-        if self.decoder.mid_frame and (frames or not was_mid):
+        if decoder.mid_frame and (frames or not was_mid):
             self.frame_started_at = now
         for frame in frames:
             if self.closed:
