@@ -185,16 +185,14 @@ class FrameDecoder:
         self._buf = bytearray()  # the start of an unfinished frame
         self._need = 0  # bytes _buf must hold before there is something to parse
         self._error: Optional[ProtocolError] = None
+        # True when part of a frame is buffered (EOF now would cut a frame).  An
+        # attribute feed() keeps, not a property: the loop reads it on every read.
+        self.mid_frame = False
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes held while waiting for the rest of a frame."""
         return len(self._buf)
-
-    @property
-    def mid_frame(self) -> bool:
-        """True when part of a frame is buffered (EOF now would cut a frame)."""
-        return len(self._buf) > 0
 
     def feed(self, data: bytes) -> List[Frame]:
         """Add ``data`` from the stream; return the frames it completes."""
@@ -213,9 +211,13 @@ class FrameDecoder:
         except ProtocolError as exc:
             self._error = exc
             buf += data  # what a failed feed() leaves buffered: all of it
+            self.mid_frame = len(buf) > 0
             raise
         if pos < len(data):
             buf += data[pos:] if pos else data
+            self.mid_frame = True
+        else:
+            self.mid_frame = False
         return frames
 
     def _parse(self, data: bytes, frames: List[Frame]) -> int:
