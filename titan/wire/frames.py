@@ -39,6 +39,9 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">BBHII")  # version, opcode, flags, request id, body length
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+_HEADER_BYTES = HEADER.size
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 FLAG_MORE = 0x0001  # more EVENT frames follow on this request id
@@ -121,21 +124,21 @@ def pack(
     their header fields.
     """
     data = encode(body)
-    if len(data) > max_body_bytes:
+    size = len(data)
+    if size > max_body_bytes:
         raise ProtocolError(
             "frame_too_large",
-            f"frame body of {len(data)} bytes exceeds the {max_body_bytes}-byte limit "
+            f"frame body of {size} bytes exceeds the {max_body_bytes}-byte limit "
             f"(opcode 0x{opcode:02x}, request {req_id})",
             req_id=req_id,
         )
     try:
-        header = HEADER.pack(PROTOCOL_VERSION, opcode, flags, req_id, len(data))
+        return _pack_header(PROTOCOL_VERSION, opcode, flags, req_id, size) + data
     except struct.error:
         _check_field("opcode", opcode, _U8_MAX)
         _check_field("flags", flags, _U16_MAX)
         _check_field("request id", req_id, _U32_MAX)
         raise
-    return header + data
 
 
 def _check_field(name: str, value: int, maximum: int) -> None:
@@ -152,8 +155,6 @@ def error_body(code: str, message: str) -> dict:
 # Frame(...) runs a Python-level __new__; tuple.__new__ builds the same named
 # tuple without it (two per task on the master).
 _new_tuple = tuple.__new__
-_unpack_header = HEADER.unpack_from
-_HEADER_BYTES = HEADER.size
 
 
 class FrameDecoder:
