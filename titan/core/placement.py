@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import FrozenSet, Iterable, List, Optional
 
-__all__ = ["WorkerView", "eligible", "choose_worker", "choose_for_service", "QUICK_S"]
+__all__ = ["WorkerView", "eligible", "choose_worker", "least_loaded", "choose_for_service", "QUICK_S"]
 
 QUICK_S = 0.1          # average attempt time under which a worker is sent work ahead
 
@@ -93,10 +93,20 @@ def choose_worker(workers: Iterable[WorkerView], requires: FrozenSet[str],
     ``rr_cursor`` is a counter the caller advances after each placement; the
     tie goes to the first tied worker at or after it in join order.
     """
+    return least_loaded([w for w in workers if w.accepting()], requires, node, rr_cursor)
+
+
+def least_loaded(accepting: Iterable[WorkerView], requires: FrozenSet[str],
+                 node: Optional[str], rr_cursor: int) -> Optional[WorkerView]:
+    """:func:`choose_worker` among workers known to be accepting work.
+
+    The scheduler keeps the list of workers with room while it dispatches,
+    so it need not ask each one again for every task it places.
+    """
     best: List[WorkerView] = []
     best_load = 2.0 ** 62
-    for w in workers:
-        if not w.accepting() or not eligible(w, requires, node):
+    for w in accepting:
+        if not eligible(w, requires, node):
             continue
         load = w.load
         if load < best_load:

@@ -24,7 +24,7 @@ import heapq
 from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 from titan.core.model import Attempt, TaskRecord, TaskSpec, TaskState, TERMINAL, transition
-from titan.core.placement import WorkerView, choose_worker, eligible
+from titan.core.placement import WorkerView, eligible, least_loaded
 from titan.errors import InvalidTransition
 
 __all__ = ["Scheduler", "Dispatch", "Kill", "Ended", "Disconnect", "Note", "Action"]
@@ -454,15 +454,14 @@ class Scheduler:
                 self._full = False
                 return actions
             heapq.heappop(self._classes[best_key])
-            dispatch = self._start(self.tasks[best_entry[2]], free, now)
-            actions.append(dispatch)
-            w = self.workers[dispatch.worker]
-            if not w.accepting():
+            record = self.tasks[best_entry[2]]
+            w = least_loaded(free, record.spec.requires, record.pin or record.spec.node, self._rr)
+            assert w is not None
+            actions.append(self._start(record, w, now))
+            if w.running + len(w.foreign) >= w.capacity:     # it has no room left
                 free.remove(w)
 
-    def _start(self, record: TaskRecord, free: Iterable[WorkerView], now: float) -> Dispatch:
-        w = choose_worker(free, record.spec.requires, record.pin or record.spec.node, self._rr)
-        assert w is not None
+    def _start(self, record: TaskRecord, w: WorkerView, now: float) -> Dispatch:
         self._rr = w.order + 1
         self._move(record, S.RUNNING)  # QUEUED -> RUNNING
         attempt = Attempt(len(record.attempts) + 1, w.name, now)
