@@ -227,7 +227,7 @@ _SPEC_KEYS = frozenset({"command", "name", "requires", "node", "timeout_s", "kil
 
 def _frozen(value: Any) -> Any:
     if type(value) is list:
-        return tuple(_frozen(v) for v in value)
+        return tuple(map(_frozen, value))
     if type(value) is dict:
         return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
     return value
