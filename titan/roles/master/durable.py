@@ -132,12 +132,17 @@ class Durable:
         """
         now_ms = _ms(now)
         out: List[List[bytes]] = []
-        put, append = self.engine.put_string, self.aof.append_encoded
-        for task_id in sched.dirty:
-            record = sched.tasks.get(task_id)
-            if record is not None and needs_saving(record):
-                append(put(*task_write(record, terminal=record.state in TERMINAL, retention_s=self.retention_s),
-                           now_ms))
+        records: List[bytes] = []           # their SETs, appended to the AOF as one piece
+        put, tasks = self.engine.put_string, sched.tasks
+        try:
+            for task_id in sched.dirty:
+                record = tasks.get(task_id)
+                if record is not None and needs_saving(record):
+                    records.append(put(*task_write(record, terminal=record.state in TERMINAL,
+                                                   retention_s=self.retention_s), now_ms))
+        finally:        # what the engine took, the AOF gets, even if a record after it fails
+            if records:
+                self.aof.append_encoded(b"".join(records))
         sched.dirty.clear()
         for name in sched.workers_dirty:
             w = sched.workers.get(name)
