@@ -51,22 +51,27 @@ def _attempt_row(a: Attempt) -> List[Any]:
     return [a.number, a.worker, a.started_at, a.finished_at, a.exit_code, a.reason, a.state.value, a.log_bytes]
 
 
-_SPEC_BYTES: Dict[int, Tuple[TaskSpec, bytes]] = {}
+_SPEC_BYTES: Dict[int, Tuple[TaskSpec, bytes, bytes]] = {}
 
 
 _SPEC_FIELDS = ("command", "name", "requires", "node", "timeout_s", "kill_grace_s", "priority", "retries",
                 "retry_backoff_s", "env", "files")
 
 
-def _spec_bytes(spec: TaskSpec) -> bytes:
-    """The encoded spec (a positional list: no key names), computed once per spec object."""
+def _spec_bytes(spec: TaskSpec) -> Tuple[TaskSpec, bytes, bytes]:
+    """The encoded spec (a positional list: no key names), computed once per spec object.
+
+    Returns ``(spec, its bytes, those bytes as a value in a record)``: the
+    last with its tag and length in front, as record_to_blob lays it out.
+    """
     entry = _SPEC_BYTES.get(id(spec))
     if entry is None or entry[0] is not spec:
         if len(_SPEC_BYTES) >= 4096:
             _SPEC_BYTES.clear()
         wire = spec_to_wire(spec)
-        entry = _SPEC_BYTES[id(spec)] = (spec, encode([wire[k] for k in _SPEC_FIELDS]))
-    return entry[1]
+        data = encode([wire[k] for k in _SPEC_FIELDS])
+        entry = _SPEC_BYTES[id(spec)] = (spec, data, _SIZED.pack(TAG_BYTES, len(data)) + data)
+    return entry
 
 
 def _opt(value: Any) -> Any:
@@ -77,7 +82,7 @@ def _opt(value: Any) -> Any:
 def record_row(record: TaskRecord) -> List[Any]:
     """The record as the positional list its blob encodes."""
     return [
-        FORMAT, record.id, _spec_bytes(record.spec), record.state.value, record.seq, record.submitted_at,
+        FORMAT, record.id, _spec_bytes(record.spec)[1], record.state.value, record.seq, record.submitted_at,
         record.finished_at, record.ready_at, record.cancel_requested, record.retry_base,
         [_attempt_row(a) for a in record.attempts] or None, _opt(list(record.after)), record.affinity,
         record.run, record.pin, _opt(record.note), _opt(record.delay_s),
@@ -109,6 +114,7 @@ def _str_part(value: str) -> bytes:
 
 
 _STATE_PART = {state: _str_part(state.value) for state in TaskState}     # the state names, encoded once
+_EMPTY_STR = _str_part("")                                               # most attempts' reason
 
 
 def _attempt_part(a: Attempt) -> bytes:
@@ -119,7 +125,7 @@ def _attempt_part(a: Attempt) -> bytes:
         _FLOAT.pack(TAG_FLOAT, a.started_at),
         _NONE if a.finished_at is None else _FLOAT.pack(TAG_FLOAT, a.finished_at),
         _NONE if a.exit_code is None else _INT.pack(TAG_INT, a.exit_code),
-        _str_part(a.reason), _STATE_PART[a.state], _INT.pack(TAG_INT, a.log_bytes)))
+        _str_part(a.reason) if a.reason else _EMPTY_STR, _STATE_PART[a.state], _INT.pack(TAG_INT, a.log_bytes)))
 
 
 def record_to_blob(record: TaskRecord) -> bytes:
@@ -129,7 +135,7 @@ def record_to_blob(record: TaskRecord) -> bytes:
         if (type(record.submitted_at) is not float or type(record.ready_at) is not float
                 or not (finished is None or type(finished) is float) or type(delay) is not float):
             raise _Unusual
-        spec = _spec_bytes(record.spec)
+        spec = _spec_bytes(record.spec)[2]
         flag = TAG_TRUE if record.cancel_requested else TAG_FALSE
         if finished is None:
             run = _RUNNING.pack(TAG_INT, record.seq, TAG_FLOAT, record.submitted_at, TAG_NONE,
@@ -139,7 +145,7 @@ def record_to_blob(record: TaskRecord) -> bytes:
                               TAG_FLOAT, record.ready_at, flag, TAG_INT, record.retry_base)
         attempts = record.attempts
         return b"".join((
-            _ROW_HEAD, _str_part(record.id), _SIZED.pack(TAG_BYTES, len(spec)), spec, _STATE_PART[record.state],
+            _ROW_HEAD, _str_part(record.id), spec, _STATE_PART[record.state],
             run,
             _SIZED.pack(TAG_LIST, len(attempts)) + b"".join([_attempt_part(a) for a in attempts]) if attempts else _NONE,
             _SIZED.pack(TAG_LIST, len(record.after)) + b"".join([_str_part(d) for d in record.after])
