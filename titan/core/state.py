@@ -147,8 +147,8 @@ def record_to_blob(record: TaskRecord) -> bytes:
         return b"".join((
             _ROW_HEAD, _str_part(record.id), spec, _STATE_PART[record.state],
             run,
-            _SIZED.pack(TAG_LIST, len(attempts)) + b"".join([_attempt_part(a) for a in attempts]) if attempts else _NONE,
-            _SIZED.pack(TAG_LIST, len(record.after)) + b"".join([_str_part(d) for d in record.after])
+            _SIZED.pack(TAG_LIST, len(attempts)) + b"".join(map(_attempt_part, attempts)) if attempts else _NONE,
+            _SIZED.pack(TAG_LIST, len(record.after)) + b"".join(map(_str_part, record.after))
             if record.after else _NONE,
             _NONE if record.affinity is None else _str_part(record.affinity),
             _NONE if record.run is None else _str_part(record.run),
@@ -186,6 +186,9 @@ def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
     return record
 
 
+_BEFORE_DISPATCH = frozenset({TaskState.WAITING, TaskState.QUEUED})
+
+
 def needs_saving(record: TaskRecord) -> bool:
     """False for the changes a restart can work out again: WAITING -> QUEUED -> RUNNING.
 
@@ -198,11 +201,11 @@ def needs_saving(record: TaskRecord) -> bool:
     saved = record.saved
     if saved is None:
         return True
-    state, attempts = record.state, len(record.attempts)
-    if state is TaskState.QUEUED:
-        return saved != (TaskState.WAITING, attempts)
+    state = record.state
     if state is TaskState.RUNNING:
-        return not (saved[1] == attempts - 1 and saved[0] in (TaskState.QUEUED, TaskState.WAITING))
+        return not (saved[1] == len(record.attempts) - 1 and saved[0] in _BEFORE_DISPATCH)
+    if state is TaskState.QUEUED:
+        return saved != (TaskState.WAITING, len(record.attempts))
     return True
 
 
