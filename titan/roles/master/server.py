@@ -433,10 +433,6 @@ class Master(ClientRequests, Handler):
 
     # ----- actions -------------------------------------------------------
     def apply(self, actions: List[Any]) -> None:
-        self._apply(actions)
-        self.runs.close_finished()
-
-    def _apply(self, actions: List[Any]) -> None:
         for action in actions:
             kind = type(action)
             if kind is Dispatch:
@@ -454,6 +450,7 @@ class Master(ClientRequests, Handler):
                     conn.close(action.reason)
             elif kind is Note:
                 logger.info("%s", action.message)
+        self.runs.close_finished()
 
     def _send_dispatch(self, action: Dispatch) -> None:
         """DISPATCH, leaving out what has its default (run = the task, no env, no timeout, no files, 5 s grace)."""
