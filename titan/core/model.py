@@ -304,7 +304,7 @@ class TaskRecord:
     """Runtime status of one task; the scheduler owns and mutates it."""
 
     __slots__ = ("id", "spec", "state", "seq", "submitted_at", "finished_at",
-                 "attempts", "ready_at", "lost_at", "cancel_requested", "retry_base", "saved",
+                 "attempts", "ready_at", "cancel_requested", "retry_base", "saved",
                  "after", "affinity", "run", "pin", "note", "delay_s", "qgen")
 
     def __init__(self, task_id: str, spec: TaskSpec, seq: int, submitted_at: float) -> None:
@@ -316,7 +316,6 @@ class TaskRecord:
         self.finished_at: Optional[float] = None
         self.attempts: List[Attempt] = []
         self.ready_at = submitted_at
-        self.lost_at: Optional[float] = None
         self.cancel_requested = False
         self.retry_base = 0      # attempts made before the last manual retry
         self.saved: Optional[Tuple[TaskState, int]] = None   # (state, attempts) last written to the store
