@@ -81,7 +81,7 @@ class Job:
     """One attempt running on this worker."""
 
     __slots__ = ("key", "run", "spawned", "timers", "exit_code", "open_fds",
-                 "reason", "terminating", "workspace", "service")
+                 "reason", "terminating", "workspace", "service", "grace_s")
 
     def __init__(self, key: Key, run: str, spawned: Spawned, workspace: Path,
                  service: Optional[str] = None) -> None:
@@ -95,6 +95,7 @@ class Job:
         self.terminating = False
         self.workspace = workspace
         self.service = service          # the service this process is an instance of (None: a task)
+        self.grace_s = KILL_GRACE_S     # TERM-to-KILL grace (a DISPATCH may set its own)
 
 
 class Worker(Handler):
@@ -120,7 +121,6 @@ class Worker(Handler):
         self.dropped: Dict[Key, int] = {}
         self.files = JobFiles(self, config.data_dir.resolve() / "cache")
         self.next_req = 1
-        self.grace_of: Dict[Key, float] = {}    # TERM-to-KILL grace per running attempt
         self.paused = False
         self.last_rx = 0.0
         self.backoff_s = 0.1
@@ -410,7 +410,7 @@ class Worker(Handler):
         if key in self.ahead:
             return
         if not self.ahead and self._occupied() < self.config.slots:
-            self._start(body)
+            self._start(key, body)
             return
         self.ahead[key] = (self.loop.clock(), body)
         if self.stopping:                 # it will never get a slot here
@@ -430,7 +430,7 @@ class Worker(Handler):
         """Start what waits here, oldest first, while slots are free."""
         while self.ahead and self._occupied() < self.config.slots and not self.stopping:
             key = next(iter(self.ahead))
-            self._start(self.ahead.pop(key)[1])
+            self._start(key, self.ahead.pop(key)[1])
 
     def _hand_back(self, everything: bool = False) -> None:
         """Return attempts that waited too long for a slot (all of them when stopping) unstarted."""
@@ -446,8 +446,8 @@ class Worker(Handler):
                     "exit_code": None, "reason": "the worker is stopping" if everything else "no free slot"}
             self._result(key, body)
 
-    def _start(self, body: Dict[str, Any]) -> None:
-        key = (str(body["task"]), int(body["attempt"]))
+    def _start(self, key: Key, body: Dict[str, Any]) -> None:
+        """Start DISPATCH ``body`` (attempt ``key``), unless it runs, ran or waits for its files already."""
         if key in self.jobs or key in self.unacked or key in self.files.waiting:
             return
         files = body.get("files")
@@ -471,12 +471,12 @@ class Worker(Handler):
                 self.spaces.release(workspace)
             return
         timeout_s = body.get("timeout_s")
-        grace = body.get("kill_grace_s", KILL_GRACE_S)
-        grace = float(grace) if isinstance(grace, (int, float)) else KILL_GRACE_S
+        grace = body.get("kill_grace_s")
+        if isinstance(grace, (int, float)):
+            job.grace_s = float(grace)
         if timeout_s:
             job.timers.append(self.loop.call_later(
-                float(timeout_s), lambda: self.terminate(job, f"timed out after {timeout_s:g}s", grace)))
-        self.grace_of[key] = grace
+                float(timeout_s), lambda: self.terminate(job, f"timed out after {timeout_s:g}s")))
 
     def spawn_job(self, key: Key, argv: List[str], workspace: Path, env: Dict[str, str], *,
                   run: str = "", service: Optional[str] = None) -> Job:
@@ -502,7 +502,7 @@ class Worker(Handler):
         elif error:
             self._finish_now(key, 127, error)
         else:
-            self._start(start)
+            self._start(key, start)
 
     def _run_done(self, run: str) -> None:
         """A run ended: its $TITAN_SHARED here goes, now or when its last task here ends."""
@@ -637,7 +637,6 @@ class Worker(Handler):
             self.running_tasks -= 1
             # The result first (someone may be waiting for it), the cleanup after.
             self._finish_now(job.key, job.exit_code, job.reason or _describe_exit(job.exit_code))
-        self.grace_of.pop(job.key, None)
         for timer in job.timers:
             timer.cancel()
         self.procs.release(job.spawned)
@@ -679,7 +678,7 @@ class Worker(Handler):
             return
         job.terminating = True
         job.reason = reason
-        grace = self.grace_of.get(job.key, KILL_GRACE_S) if grace_s is None else grace_s
+        grace = job.grace_s if grace_s is None else grace_s
         logger.info("stopping %s attempt %d: %s", job.key[0], job.key[1], reason)
         self.procs.kill_group(job.spawned.pid, sig)
         job.timers.append(self.loop.call_later(
