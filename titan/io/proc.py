@@ -51,6 +51,9 @@ class OsProcesses:
         # The directory to come back to after a spawn: held open, so that coming
         # back works even if it is removed meanwhile.
         self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Built once, not per spawn (and here, not at import: only POSIX systems spawn).
+        self._stdin_devnull = (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
+        self._exited_unreaped = os.WEXITED | os.WNOHANG | os.WNOWAIT      # waitid flags of has_exited
 
     def spawn(self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str]) -> Spawned:
         """Start ``argv`` in its own session with piped, non-blocking output.
@@ -73,8 +76,7 @@ class OsProcesses:
             os.close(out_r)
             os.close(out_w)
             raise
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+        actions = [self._stdin_devnull, (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
         try:
             os.chdir(cwd)
             try:
@@ -106,7 +108,7 @@ class OsProcesses:
         if spawned.returncode is not None:
             return True
         try:
-            return os.waitid(os.P_PID, spawned.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            return os.waitid(os.P_PID, spawned.pid, self._exited_unreaped) is not None
         except ChildProcessError:
             return True
 
@@ -149,14 +151,17 @@ class OsProcesses:
 
     def release(self, spawned: Spawned) -> None:
         """Close the pipes and the pidfd of a finished process."""
-        for fd in (spawned.stdout_fd, spawned.stderr_fd, spawned.pidfd):
-            if fd is not None and fd >= 0:
+        fds = [spawned.stdout_fd, spawned.stderr_fd]
+        if spawned.pidfd is not None:       # only where its exit had to be watched on its own
+            fds.append(spawned.pidfd)
+            spawned.pidfd = None
+        for fd in fds:
+            if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         spawned.stdout_fd = spawned.stderr_fd = -1
-        spawned.pidfd = None
 
 
 _FOUND: Dict[Tuple[str, str], str] = {}
