@@ -275,10 +275,13 @@ class Worker(Handler):
         if not self.handshake.done:
             self._on_handshake(conn, frame)
             return
-        body = frame.body if isinstance(frame.body, dict) else {}
-        if frame.opcode == Op.DISPATCH:
+        body = frame.body
+        if not isinstance(body, dict):
+            body = {}
+        opcode = frame.opcode
+        if opcode == Op.DISPATCH:
             self._dispatched(body)
-        elif frame.opcode == Op.KILL:
+        elif opcode == Op.KILL:
             key = (body.get("task"), body.get("attempt"))
             job = self.jobs.get(key)       # type: ignore[arg-type]
             if job is not None and job.service is None:
@@ -287,22 +290,22 @@ class Worker(Handler):
                 self.files.waiting.pop(key, None)  # type: ignore[call-overload]
                 self.ahead.pop(key, None)          # type: ignore[call-overload]
                 self._finish_now(key, -15, str(body.get("reason") or "cancelled"))  # type: ignore[arg-type]
-        elif frame.opcode == Op.ACK:
+        elif opcode == Op.ACK:
             self._acked(body)
-        elif frame.opcode == Op.SVC_START:
+        elif opcode == Op.SVC_START:
             self.services.start(body)
-        elif frame.opcode == Op.SVC_STOP:
+        elif opcode == Op.SVC_STOP:
             self.services.stop(body)
-        elif frame.opcode == Op.SPAWN:
+        elif opcode == Op.SPAWN:
             count = body.get("count")
             self.children.spawn(count if isinstance(count, int) else 1, str(body.get("reason") or "asked by the master"))
         elif frame.req_id and frame.req_id == self.children.retire_req:
-            self.children.retire_answer(frame.opcode == Op.OK and bool(body.get("retire")))
-        elif frame.opcode == Op.RUN_DONE:
+            self.children.retire_answer(opcode == Op.OK and bool(body.get("retire")))
+        elif opcode == Op.RUN_DONE:
             self._run_done(str(body.get("run") or ""))
         elif frame.req_id in self.files.reqs:
-            self.files.fetched(frame.req_id, frame.opcode, body)
-        elif frame.opcode == Op.ERROR:
+            self.files.fetched(frame.req_id, opcode, body)
+        elif opcode == Op.ERROR:
             logger.error("the master reported an error: %s", body.get("message", body))
 
     def _on_handshake(self, conn: Connection, frame: Frame) -> None:
@@ -533,11 +536,8 @@ class Worker(Handler):
         extra = body.get("env")
         if extra:
             env.update({k: v for k, v in extra.items() if isinstance(v, str)})
-        env["TITAN_RUN"] = run
-        env["TITAN_TASK"] = key[0]
-        env["TITAN_ATTEMPT"] = str(key[1])
-        env["TITAN_SHARED"] = str(shared)
-        env["TITAN_WORKSPACE"] = str(workspace)
+        env.update(TITAN_RUN=run, TITAN_TASK=key[0], TITAN_ATTEMPT=str(key[1]), TITAN_SHARED=str(shared),
+                   TITAN_WORKSPACE=str(workspace))
         return env
 
     def _watch(self, job: Job) -> None:
@@ -546,8 +546,7 @@ class Worker(Handler):
         A task whose own children keep its pipes open is caught by a slow
         check, which then watches its exit exactly (a pidfd where there is one).
         """
-        sp = job.spawned
-        for fd in (sp.stdout_fd, sp.stderr_fd):
+        for fd in job.open_fds:
             self.loop.register(fd, 1, functools.partial(self._readable, job, fd))
         if self._exit_sweep is None:
             self._exit_sweep = self.loop.call_later(EXIT_CHECK_S, self._sweep_exits)
