@@ -410,7 +410,8 @@ class Worker(Handler):
     def _dispatched(self, body: Dict[str, Any]) -> None:
         """A DISPATCH: start it now, or hold it until a slot frees (the master sent it ahead)."""
         key = (str(body["task"]), int(body["attempt"]))
-        self.children.busy()
+        if self.config.ephemeral:         # only an ephemeral worker retires when idle
+            self.children.busy()
         if key in self.ahead:
             return
         if not self.ahead and self._occupied() < self.config.slots:
@@ -653,18 +654,23 @@ class Worker(Handler):
         self._maybe_exit()
 
     def _finish_now(self, key: Key, exit_code: int, reason: str) -> None:
-        dropped = self.dropped.pop(key, 0)
-        if dropped:
-            note = f"\n[titan: {dropped} bytes of output dropped while the master was unreachable]\n"
-            self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": "err", "data": note.encode()},
-                         key, capped=False)       # past the caps: it is what tells they were reached
-        self.outbox_bytes.pop(key, None)
+        if self.dropped or self.outbox_bytes:    # (both empty but for output read while the master was away)
+            self._offline_output_done(key)
         body = {"task": key[0], "attempt": key[1], "exit_code": exit_code}
         if reason:
             body["reason"] = reason
         self._result(key, body)
         if self.ahead:
             self._start_ahead()
+
+    def _offline_output_done(self, key: Key) -> None:
+        """The attempt ended: note in its log how much output was dropped; stop counting what was kept."""
+        dropped = self.dropped.pop(key, 0)
+        if dropped:
+            note = f"\n[titan: {dropped} bytes of output dropped while the master was unreachable]\n"
+            self._report(Op.OUTPUT, {"task": key[0], "attempt": key[1], "stream": "err", "data": note.encode()},
+                         key, capped=False)       # past the caps: it is what tells they were reached
+        self.outbox_bytes.pop(key, None)
 
     def _result(self, key: Key, body: Dict[str, Any]) -> None:
         """Number a result, keep it until the master ACKs it, and report it."""
