@@ -88,8 +88,7 @@ class ProcessLedger:
             if self._fd is None:
                 self._fd = self._open(self.path)
                 self._size = os.fstat(self._fd).st_size
-            os.write(self._fd, data)
-            self._size += len(data)
+            self._size += os.write(self._fd, data)
             if self._size > self.compact_bytes:
                 self._compact()
         except OSError as exc:
