@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from titan.core.model import KILL_GRACE_S
 from titan.errors import ConnectionLost, RemoteError, UnknownJob, UnknownTask, UsageError
+from titan.wire.codec import encode
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
 from titan.sdk.kv import KV
 from titan.sdk.runs import Run, RunResult
@@ -438,8 +439,9 @@ class Client:
 
         ``blobs`` carries the contents of the files its tasks list (sha256 -> bytes).
         """
-        req_id = self._send(Op.RUN, {"job": job, "start": start, "watch": watch, "blobs": blobs or {},
-                                     "progress": on_task is not None})
+        # Sent encoded: a master that has this very job registered takes it as it is.
+        req_id = self._send(Op.RUN, {"job_encoded": encode(job), "start": start, "watch": watch,
+                                     "blobs": blobs or {}, "progress": on_task is not None})
         reply = self._wait_for(req_id, time.monotonic() + 30.0).reply
         assert reply is not None
         body = reply.body if isinstance(reply.body, dict) else {}

@@ -1,6 +1,6 @@
 """Jobs and their runs on the master.
 
-    RUN {job, start, watch} ──▶ register the job (titan:job:NAME) ──▶ run JOB#N: tasks JOB#N/TASK
+    RUN {job | job_encoded, start, watch} ──▶ register the job (titan:job:NAME) ──▶ run JOB#N: tasks JOB#N/TASK
     TRIGGER {job}           ──▶ a run of a registered job now
     REMOVE_JOB {job}        ──▶ forget the job and its schedule; runs that started go on
     task ends ──▶ EVENT {kind: "task"} to the run's watchers; the last one ──▶ EVENT {kind: "run"}
@@ -12,14 +12,16 @@ a restarted master finds its runs again from the tasks it restores.
 """
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, TaskRecord, TaskSpec, TaskState
 from titan.core.service import service_from_wire
 from titan.core.runs import MAX_SHARED_LISTED, check_job, file_hashes, run_state, summarize, task_body
-from titan.errors import TitanError, UsageError
+from titan.errors import CodecError, TitanError, UsageError
 from titan.io.loop import Connection
+from titan.wire.codec import decode
 from titan.wire.frames import FLAG_MORE, Op
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ class RunService:
         self.master = master
         self.jobs: Dict[str, Dict[str, Any]] = {}
         self.job_specs: Dict[str, List[TaskSpec]] = {}      # job -> its tasks' specs, in order
+        self.job_digests: Dict[bytes, str] = {}             # sha256 of a job's encoding -> its name (see _received)
         self.runs: Dict[str, List[str]] = {}
         self.watchers: Dict[str, List[Tuple[Connection, int, bool]]] = {}   # run -> (conn, req, progress)
         self._touched: "set[str]" = set()
@@ -50,8 +53,7 @@ class RunService:
 
     # ----- requests ------------------------------------------------------
     def run(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        task_specs = check_job(body.get("job"), self.master.specs)
-        job: Dict[str, Any] = body["job"]
+        job, task_specs, digest = self._received(body)
         services = [service_from_wire(item) for item in job.get("services") or []]
         for spec in services:
             self.master.services.check_node(spec)
@@ -61,6 +63,9 @@ class RunService:
             self.master.durable.jobs_dirty[job["name"]] = job
         self.jobs[job["name"]] = job
         self.job_specs[job["name"]] = task_specs
+        self._forget_digest(job["name"])
+        if digest is not None:
+            self.job_digests[digest] = job["name"]
         reply: Dict[str, Any] = {"job": job["name"], "run": None, "tasks": [],
                                  "services": [spec.name for spec in services]}
         for spec in services:                       # a job's services: deployed (or updated) with it
@@ -69,6 +74,41 @@ class RunService:
             reply.update(self._start(job))
             self._watch(conn, req_id, reply["run"], body)
         self.master.hold(conn, req_id, Op.OK, reply, FLAG_MORE if body.get("watch") and reply["run"] else 0)
+
+    def _received(self, body: Dict[str, Any]) -> Tuple[Dict[str, Any], List[TaskSpec], Optional[bytes]]:
+        """A RUN's job, its tasks' specs, and the digest of its encoding (None when sent decoded).
+
+        A client sends the job encoded (``job_encoded``).  The same bytes as a
+        job registered here are that job: it is taken as registered, without
+        decoding and checking it again (a rerun of a large job costs the
+        master next to nothing).  Any other job is decoded and checked before
+        anything is stored.
+        """
+        encoded = body.get("job_encoded")
+        if encoded is None:
+            return body.get("job"), check_job(body.get("job"), self.master.specs), None   # type: ignore[return-value]
+        if not isinstance(encoded, bytes):
+            raise UsageError("job_encoded must be bytes: the job in TITAN_PROTO's body encoding")
+        digest = hashlib.sha256(encoded).digest()
+        name = self.job_digests.get(digest)
+        if name is not None and name in self.jobs:
+            return self.jobs[name], self._specs(name), digest
+        try:
+            job = decode(encoded)
+        except CodecError as exc:
+            raise UsageError(f"job_encoded is not a job: {exc}") from None
+        return job, check_job(job, self.master.specs), digest   # type: ignore[return-value]
+
+    def _specs(self, name: str) -> List[TaskSpec]:
+        """The specs of registered job ``name``'s tasks (built once, also after a restart)."""
+        specs = self.job_specs.get(name)
+        if specs is None:
+            specs = self.job_specs[name] = [self.master.specs.get(task_body(task)) for task in self.jobs[name]["tasks"]]
+        return specs
+
+    def _forget_digest(self, name: str) -> None:
+        for digest in [d for d, n in self.job_digests.items() if n == name]:
+            del self.job_digests[digest]
 
     def _store_files(self, job: Dict[str, Any], blobs: Any) -> None:
         self.store_blobs(blobs, file_hashes(job), f"job {job['name']!r}")
@@ -109,6 +149,7 @@ class RunService:
         if job is None:
             raise UnknownJobName(name)
         self.job_specs.pop(name, None)
+        self._forget_digest(name)
         self.master.planner.remove_job(name)         # its slots, claimed or waiting, with it
         durable = self.master.durable
         durable.jobs_dirty[name] = None
@@ -169,10 +210,7 @@ class RunService:
             run_id = f"{job['name']}#{n}"
         ids = []
         now = m.clock()
-        task_specs = self.job_specs.get(job["name"])
-        if task_specs is None:              # a job read back at start
-            task_specs = self.job_specs[job["name"]] = [m.specs.get(task_body(task)) for task in job["tasks"]]
-        for task, spec in zip(job["tasks"], task_specs):
+        for task, spec in zip(job["tasks"], self._specs(job["name"])):
             task_id = f"{run_id}/{task['name']}"
             after = [f"{run_id}/{d}" for d in task.get("after") or []]
             affinity = f"{run_id}/{task['affinity']}" if task.get("affinity") else None
