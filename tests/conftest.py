@@ -30,7 +30,7 @@ import pytest
 from titan.errors import TitanError
 from titan.io.proc import titan_command, titan_env
 from titan.roles.local import LocalCluster
-from titan.roles.master.server import Peer
+from titan.roles.master.server import Master, MasterConfig, Peer
 from titan.sdk.client import Client
 from titan.wire.frames import Frame, FrameDecoder, Op, pack
 from titan.wire.handshake import ClientHandshake, ServerHandshake
@@ -466,6 +466,16 @@ def fake_master(titan_procs: TitanProcs) -> Iterator[FakeMaster]:
         yield fake
     finally:
         fake.close()
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Iterator[Master]:
+    """A Master in this process, no sockets: give it frames with ``on_frame``, end a pass with ``_end_of_pass``."""
+    m = Master(MasterConfig(data_dir=tmp_path / "m"))
+    try:
+        yield m
+    finally:
+        m.close()
 
 
 class Recorder:

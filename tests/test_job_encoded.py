@@ -1,28 +1,18 @@
 """RUN with ``job_encoded``: a job sent again byte for byte is taken as registered, anything else is checked."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
 import titan.roles.master.runs as master_runs
 from conftest import Recorder
-from titan.roles.master.server import Master, MasterConfig
+from titan.roles.master.server import Master
 from titan.wire.codec import encode
 from titan.wire.frames import Frame, Op
 
 JOB = {"name": "nightly", "tasks": [{"name": "a", "command": ["true"]},
                                     {"name": "b", "command": ["true"], "after": ["a"]}]}
-
-
-@pytest.fixture
-def master(tmp_path: Path) -> Iterator[Master]:
-    m = Master(MasterConfig(data_dir=tmp_path / "m"))
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 @pytest.fixture

@@ -6,23 +6,11 @@ on it is left, and a client that goes away leaves no trace at all.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from conftest import Recorder
-from titan.roles.master.server import Master, MasterConfig
+from titan.roles.master.server import Master
 from titan.wire.frames import Frame, Op
-
-
-@pytest.fixture
-def master(tmp_path: Path) -> Iterator[Master]:
-    m = Master(MasterConfig(data_dir=tmp_path / "m"))
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 def _request(master: Master, conn: Recorder, req_id: int, opcode: int, body: Any) -> None:
