@@ -6,10 +6,22 @@
 A worker killed with SIGKILL leaves its tasks' process groups running.  When
 a worker starts on the same data directory it reads the records and kills
 those groups, checking each leader's start time, so a pid the system has
-since given to another process is never hit.  A group is recorded as soon as
-``posix_spawn`` returns its pid; a SIGKILL in that instant (before the write)
-leaves that one group unrecorded, and so does a write the disk refuses (the
-worker warns and goes on: its tasks matter more than this record).
+since given to another process is never hit.
+
+The worker's ledger writes once per pass of its event loop, not once per
+attempt (a syscall per task adds up at thousands of tasks a second):
+
+    pass: reads, timers ──record / forget──▶ lines kept in memory
+          end of pass (pass hook) ──flush──▶ one os.write of all of them
+          select: the worker sleeps only with every started group in the file
+
+The file lives in the page cache once written, so it survives the worker's
+death (not a power loss, which ends the groups too).  A SIGKILL landing
+mid-pass loses the lines of that pass alone: the groups started since the
+pass began go unrecorded (their pids are in no file yet) and are left
+running, as are groups whose lines a refused write dropped (the worker warns
+and goes on: its tasks matter more than this record).  A ledger not tied to
+a loop writes each start at once.
 """
 from __future__ import annotations
 
@@ -18,10 +30,13 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from titan.errors import TitanError
 from titan.io.proc import process_start_time
+
+if TYPE_CHECKING:
+    from titan.io.loop import Loop
 
 __all__ = ["DataDirLocked", "ProcessLedger", "START_SLACK_TICKS"]
 
@@ -41,7 +56,9 @@ class ProcessLedger:
     """Locks a worker's data directory and records its attempts' process groups.
 
     The record is an append-only file: a line per start, and a line per end
-    that rides along with the next write.  Past ``compact_bytes`` it is
+    that rides along with the next write.  Lines are written at each start,
+    or, after :meth:`write_per_pass`, together at the end of each loop pass;
+    :meth:`close` writes what is left.  Past ``compact_bytes`` it is
     rewritten with the groups still running, so a long-lived worker's file
     stays small.  :meth:`reap` replays it, kills what a previous life left,
     and empties it.
@@ -55,6 +72,8 @@ class ProcessLedger:
         self._fd: Optional[int] = None
         self._size = 0
         self._live: Dict[int, str] = {}         # pgid -> its "+" line, for compaction
+        self._pending: List[str] = []           # lines noted, not written yet, in order
+        self._per_pass = False                  # written by a loop's pass hook (see write_per_pass)
 
     def lock(self) -> None:
         """Take the directory for this worker, or raise DataDirLocked."""
@@ -72,18 +91,23 @@ class ProcessLedger:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
-    _ended = ""         # "-" lines not written yet (see forget)
     _failing = False    # the last write failed (full disk, ...)
 
-    def _write(self, line: str) -> None:
-        """Append ``line`` (and the "-" lines waiting), or warn that the disk refused it.
+    def write_per_pass(self, loop: Loop) -> None:
+        """Write once at the end of each of ``loop``'s passes instead of at each start."""
+        self._per_pass = True
+        loop.add_pass_hook(self.flush)
+
+    def flush(self) -> None:
+        """Append the lines noted since the last flush, or warn that the disk refused them.
 
         A full disk must not stop the worker: its tasks run on, and what is
-        not written costs only the reaping of that group after a kill -9.
+        not written costs only the reaping of those groups after a kill -9.
         """
-        if self._ended:
-            line, self._ended = self._ended + line, ""
-        data = line.encode()
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode()
+        self._pending.clear()
         try:
             if self._fd is None:
                 self._fd = self._open(self.path)
@@ -92,7 +116,7 @@ class ProcessLedger:
             if self._size > self.compact_bytes:
                 self._compact()
         except OSError as exc:
-            if not self._failing:       # once per spell of failures, not once per task
+            if not self._failing:       # once per spell of failures, not once per pass
                 logger.warning("cannot write %s (%s): a worker killed now could not stop every task it ran",
                                self.path, exc.strerror or exc)
             self._failing = True
@@ -129,17 +153,15 @@ class ProcessLedger:
             start = process_start_time(pgid)
         line = f"+ {pgid} {start if start is not None else -1} {task} {attempt}\n"
         self._live[pgid] = line
-        self._write(line)
+        self._pending.append(line)
+        if not self._per_pass:          # no pass end to wait for: written now
+            self.flush()
 
     def forget(self, pgid: int) -> None:
         """Note that a group ended.  Written with the next record, or by :meth:`flush`: a "+"
         line whose "-" is lost only makes a restart check a pid that is gone (or reused)."""
         self._live.pop(pgid, None)
-        self._ended += f"- {pgid}\n"
-
-    def flush(self) -> None:
-        if self._ended:
-            self._write("")
+        self._pending.append(f"- {pgid}\n")
 
     def reap(self) -> List[str]:
         """Kill the groups a previous life left running; return what was done, one line each."""

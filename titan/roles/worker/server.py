@@ -130,7 +130,7 @@ class Worker(Handler):
         self.ledger = ProcessLedger(data_dir)
         self.ledger.lock()                     # before touching anything in the directory
         self.reaped = self.ledger.reap()       # what a previous life of this worker left running
-        self.loop.add_pass_hook(self.ledger.flush)
+        self.ledger.write_per_pass(self.loop)  # the groups a pass starts are on file before the loop sleeps
         self.spaces = WorkspacePool(data_dir / "work", keep=2 * config.slots + 2)
         self.shared_root = data_dir / "shared"
         self.ended_runs: Set[str] = set()      # runs that ended while a task of theirs still ran here
