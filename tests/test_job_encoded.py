@@ -1,13 +1,15 @@
 """RUN with ``job_encoded``: a job sent again byte for byte is taken as registered, anything else is checked."""
 from __future__ import annotations
 
+import threading
 from typing import Any, Dict, List
 
 import pytest
 
 import titan.roles.master.runs as master_runs
-from conftest import Recorder
+from conftest import FakeMaster, Recorder
 from titan.roles.master.server import Master
+from titan.sdk.client import Client
 from titan.wire.codec import encode
 from titan.wire.frames import Frame, Op
 
@@ -86,3 +88,26 @@ def test_a_removed_job_sent_again_is_checked_and_registered_afresh(master: Maste
     assert "nightly" not in master.runs.jobs
     assert _run(master, client, 3, job_encoded=encode(JOB))["run"] == "nightly#1"
     assert checks == ["nightly", "nightly"] and master.runs.jobs["nightly"] == JOB
+
+
+def test_the_sdk_sends_the_job_decoded_to_a_master_that_does_not_name_job_encoded(fake_master: FakeMaster) -> None:
+    # Given a master whose WELCOME names no features, as one from before job_encoded
+    seen: Dict[str, Any] = {}
+
+    def client() -> None:
+        with Client(fake_master.address, token="") as c:
+            seen["features"] = c.master_features
+            seen["run"] = c.submit_job(JOB, watch=False).id
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        fake_master.accept()
+        # When the SDK submits a job to it
+        run = fake_master.read_frame_where(lambda f: f.opcode == Op.RUN, 10)
+        fake_master.send_frame(Op.OK, run.req_id, {"job": "nightly", "run": "nightly#1", "tasks": [], "services": []})
+    finally:
+        thread.join(10)
+    # Then the RUN carries the job itself, which such a master reads
+    assert seen == {"features": frozenset(), "run": "nightly#1"}
+    assert run.body["job"] == JOB and "job_encoded" not in run.body

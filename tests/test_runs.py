@@ -307,6 +307,7 @@ def test_a_job_submitted_again_unchanged_is_stored_once(titan_procs: TitanProcs,
     job = {"name": "again", "tasks": [{"name": "a", "command": ["true"]}]}
     changed = {"name": "again", "tasks": [{"name": "a", "command": ["echo", "changed"]}]}
     with Client(master.address, token="") as c:
+        assert "job_encoded" in c.master_features      # so the SDK sends each job encoded
         # When the same job is submitted three times, then once changed
         for body in (job, job, job, changed):
             c.submit_job(body, start=False)

@@ -167,8 +167,9 @@ class Client:
         self._decoder = FrameDecoder()
         self._batch: Optional[List[bytes]] = None
         self._inbox = memoryview(bytearray(1 << 20))    # see _take_in
+        self.master_name = ""                            # both from the master's WELCOME
+        self.master_features: frozenset = frozenset()
         self._sock = self._open(timeout)
-        self.master_name = ""
 
     # ----- connection ----------------------------------------------------
     def _open(self, timeout: float) -> socket.socket:
@@ -206,6 +207,9 @@ class Client:
         except (ConnectionError, ssl.SSLError) as exc:    # e.g. a TLS master that refused our certificate
             raise ConnectionLost(f"the master at {self.address} refused the connection: {exc}") from None
         self.master_name = hs.welcome.get("name", "")
+        features = hs.welcome.get("features")
+        self.master_features = frozenset(f for f in features if isinstance(f, str)) if isinstance(features, list) \
+            else frozenset()        # an older master names none
 
     def _read_frames(self, deadline: Optional[float]) -> List[Frame]:
         if self._batch:
@@ -439,9 +443,12 @@ class Client:
 
         ``blobs`` carries the contents of the files its tasks list (sha256 -> bytes).
         """
-        # Sent encoded: a master that has this very job registered takes it as it is.
-        req_id = self._send(Op.RUN, {"job_encoded": encode(job), "start": start, "watch": watch,
-                                     "blobs": blobs or {}, "progress": on_task is not None})
+        body: Dict[str, Any] = {"start": start, "watch": watch, "blobs": blobs or {}, "progress": on_task is not None}
+        if "job_encoded" in self.master_features:    # a master with this very job registered takes it as it is
+            body["job_encoded"] = encode(job)
+        else:
+            body["job"] = job
+        req_id = self._send(Op.RUN, body)
         reply = self._wait_for(req_id, time.monotonic() + 30.0).reply
         assert reply is not None
         body = reply.body if isinstance(reply.body, dict) else {}

@@ -83,10 +83,12 @@ class ClientHandshake:
 class ServerHandshake:
     """The listening side: checks HELLO, challenges, verifies AUTH."""
 
-    def __init__(self, *, name: str, token: Optional[str], roles: Tuple[str, ...] = ROLES) -> None:
+    def __init__(self, *, name: str, token: Optional[str], roles: Tuple[str, ...] = ROLES,
+                 features: Tuple[str, ...] = ()) -> None:
         self.name = name
         self.token = token or None
         self.roles = roles
+        self.features = features    # named in WELCOME: what this server accepts beyond version 1's first form
         self.nonce = b""
         self.hello: Dict[str, Any] = {}
         self.done = False
@@ -123,7 +125,7 @@ class ServerHandshake:
         self.hello = body
         if self.token is None:
             self.done = True
-            return [(Op.WELCOME, {"name": self.name, "proto": PROTO})]
+            return [(Op.WELCOME, self._welcome())]
         self.nonce = auth.new_nonce()
         return [(Op.CHALLENGE, {"nonce": self.nonce})]
 
@@ -136,4 +138,10 @@ class ServerHandshake:
             raise ProtocolError("auth_failed", "authentication failed: wrong cluster token", req_id=frame.req_id)
         self.done = True
         proof = auth.server_proof(self.token, server_nonce=self.nonce, client_nonce=self.hello["nonce"])
-        return [(Op.WELCOME, {"name": self.name, "proto": PROTO, "proof": proof})]
+        return [(Op.WELCOME, dict(self._welcome(), proof=proof))]
+
+    def _welcome(self) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"name": self.name, "proto": PROTO}
+        if self.features:
+            body["features"] = list(self.features)
+        return body

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 LAZY_SYNC_S = 0.02         # the longest stored results wait for their fsync
 ACK_EVERY_S = 0.02         # results read within this long share one ACK per worker
+FEATURES = ("job_encoded",)  # named in WELCOME: RUN may carry the job encoded (see RunService._received)
 MAX_AHEAD_PER_SLOT = 4      # a worker may hold at most this many attempts per slot beyond its slots
 
 
@@ -215,7 +216,7 @@ class Master(ClientRequests, Handler):
             conn.fail(0, "too_many_connections",
                       f"the master already has {len(self.conns)} connections (limit {self.config.max_connections})")
             return
-        conn.state = Peer(ServerHandshake(name=self.config.name, token=self.config.token))
+        conn.state = Peer(ServerHandshake(name=self.config.name, token=self.config.token, features=FEATURES))
         self.conns.add(conn)
 
     def _housekeeping(self) -> None:
