@@ -13,6 +13,7 @@ import pytest
 from conftest import child_env, pid_gone, wait_until
 from titan.io.loop import Loop
 from titan.io.reaper import ProcessLedger
+from titan.roles.worker.server import Worker, WorkerConfig
 
 
 def test_the_starts_and_ends_of_one_pass_reach_the_file_in_one_write_at_its_end(
@@ -151,3 +152,23 @@ def test_a_worker_killed_right_after_a_pass_leaves_every_group_of_that_pass_on_f
         for pid in pids:
             if not pid_gone(pid):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_an_ended_group_leaves_the_ledger_before_the_next_attempt_is_recorded(tmp_path: Path) -> None:
+    """The next attempt may get the reaped leader's pid: its "+" must come after the "-"."""
+    worker = Worker(WorkerConfig(master=("127.0.0.1", 9), name="w", data_dir=tmp_path / "w", slots=1))
+    try:
+        # Given a worker with one slot, a quick attempt running and a second one waiting for the slot
+        for task in ("first", "second"):
+            worker._dispatched({"task": task, "attempt": 1, "argv": ["true"]})
+        assert list(worker.ahead) == [("second", 1)]
+        # When the first ends and the second starts in its place
+        wait_until(lambda: worker.loop.run_once(0.05) or not worker.jobs and not worker.ahead, 10,
+                   "both attempts to end")
+        # Then the ledger notes the first group's end before the second group's start
+        lines = (tmp_path / "w" / "procs.log").read_text().splitlines()
+        first, second = (line.split()[1] for line in lines if line.startswith("+"))
+        assert lines.index(f"- {first}") < lines.index(next(line for line in lines if line.startswith(f"+ {second} ")))
+    finally:
+        worker.ledger.close()
+        worker.loop.close()

@@ -636,6 +636,9 @@ class Worker(Handler):
         if job.exit_code is None or job.open_fds or job.key not in self.jobs:
             return
         del self.jobs[job.key]
+        # Its group leaves the ledger before anything else can start: its reaped pid
+        # may be handed to the next attempt's process at once.
+        self.ledger.forget(job.spawned.pid)
         if job.service is None:
             self.running_tasks -= 1
             # The result first (someone may be waiting for it), the cleanup after.
@@ -643,7 +646,6 @@ class Worker(Handler):
         for timer in job.timers:
             timer.cancel()
         self.procs.release(job.spawned)
-        self.ledger.forget(job.spawned.pid)
         if job.service is not None:
             self.services.exited(job, _describe_exit(job.exit_code) or "exited with code 0")
             self._maybe_exit()
