@@ -38,6 +38,7 @@ class RunService:
         self.jobs: Dict[str, Dict[str, Any]] = {}
         self.job_specs: Dict[str, List[TaskSpec]] = {}      # job -> its tasks' specs, in order
         self.job_digests: Dict[bytes, str] = {}             # sha256 of a job's encoding -> its name (see _received)
+        self._digest_of: Dict[str, bytes] = {}              # and back
         self.runs: Dict[str, List[str]] = {}
         self.watchers: Dict[str, List[Tuple[Connection, int, bool]]] = {}   # run -> (conn, req, progress)
         self._touched: "set[str]" = set()
@@ -66,6 +67,7 @@ class RunService:
         self._forget_digest(job["name"])
         if digest is not None:
             self.job_digests[digest] = job["name"]
+            self._digest_of[job["name"]] = digest
         reply: Dict[str, Any] = {"job": job["name"], "run": None, "tasks": [],
                                  "services": [spec.name for spec in services]}
         for spec in services:                       # a job's services: deployed (or updated) with it
@@ -107,8 +109,7 @@ class RunService:
         return specs
 
     def _forget_digest(self, name: str) -> None:
-        for digest in [d for d, n in self.job_digests.items() if n == name]:
-            del self.job_digests[digest]
+        self.job_digests.pop(self._digest_of.pop(name, b""), None)
 
     def _store_files(self, job: Dict[str, Any], blobs: Any) -> None:
         self.store_blobs(blobs, file_hashes(job), f"job {job['name']!r}")
