@@ -135,8 +135,7 @@ class Master(ClientRequests, Handler):
         self._tails: Dict[str, bytes] = {}
         self._acks: Dict[Connection, List[List[Any]]] = {}   # results without a seq (older workers), not yet ACKed
         self._acked: Dict[Connection, int] = {}                # the highest result seq read per worker, not yet ACKed
-        self._ack_timer: Optional[Timer] = None                # set while results wait for their ACK
-        self._acks_due = False
+        self._acks_due = False                                 # ACK_EVERY_S has passed since the first of them
         self._results_read = False                             # in this pass
         self._held: List[Frame_] = []                        # held in this pass
         self._sync_timer: Optional[Timer] = None               # a deferred fsync (only ACKs wait for it)
@@ -608,6 +607,8 @@ class Master(ClientRequests, Handler):
         so the results of many passes share one ACK frame per worker, sent on
         its own: it never rides ahead of a DISPATCH the worker should read first.
         """
+        if not (self._acked or self._acks):        # the first result since the last ACKs
+            self.loop.call_later(ACK_EVERY_S, self._acks_now)
         seq = body.get("seq")
         if type(seq) is int:
             if seq > self._acked.get(conn, 0):
@@ -615,11 +616,8 @@ class Master(ClientRequests, Handler):
         else:
             self._acks.setdefault(conn, []).append([task_id, attempt])
         self._results_read = True
-        if self._ack_timer is None:
-            self._ack_timer = self.loop.call_later(ACK_EVERY_S, self._acks_now)
 
     def _acks_now(self) -> None:
-        self._ack_timer = None
         self._acks_due = True
 
 
