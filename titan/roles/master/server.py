@@ -332,14 +332,14 @@ class Master(ClientRequests, Handler):
         self._sync_timer = None
         if self.durable.unsynced or self.durable.broken:
             self.durable.flush()
-        self._release(lazy=False)       # these waited already
+        self._release()
 
-    def _release(self, lazy: bool = True) -> None:
+    def _release(self) -> None:
         """Send the held frames whose data the store now has on disk."""
         durable = self.durable.durable_total
         while self._waiting and self._waiting[0][0] <= durable:
             for conn, req_id, opcode, body, flags, when in self._waiting.popleft()[1]:
-                conn.send(opcode, req_id, body, flags, urgent=when is True, lazy=lazy and when is LAZY)
+                conn.send(opcode, req_id, body, flags, urgent=when is True, lazy=when is LAZY)
 
     def hold(self, conn: Connection, req_id: int, opcode: int, body: Any, flags: int = 0,
              urgent: Any = False) -> None:
