@@ -25,7 +25,7 @@ import signal
 import socket
 import ssl
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from titan.errors import ProtocolError
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
@@ -36,6 +36,7 @@ __all__ = ["Loop", "Timer", "Connection", "Handler", "Listener", "RecvBuffer", "
 logger = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
+FRAMES_PER_PASS = 64    # frames one connection gets handled per loop pass; the rest wait their turn
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -240,6 +241,7 @@ class Loop:
         self._urgent: "list[Connection]" = []   # flushed first: frames on someone's critical path
         self._lazy: "set[Connection]" = set()     # frames that may wait for company (mark_lazy)
         self._soon: "set[Connection]" = set()     # frames that may wait a moment (mark_soon)
+        self._behind: "list[Connection]" = []     # read more frames than one pass handles
         self._gather_s = 0.0
         self._saturated: Callable[[], bool] = lambda: False
         self.running = False
@@ -362,10 +364,16 @@ class Loop:
         timeout = max_wait_s
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - self.clock()))
-        if self._dirty or self._urgent:
+        behind: "Sequence[Connection]" = ()
+        if self._behind:                # frames held back in the last pass get their share of this one
+            behind, self._behind = self._behind, []
+            timeout = 0.0
+        elif self._dirty or self._urgent:
             timeout = 0.0
         for callback, mask in self.selector.select(timeout):
             callback(mask)
+        for conn in behind:
+            conn._handle_held()
         if self._timers:                # most passes have nothing to do here: no calls then
             self._run_timers()
         if self._urgent:
@@ -446,6 +454,7 @@ class Connection:
         self.last_progress = loop.clock()
         self.opened_at = self.last_progress
         self.frame_started_at = 0.0     # when the partial frame now buffered began
+        self._held: List[Frame] = []    # frames read but left for later passes (FRAMES_PER_PASS)
         self.state: Any = None          # the role's per-connection state
         self.peer = prepare_socket(sock)
         loop.register(sock, self._events, self._on_events)
@@ -530,7 +539,7 @@ class Connection:
             return
         if mask & _WRITE:
             self.flush()
-        if mask & _READ and not self.closed:
+        if mask & _READ and not self.closed and not self._held:   # held frames go first
             self._read()
 
     def _tls_handshake(self) -> None:
@@ -585,6 +594,23 @@ class Connection:
             return
         if decoder.mid_frame and (frames or not was_mid):
             self.frame_started_at = now
+        self._handle(frames)
+
+    def _handle_held(self) -> None:
+        if not self.closed:
+            frames, self._held = self._held, []
+            self._handle(frames)
+
+    def _handle(self, frames: List[Frame]) -> None:
+        """Hand ``frames`` to the handler, at most FRAMES_PER_PASS of them this pass.
+
+        A peer that sends many frames at once (a thousand submissions) so
+        cannot hold up everyone else for the whole batch.
+        """
+        if len(frames) > FRAMES_PER_PASS:
+            self._held = frames[FRAMES_PER_PASS:]
+            frames = frames[:FRAMES_PER_PASS]
+            self.loop._behind.append(self)
         for frame in frames:
             if self.closed:
                 return
