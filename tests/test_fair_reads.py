@@ -12,6 +12,7 @@ from typing import List, Tuple
 
 import pytest
 
+import titan.io.loop as loop_module
 from titan.io.loop import FRAMES_PER_PASS, Connection, Handler, Loop
 from titan.wire.frames import Frame, Op, pack
 
@@ -105,4 +106,84 @@ def test_frames_sent_after_a_burst_and_the_close_come_after_every_held_frame(pai
         assert [req for _, req, _ in seen] == list(range(1, count + 4))
         assert handler.closed_after == count + 3    # the close came after every frame
     finally:
+        loop.close()
+
+
+class Answering(Recorder):
+    """Answers every frame, as the master does: the replies go to a peer that may be gone."""
+
+    def on_frame(self, conn: Connection, frame: Frame) -> None:
+        super().on_frame(conn, frame)
+        conn.send(Op.PONG, frame.req_id, {})
+
+
+def test_a_peer_that_sends_a_batch_and_goes_away_has_every_frame_handled(pairs) -> None:
+    loop = Loop()
+    seen: List[Tuple[str, int, int]] = []
+    near, far = pairs()
+    handler = Answering(seen, "peer", loop)
+    conn = Connection(loop, near, handler)
+    count = 3 * FRAMES_PER_PASS + 7
+    # Given a peer that sends a batch and closes without reading the replies (its
+    # kernel answers them with a reset, so a later write fails)
+    far.sendall(frames(1, count))
+    far.close()
+    try:
+        run_passes(loop, [handler], lambda: conn.closed)
+        # Then every frame it sent was handled before the connection was closed
+        assert [req for _, req, _ in seen] == list(range(1, count + 1))
+        assert handler.closed_after == count
+    finally:
+        loop.close()
+
+
+def test_a_saturated_loop_does_not_wait_for_events_while_it_holds_frames(pairs, monkeypatch) -> None:
+    loop = Loop()
+    seen: List[Tuple[str, int, int]] = []
+    near, far = pairs()
+    handler = Recorder(seen, "peer", loop)
+    Connection(loop, near, handler)
+    sleeps: List[float] = []
+    monkeypatch.setattr(loop_module.time, "sleep", sleeps.append)
+    # Given a loop that lets events gather before each pass while saturated
+    loop.gather_while(lambda: True, 0.001)
+    count = 10 * FRAMES_PER_PASS
+    far.sendall(frames(1, count))
+    try:
+        run_passes(loop, [handler], lambda: len(seen) == count)
+        # Then only the pass before the burst was read waited: the passes that
+        # work off the held frames have their work at hand already
+        assert len(sleeps) == 1
+    finally:
+        loop.close()
+
+
+def test_a_pass_cut_short_by_a_failing_callback_keeps_the_held_frames(pairs) -> None:
+    loop = Loop()
+    seen: List[Tuple[str, int, int]] = []
+    near, far = pairs()
+    handler = Recorder(seen, "peer", loop)
+    Connection(loop, near, handler)
+    count = 5 * FRAMES_PER_PASS
+    far.sendall(frames(1, count))
+    run_passes(loop, [handler], lambda: len(seen) >= FRAMES_PER_PASS)      # the rest is held
+    failing_r, failing_w = socket.socketpair()
+
+    def fails_once(mask: int) -> None:
+        failing_r.recv(1)
+        loop.unregister(failing_r)
+        raise RuntimeError("a callback failed")
+
+    # Given another callback that raises in the middle of a pass (and a caller that goes on)
+    loop.register(failing_r, 1, fails_once)
+    failing_w.send(b"x")
+    try:
+        with pytest.raises(RuntimeError):
+            run_passes(loop, [handler], lambda: False, deadline_s=5.0)
+        # Then the held frames are still handed over, all of them and in order
+        run_passes(loop, [handler], lambda: len(seen) == count)
+        assert [req for _, req, _ in seen] == list(range(1, count + 1))
+    finally:
+        failing_r.close()
+        failing_w.close()
         loop.close()

@@ -314,3 +314,37 @@ def test_fsyncs_run_on_the_loop_while_the_disk_is_fast_and_on_the_helper_thread_
     finally:
         durable.close()
         loop.close()
+
+
+def test_a_batch_of_submissions_read_at_once_is_fsynced_once_not_once_per_share(tmp_path: Path) -> None:
+    from titan.io.loop import FRAMES_PER_PASS
+    from titan.sdk.client import Client
+    master = Master(MasterConfig(data_dir=tmp_path / "m", bind=("127.0.0.1", 0)))
+    disk = CountingDisk()
+    master.durable.aof.ops = disk
+    host, port = master.start()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            master.loop.run_once(0.02)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        with Client(f"{host}:{port}") as client:
+            count = 10 * FRAMES_PER_PASS
+            before = disk.fsyncs
+            # Given a client that sends a batch of submissions in one write (no worker: they stay queued)
+            with client.batch():
+                tasks = [client.submit(["true"], name="batch") for _ in range(count)]
+            # Then each is acknowledged once it is on disk...
+            ids = [task.id for task in tasks]
+            assert ids == [f"batch#{n}" for n in range(1, count + 1)]
+            # ...and the master took it in 64 frames per pass but fsynced for the batch,
+            # not for each share of it (it would be 10 fsyncs then)
+            assert disk.fsyncs - before <= 3
+    finally:
+        stop.set()
+        server.join()
+        master.close()

@@ -25,7 +25,7 @@ import signal
 import socket
 import ssl
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from titan.errors import ProtocolError
 from titan.wire.frames import DEFAULT_MAX_BODY_BYTES, Frame, FrameDecoder, Op, error_body, pack
@@ -252,6 +252,11 @@ class Loop:
         """True while frames queued in this pass (neither urgent, lazy nor soon) wait for its end."""
         return bool(self._dirty)
 
+    @property
+    def frames_held(self) -> bool:
+        """True while a connection has frames read but left for the next passes (FRAMES_PER_PASS)."""
+        return bool(self._behind)
+
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
         return self.call_at(self.clock() + max(0.0, delay_s), callback)
 
@@ -359,21 +364,25 @@ class Loop:
             wfd.close()
 
     def run_once(self, max_wait_s: float = 1.0) -> None:
-        if self._gather_s and self._saturated():
+        behind_count = len(self._behind)    # held back in earlier passes: they get their share of this one
+        if self._gather_s and not behind_count and self._saturated():   # held frames: the work is here
             time.sleep(self._gather_s)
         timeout = max_wait_s
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - self.clock()))
-        behind: "Sequence[Connection]" = ()
-        if self._behind:                # frames held back in the last pass get their share of this one
-            behind, self._behind = self._behind, []
-            timeout = 0.0
-        elif self._dirty or self._urgent:
+        if behind_count or self._dirty or self._urgent:
             timeout = 0.0
         for callback, mask in self.selector.select(timeout):
             callback(mask)
-        for conn in behind:
-            conn._handle_held()
+        if behind_count:                # taken out only now: a pass cut short above keeps them all
+            behind = self._behind[:behind_count]
+            del self._behind[:behind_count]
+            for i, conn in enumerate(behind):
+                try:
+                    conn._handle_held()
+                except BaseException:
+                    self._behind[:0] = behind[i + 1:]
+                    raise
         if self._timers:                # most passes have nothing to do here: no calls then
             self._run_timers()
         if self._urgent:
@@ -504,6 +513,9 @@ class Connection:
         except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             sent = 0
         except OSError as exc:
+            if self._held:      # the peer is gone, but what it sent is handled first; a read after it closes
+                self._out, self._out_bytes = [], 0
+                return
             self.close(f"send failed: {exc}")
             return
         rest = data[sent:]
@@ -633,6 +645,7 @@ class Connection:
             return
         self.closed = True
         self.close_reason = reason
+        self._held = []
         shut(self, reason)
 
 

@@ -138,8 +138,9 @@ class Master(ClientRequests, Handler):
         self._acks_due = False                                 # ACK_EVERY_S has passed since the first of them
         self._results_read = False                             # in this pass
         self._held: List[Frame_] = []                        # held in this pass
-        self._sync_timer: Optional[Timer] = None               # a deferred fsync (only ACKs wait for it)
+        self._sync_timer: Optional[Timer] = None               # a deferred fsync (see _sync_later)
         self._appended_at_pass = 0                             # the AOF position at the end of the last pass
+        self._batch_unsynced = False                           # a pass left its fsync to the rest of a batch
         self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
         self.blobs = BlobStore(config.data_dir / "files")
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
@@ -305,6 +306,12 @@ class Master(ClientRequests, Handler):
             self._held = []
         else:
             may_wait = appended == self._appended_at_pass or (results and quiet)
+        if self.loop.frames_held and not self.loop.replies_waiting:
+            # More of a batch is handled next pass: one fsync after it covers this pass too
+            # (the replies that wait for this one are all held until then).
+            may_wait = self._batch_unsynced = True
+        elif self._batch_unsynced:
+            may_wait = self._batch_unsynced = False
         self._appended_at_pass = appended
         if self.durable.broken:
             self.durable.flush()
@@ -319,10 +326,13 @@ class Master(ClientRequests, Handler):
         """Write this pass's data now; fsync it with the next pass that needs one,
         or within LAZY_SYNC_S.
 
-        Only ACKs of results wait for it, and a worker keeps a result until
-        its ACK, so an fsync per pass of results buys nobody anything.  The
-        results themselves were pushed to their clients already (as always:
-        before the pass's fsync).
+        Two kinds of pass leave their fsync.  One that only stored results:
+        only ACKs wait for it, and a worker keeps a result until its ACK, so
+        an fsync per pass of results buys nobody anything (the results were
+        pushed to their clients already, as always before the pass's fsync).
+        And one that took a share of a batch whose rest the next passes take
+        (a connection's frames beyond FRAMES_PER_PASS): its replies are held,
+        and the pass that ends the batch fsyncs for all of them.
         """
         self.durable.write_ahead()
         if self._sync_timer is None:
