@@ -377,12 +377,8 @@ class Loop:
         if behind_count:                # taken out only now: a pass cut short above keeps them all
             behind = self._behind[:behind_count]
             del self._behind[:behind_count]
-            for i, conn in enumerate(behind):
-                try:
-                    conn._handle_held()
-                except BaseException:
-                    self._behind[:0] = behind[i + 1:]
-                    raise
+            for conn in behind:         # (_handle keeps a handler's failure to its own connection)
+                conn._handle_held()
         if self._timers:                # most passes have nothing to do here: no calls then
             self._run_timers()
         if self._urgent:

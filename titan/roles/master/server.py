@@ -306,12 +306,12 @@ class Master(ClientRequests, Handler):
             self._held = []
         else:
             may_wait = appended == self._appended_at_pass or (results and quiet)
-        if self.loop.frames_held and not self.loop.replies_waiting:
-            # More of a batch is handled next pass: one fsync after it covers this pass too
-            # (the replies that wait for this one are all held until then).
-            may_wait = self._batch_unsynced = True
-        elif self._batch_unsynced:
-            may_wait = self._batch_unsynced = False
+        # While more of a batch is handled next pass, one fsync after it covers this pass too
+        # (the replies that wait for this one are all held); the pass that ends it fsyncs.
+        batch_goes_on = self.loop.frames_held and not self.loop.replies_waiting
+        if batch_goes_on or self._batch_unsynced:
+            may_wait = batch_goes_on
+        self._batch_unsynced = batch_goes_on
         self._appended_at_pass = appended
         if self.durable.broken:
             self.durable.flush()
