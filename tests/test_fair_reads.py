@@ -18,8 +18,8 @@ from titan.wire.frames import Frame, Op, pack
 
 
 class Recorder(Handler):
-    def __init__(self, seen: List[Tuple[str, int, int]], name: str, loop: Loop) -> None:
-        self.seen, self.name, self.loop = seen, name, loop
+    def __init__(self, seen: List[Tuple[str, int, int]], name: str) -> None:
+        self.seen, self.name = seen, name
         self.passes = 0
         self.closed_after = -1
 
@@ -30,20 +30,42 @@ class Recorder(Handler):
         self.closed_after = sum(1 for name, _, _ in self.seen if name == self.name)
 
 
-@pytest.fixture
-def pairs():
-    made = []
+class Answering(Recorder):
+    """Answers every frame, as the master does: the replies go to a peer that may be gone."""
 
-    def make() -> Tuple[socket.socket, socket.socket]:
+    def on_frame(self, conn: Connection, frame: Frame) -> None:
+        super().on_frame(conn, frame)
+        conn.send(Op.PONG, frame.req_id, {})
+
+
+class Peers:
+    """A loop, and peers connected to it over loopback TCP; ``seen`` is every frame handled, in order."""
+
+    def __init__(self) -> None:
+        self.loop = Loop()
+        self.seen: List[Tuple[str, int, int]] = []
+        self.sockets: List[socket.socket] = []
+
+    def connect(self, name: str, kind: type = Recorder) -> Tuple[socket.socket, Recorder, Connection]:
+        """The far end of a new connection, its handler, and the loop's connection."""
         with socket.create_server(("127.0.0.1", 0)) as server:
             far = socket.create_connection(server.getsockname())
             near, _ = server.accept()
-        made.extend((near, far))
-        return near, far
+        self.sockets += [near, far]
+        handler = kind(self.seen, name)
+        return far, handler, Connection(self.loop, near, handler)
 
-    yield make
-    for sock in made:
-        sock.close()
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def peers():
+    made = Peers()
+    yield made
+    made.close()
 
 
 def run_passes(loop: Loop, handlers: List[Recorder], until, deadline_s: float = 10.0) -> int:
@@ -62,112 +84,74 @@ def frames(first: int, count: int) -> bytes:
     return b"".join(pack(Op.PING, req_id, {}) for req_id in range(first, first + count))
 
 
-def test_a_burst_is_handled_a_share_per_pass_and_the_other_peer_is_served_at_once(pairs) -> None:
-    loop = Loop()
-    seen: List[Tuple[str, int, int]] = []
-    burst_near, burst_far = pairs()
-    quiet_near, quiet_far = pairs()
-    burst = Recorder(seen, "burst", loop)
-    quiet = Recorder(seen, "quiet", loop)
-    Connection(loop, burst_near, burst)
-    Connection(loop, quiet_near, quiet)
+def test_a_burst_is_handled_a_share_per_pass_and_the_other_peer_is_served_at_once(peers) -> None:
+    seen = peers.seen
+    burst_far, burst, _ = peers.connect("burst")
+    quiet_far, quiet, _ = peers.connect("quiet")
     count = 10 * FRAMES_PER_PASS
     burst_far.sendall(frames(1, count))
     quiet_far.sendall(frames(1, 1))
-    try:
-        run_passes(loop, [burst, quiet], lambda: len(seen) == count + 1)
-        burst_seen = [(req, at) for name, req, at in seen if name == "burst"]
-        assert [req for req, _ in burst_seen] == list(range(1, count + 1))      # all of them, in order
-        per_pass = {}
-        for _, at in burst_seen:
-            per_pass[at] = per_pass.get(at, 0) + 1
-        assert max(per_pass.values()) == FRAMES_PER_PASS
-        assert len(per_pass) >= count // FRAMES_PER_PASS
-        quiet_at = [at for name, _, at in seen if name == "quiet"]
-        assert quiet_at == [0]                      # in the first pass, not after the burst
-        assert seen.index(("quiet", 1, 0)) <= FRAMES_PER_PASS
-    finally:
-        loop.close()
+    run_passes(peers.loop, [burst, quiet], lambda: len(seen) == count + 1)
+    burst_seen = [(req, at) for name, req, at in seen if name == "burst"]
+    assert [req for req, _ in burst_seen] == list(range(1, count + 1))      # all of them, in order
+    per_pass = {}
+    for _, at in burst_seen:
+        per_pass[at] = per_pass.get(at, 0) + 1
+    assert max(per_pass.values()) == FRAMES_PER_PASS
+    assert len(per_pass) >= count // FRAMES_PER_PASS
+    quiet_at = [at for name, _, at in seen if name == "quiet"]
+    assert quiet_at == [0]                      # in the first pass, not after the burst
+    assert seen.index(("quiet", 1, 0)) <= FRAMES_PER_PASS
 
 
-def test_frames_sent_after_a_burst_and_the_close_come_after_every_held_frame(pairs) -> None:
-    loop = Loop()
-    seen: List[Tuple[str, int, int]] = []
-    near, far = pairs()
-    handler = Recorder(seen, "peer", loop)
-    Connection(loop, near, handler)
+def test_frames_sent_after_a_burst_and_the_close_come_after_every_held_frame(peers) -> None:
+    seen = peers.seen
+    far, handler, _ = peers.connect("peer")
     count = 3 * FRAMES_PER_PASS + 5
     far.sendall(frames(1, count))
-    try:
-        run_passes(loop, [handler], lambda: len(seen) >= FRAMES_PER_PASS)   # the burst is being worked off
-        far.sendall(frames(count + 1, 3))       # read only once the held frames are handled
-        far.close()
-        run_passes(loop, [handler], lambda: handler.closed_after >= 0)
-        assert [req for _, req, _ in seen] == list(range(1, count + 4))
-        assert handler.closed_after == count + 3    # the close came after every frame
-    finally:
-        loop.close()
+    run_passes(peers.loop, [handler], lambda: len(seen) >= FRAMES_PER_PASS)   # the burst is being worked off
+    far.sendall(frames(count + 1, 3))       # read only once the held frames are handled
+    far.close()
+    run_passes(peers.loop, [handler], lambda: handler.closed_after >= 0)
+    assert [req for _, req, _ in seen] == list(range(1, count + 4))
+    assert handler.closed_after == count + 3    # the close came after every frame
 
 
-class Answering(Recorder):
-    """Answers every frame, as the master does: the replies go to a peer that may be gone."""
-
-    def on_frame(self, conn: Connection, frame: Frame) -> None:
-        super().on_frame(conn, frame)
-        conn.send(Op.PONG, frame.req_id, {})
-
-
-def test_a_peer_that_sends_a_batch_and_goes_away_has_every_frame_handled(pairs) -> None:
-    loop = Loop()
-    seen: List[Tuple[str, int, int]] = []
-    near, far = pairs()
-    handler = Answering(seen, "peer", loop)
-    conn = Connection(loop, near, handler)
+def test_a_peer_that_sends_a_batch_and_goes_away_has_every_frame_handled(peers) -> None:
+    far, handler, conn = peers.connect("peer", Answering)
     count = 3 * FRAMES_PER_PASS + 7
     # Given a peer that sends a batch and closes without reading the replies (its
     # kernel answers them with a reset, so a later write fails)
     far.sendall(frames(1, count))
     far.close()
-    try:
-        run_passes(loop, [handler], lambda: conn.closed)
-        # Then every frame it sent was handled before the connection was closed
-        assert [req for _, req, _ in seen] == list(range(1, count + 1))
-        assert handler.closed_after == count
-    finally:
-        loop.close()
+    run_passes(peers.loop, [handler], lambda: conn.closed)
+    # Then every frame it sent was handled before the connection was closed
+    assert [req for _, req, _ in peers.seen] == list(range(1, count + 1))
+    assert handler.closed_after == count
 
 
-def test_a_saturated_loop_does_not_wait_for_events_while_it_holds_frames(pairs, monkeypatch) -> None:
-    loop = Loop()
-    seen: List[Tuple[str, int, int]] = []
-    near, far = pairs()
-    handler = Recorder(seen, "peer", loop)
-    Connection(loop, near, handler)
+def test_a_saturated_loop_does_not_wait_for_events_while_it_holds_frames(peers, monkeypatch) -> None:
+    far, handler, _ = peers.connect("peer")
     sleeps: List[float] = []
     monkeypatch.setattr(loop_module.time, "sleep", sleeps.append)
     # Given a loop that lets events gather before each pass while saturated
-    loop.gather_while(lambda: True, 0.001)
+    peers.loop.gather_while(lambda: True, 0.001)
     count = 10 * FRAMES_PER_PASS
     far.sendall(frames(1, count))
-    try:
-        run_passes(loop, [handler], lambda: len(seen) == count)
-        # Then only the pass before the burst was read waited: the passes that
-        # work off the held frames have their work at hand already
-        assert len(sleeps) == 1
-    finally:
-        loop.close()
+    run_passes(peers.loop, [handler], lambda: len(peers.seen) == count)
+    # Then only the pass before the burst was read waited: the passes that
+    # work off the held frames have their work at hand already
+    assert len(sleeps) == 1
 
 
-def test_a_pass_cut_short_by_a_failing_callback_keeps_the_held_frames(pairs) -> None:
-    loop = Loop()
-    seen: List[Tuple[str, int, int]] = []
-    near, far = pairs()
-    handler = Recorder(seen, "peer", loop)
-    Connection(loop, near, handler)
+def test_a_pass_cut_short_by_a_failing_callback_keeps_the_held_frames(peers) -> None:
+    loop, seen = peers.loop, peers.seen
+    far, handler, _ = peers.connect("peer")
     count = 5 * FRAMES_PER_PASS
     far.sendall(frames(1, count))
     run_passes(loop, [handler], lambda: len(seen) >= FRAMES_PER_PASS)      # the rest is held
     failing_r, failing_w = socket.socketpair()
+    peers.sockets += [failing_r, failing_w]
 
     def fails_once(mask: int) -> None:
         failing_r.recv(1)
@@ -177,13 +161,8 @@ def test_a_pass_cut_short_by_a_failing_callback_keeps_the_held_frames(pairs) -> 
     # Given another callback that raises in the middle of a pass (and a caller that goes on)
     loop.register(failing_r, 1, fails_once)
     failing_w.send(b"x")
-    try:
-        with pytest.raises(RuntimeError):
-            run_passes(loop, [handler], lambda: False, deadline_s=5.0)
-        # Then the held frames are still handed over, all of them and in order
-        run_passes(loop, [handler], lambda: len(seen) == count)
-        assert [req for _, req, _ in seen] == list(range(1, count + 1))
-    finally:
-        failing_r.close()
-        failing_w.close()
-        loop.close()
+    with pytest.raises(RuntimeError):
+        run_passes(loop, [handler], lambda: False, deadline_s=5.0)
+    # Then the held frames are still handed over, all of them and in order
+    run_passes(loop, [handler], lambda: len(seen) == count)
+    assert [req for _, req, _ in seen] == list(range(1, count + 1))
