@@ -317,7 +317,8 @@ def test_problem_format() -> None:
 @pytest.mark.parametrize("body, expected", [
     ("retires = 3", "etl.ini:5: [task:t] retires: unknown key 'retires' in [task:t]; did you mean 'retries'?"),
     ("tiemout = 1s", "etl.ini:5: [task:t] tiemout: unknown key 'tiemout' in [task:t]; did you mean 'timeout'?"),
-    ("colour = red", "etl.ini:5: [task:t] colour: unknown key 'colour' in [task:t]"),
+    ("colour = red", "etl.ini:5: [task:t] colour: unknown key 'colour' in [task:t]; [task:t] takes affinity, "
+                     "after, delay, files, node, priority, requires, retries, retry_backoff, run, timeout, env.NAME"),
     ("port = 80", "etl.ini:5: [task:t] port: unknown key 'port' in [task:t]; 'port' belongs in [service:NAME]"),
     ("schedule = @daily", "etl.ini:5: [task:t] schedule: unknown key 'schedule' in [task:t]; 'schedule' "
                           "belongs in [job]"),
@@ -346,9 +347,9 @@ def test_problem_format() -> None:
     ("files = lib/*.py", "etl.ini:5: [task:t] files: bad file path 'lib/*.py': globs are not expanded; list each "
                          "file"),
     ("after = t", "etl.ini:5: [task:t] after: task 't' cannot be after itself"),
-    ("after = x y", "etl.ini:5: [task:t] after: unknown task 'x' in after"),
+    ("after = x y", "etl.ini:5: [task:t] after: unknown task 'x' in after; the job's tasks are t, y"),
     ("affinity = t", "etl.ini:5: [task:t] affinity: a task cannot have affinity to itself"),
-    ("affinity = nope", "etl.ini:5: [task:t] affinity: unknown task 'nope' in affinity"),
+    ("affinity = nope", "etl.ini:5: [task:t] affinity: unknown task 'nope' in affinity; the job's tasks are t, y"),
     ("affinity = y", "etl.ini:5: [task:t] affinity: task 'y' is not upstream of 't', so it may not have run yet: "
                      "add it to after (directly or through another task)"),
     ("run = again", "etl.ini:5: [task:t] run: duplicate key 'run' in [task:t]: already set on line 4"),

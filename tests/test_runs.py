@@ -24,9 +24,11 @@ def test_up_runs_the_hello_diamond_and_shows_each_tasks_output() -> None:
     assert res.code == 0, res
     assert "--- hello#1/left\nleft\nhello from local-" in res.stdout
     assert "both branches are done" in res.stdout and res.stdout.rstrip().endswith("hello#1  SUCCEEDED")
-    # progress lines on stderr, one per task, the join last
-    lines = [line.split()[0] for line in res.stderr.splitlines() if line.startswith("hello#1/")]
-    assert lines[0] == "hello#1/hello" and lines[-1] == "hello#1/join" and len(lines) == 4
+    # progress lines on stderr: each task starts, then ends, the join last
+    lines = [line.split()[:2] for line in res.stderr.splitlines() if line.startswith("hello#1/")]
+    assert lines[0] == ["hello#1/hello", "RUNNING"] and lines[-1] == ["hello#1/join", "SUCCEEDED"], res
+    assert sorted(lines) == sorted([[f"hello#1/{name}", state] for name in ("hello", "left", "right", "join")
+                                    for state in ("RUNNING", "SUCCEEDED")]), res
 
 
 def test_a_failed_task_skips_its_dependants_and_fails_the_run(cluster: Cluster, tmp_path: Path) -> None:
@@ -56,6 +58,7 @@ run = echo report
     # the CLI shows the graph, and exits 1 for a failed run
     res = run_cli("--master", local.address, "status", "etl#1")
     assert "load             SKIPPED" in res.stdout and "upstream task etl#1/transform FAILED" in res.stdout
+    assert "transform        FAILED     1 attempt  on local-" in res.stdout, res
     res = run_cli("--master", local.address, "trigger", "etl", "--wait")
     assert res.code == 1 and "etl#2  FAILED" in res.stdout, res
     # progress events come to those who ask for them; the final result carries every task's state
@@ -63,7 +66,10 @@ run = echo report
     with local.client() as c:
         result = c.trigger("etl", on_task=seen.append).wait(timeout=60)
         quiet = c.trigger("etl").wait(timeout=60)
-    assert sorted(e["id"] for e in seen) == sorted(result.tasks) and len(seen) == 4
+    ends = {e["id"]: e["state"] for e in seen if e["state"] not in ("QUEUED", "RUNNING")}
+    assert ends == result.tasks and len(ends) == 4
+    started = [e["id"] for e in seen if e["state"] == "RUNNING"]
+    assert sorted(started) == [f"{result.id}/{name}" for name in ("extract", "report", "transform")], seen
     assert sorted(quiet.tasks.values()) == ["FAILED", "SKIPPED", "SUCCEEDED", "SUCCEEDED"]
 
 
@@ -259,6 +265,7 @@ run = echo next
         # Then it was tried three times, went DEAD, and its dependant was skipped
         assert result.tasks == {"flaky#1/try": "DEAD", "flaky#1/next": "SKIPPED"}
         assert len(c.status("flaky#1/try")["attempts"]) == 3
+    assert "try              DEAD       3 attempts on local-1" in run_cli(*m, "status", "flaky#1").stdout
     assert "flaky#1/try" in run_cli(*m, "dead").stdout
     # When the cause is fixed and the run is retried, the rest of the run goes on
     fixed.touch()
@@ -299,6 +306,57 @@ def test_the_examples_run(tmp_path: Path) -> None:
     assert res.code == 0 and "total words: 3000" in res.stdout, res
     res = run_cli("up", "--tags", "gpu", str(REPO / "examples" / "gpu-routing.ini"), timeout_s=60)
     assert res.code == 0 and "training on local-" in res.stdout and "model trained" in res.stdout, res
+
+
+def test_up_gives_the_tags_a_job_requires_to_its_first_worker() -> None:
+    res = run_cli("up", str(REPO / "examples" / "gpu-routing.ini"), timeout_s=60)
+    assert res.code == 0 and "local-1 gets the tags gpu" in res.stderr, res
+    # the gpu tasks ran on local-1, the only gpu worker; the report could go to either
+    assert "training on local-1 with" in res.stdout and "model trained" in res.stdout, res
+    assert "gpu-routing#1/prepare  SUCCEEDED on local-1" in res.stderr, res
+
+
+def test_wait_shows_each_attempt_starting_failing_and_waiting_for_its_retry(cluster: Cluster,
+                                                                            tmp_path: Path) -> None:
+    local = cluster(workers=1)
+    marker = tmp_path / "failed-once"
+    job = write_job(tmp_path, "once.ini", f"""
+[job]
+name = once
+[task:try]
+run = test -e {marker} || {{ touch {marker}; exit 3; }}
+retries = 1
+retry_backoff = 0.5s
+[task:next]
+after = try
+run = echo next
+""")
+    res = run_cli("--master", local.address, "submit", job, "--wait")
+    assert res.code == 0 and "once#1  SUCCEEDED" in res.stdout, res
+    lines = [line for line in res.stderr.splitlines() if line.startswith("once#1/")]
+    assert lines == ["once#1/try  RUNNING on local-1",
+                     "once#1/try  QUEUED (attempt 1 failed with exit code 3; next attempt in 0.5s)",
+                     "once#1/try  RUNNING on local-1 (attempt 2)",
+                     "once#1/try  SUCCEEDED on local-1",
+                     "once#1/next  RUNNING on local-1",
+                     "once#1/next  SUCCEEDED on local-1"], res
+    assert "try              SUCCEEDED  2 attempts on local-1" in run_cli("--master", local.address, "status",
+                                                                         "once#1").stdout
+
+
+def test_progress_says_when_no_worker_has_the_tags_a_queued_task_requires(cluster: Cluster,
+                                                                         tmp_path: Path) -> None:
+    local = cluster(workers=1)
+    job = write_job(tmp_path, "gpu.ini", "[job]\nname = gpu\n[task:train]\nrequires = gpu\nrun = true\n")
+    seen: list = []
+    with local.client() as c:
+        run = c.submit_file(job, on_task=seen.append)
+        with pytest.raises(TimeoutError):
+            run.wait(timeout=1.0)              # the event arrives while we wait
+        assert [(e["id"], e["state"]) for e in seen] == [("gpu#1/train", "QUEUED")], seen
+        assert seen[0]["reason"] == "no connected worker has tags gpu: start one with --tags gpu"
+        c.cancel(run.id)
+        assert run.wait(timeout=30).state == "CANCELLED"
 
 
 def test_a_job_submitted_again_unchanged_is_stored_once(titan_procs: TitanProcs, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from titan.sdk.client import Client
 from titan.sdk.runs import Run, RunResult
 
 __all__ = ["cmd_check", "cmd_submit", "cmd_trigger", "cmd_runs", "cmd_jobs", "cmd_dead", "cmd_cron",
-           "show_run", "run_file", "print_problems"]
+           "show_run", "run_file", "required_tags", "print_problems"]
 
 
 def print_problems(exc: JobFileError) -> int:
@@ -29,9 +29,12 @@ def print_problems(exc: JobFileError) -> int:
 
 
 def _progress(event: Dict[str, Any]) -> None:
-    node = f" on {event['node']}" if event.get("node") else ""
-    why = f" ({event['reason']})" if event.get("reason") and event.get("state") != "SUCCEEDED" else ""
-    print(f"{event['id']}  {event['state']}{node}{why}", file=sys.stderr, flush=True)
+    """One line per change of a task's state: queued (and why it waits), running, ended."""
+    state = event.get("state")
+    node = f" on {event['node']}" if event.get("node") and state != "QUEUED" else ""
+    attempt = f" (attempt {event['attempt']})" if state == "RUNNING" and (event.get("attempt") or 0) > 1 else ""
+    why = f" ({event['reason']})" if event.get("reason") and state != "SUCCEEDED" else ""
+    print(f"{event['id']}  {state}{node}{attempt}{why}", file=sys.stderr, flush=True)
 
 
 def _finish(run: Run, wait: bool, as_json: bool) -> int:
@@ -172,11 +175,24 @@ def cmd_cron(args: argparse.Namespace) -> int:
 def show_run(view: Dict[str, Any]) -> int:
     print(f"{view['id']}  {view['state']}")
     for t in view["tasks"]:
+        tries = len(t.get("attempts") or ())
+        tries_text = f"{tries} attempt{'s' if tries != 1 else ''}" if tries else ""
         node = f" on {t['node']}" if t.get("node") else ""
         after = f"  (after {', '.join(a.rsplit('/', 1)[-1] for a in t['after'])})" if t.get("after") else ""
         reason = f"  {t['reason']}" if t.get("reason") and t["state"] != "SUCCEEDED" else ""
-        print(f"  {t['id'].rsplit('/', 1)[-1]:<16} {t['state']:<10}{node}{after}{reason}")
+        print(f"  {t['id'].rsplit('/', 1)[-1]:<16} {t['state']:<10} {tries_text:<10}{node}{after}{reason}".rstrip())
     return EXIT_OK
+
+
+def required_tags(path: str) -> List[str]:
+    """The tags the tasks and services of a job file require (none if it cannot be read: `up` says why later)."""
+    from titan.core.jobfile import parse
+    try:
+        spec = parse(Path(path).read_bytes().decode("utf-8"), filename=path)
+    except (OSError, UnicodeDecodeError, JobFileError):
+        return []
+    units = list(spec.tasks.values()) + list(spec.services.values())
+    return sorted(set().union(*(unit.requires for unit in units)))
 
 
 def run_file(c: Client, path: str) -> Tuple[int, List[str]]:

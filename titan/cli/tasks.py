@@ -99,16 +99,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     from titan.roles.local import LocalCluster
     setup_logging(args.log_level, "WARNING")
     _interrupt_on(signal.SIGINT, signal.SIGTERM)
-    cluster = LocalCluster(workers=args.workers, slots=args.slots, worker_tags=tags(args.tags),
-                           data_dir=Path(args.data) if args.data else None, token=args.token)
     command = _command(args.command) if args.command else None
+    job_file = command if isinstance(command, str) and command.endswith(".ini") and os.path.isfile(command) \
+        else None
+    first_tags = [] if args.tags or job_file is None else jobs.required_tags(job_file)
+    if first_tags:
+        print(f"titan: local-1 gets the tags {','.join(first_tags)}, which the job requires "
+              f"(--tags gives them to every local worker instead)", file=sys.stderr)
+    cluster = LocalCluster(workers=args.workers, slots=args.slots, worker_tags=tags(args.tags),
+                           first_worker_tags=first_tags, data_dir=Path(args.data) if args.data else None,
+                           token=args.token)
     address = cluster.start()
     try:
         if command is None:
             return _serve_until_interrupted(cluster, address)
-        if isinstance(command, str) and command.endswith(".ini") and os.path.isfile(command):
+        if job_file is not None:
             with cluster.client() as c:
-                code, services = jobs.run_file(c, command)
+                code, services = jobs.run_file(c, job_file)
             if not services or code != EXIT_OK:
                 return code
             return _serve_until_interrupted(cluster, address)   # the job's services: until Ctrl-C

@@ -417,7 +417,7 @@ class _Builder:
         elif owners:
             message += f"; {key!r} belongs in [{owners[0]}{'' if owners[0] == 'job' else ':NAME'}]"
         else:
-            message += suggest(key, _KEYS[kind])
+            message += suggest(key, _KEYS[kind]) or f"; [{label}] takes {_listing(sorted(_KEYS[kind]) + ['env.NAME'])}"
         self.report(entry.line, label, key, message)
 
     # ----- checks across sections ----------------------------------------------------
@@ -441,7 +441,8 @@ class _Builder:
     def missing_task(self, wanted: str, what: str) -> str:
         if wanted in self.services:
             return f"{wanted!r} in {what} is a service; only tasks can be named here"
-        return f"unknown task {wanted!r} in {what}{suggest(wanted, self.tasks)}"
+        hint = suggest(wanted, self.tasks) or (f"; the job's tasks are {_listing(list(self.tasks))}" if self.tasks else "")
+        return f"unknown task {wanted!r} in {what}{hint}"
 
     def check_dependencies(self) -> None:
         for task in self.tasks.values():
@@ -505,6 +506,12 @@ class _Builder:
 
 
 # ----- graph helpers ----------------------------------------------------------------------
+def _listing(names: List[str], most: int = 12) -> str:
+    """``a, b, c``, or the first ``most`` and how many more."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
 def _topological(names: List[str], deps: Mapping[str, Iterable[str]]) -> List[str]:
     """Kahn's algorithm; ties go to the earlier name.  Names on or behind a cycle are left out."""
     position = {name: i for i, name in enumerate(names)}

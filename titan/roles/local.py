@@ -28,7 +28,7 @@ class LocalCluster:
     def __init__(self, *, workers: int = 2, slots: Optional[int] = None, data_dir: Optional[Path] = None,
                  token: Optional[str] = None, bind: str = "127.0.0.1:0",
                  master_args: Sequence[str] = (), worker_args: Sequence[str] = (),
-                 worker_tags: Sequence[str] = ()) -> None:
+                 worker_tags: Sequence[str] = (), first_worker_tags: Sequence[str] = ()) -> None:
         self.workers = workers
         self.slots = slots
         self.token = token
@@ -36,6 +36,7 @@ class LocalCluster:
         self.master_args = list(master_args)
         self.worker_args = list(worker_args)
         self.worker_tags = list(worker_tags)
+        self.first_worker_tags = list(first_worker_tags)     # local-1's own, on top of worker_tags
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="titan-up-"))
         self.master: Optional[subprocess.Popen] = None
@@ -98,8 +99,9 @@ class LocalCluster:
                 "--data", str(self.data_dir / name)]
         if self.slots:
             args += ["--slots", str(self.slots)]
-        if self.worker_tags:
-            args += ["--tags", ",".join(self.worker_tags)]
+        own = self.worker_tags + (self.first_worker_tags if name == "local-1" else [])
+        if own:
+            args += ["--tags", ",".join(sorted(set(own)))]
         proc = self._spawn(args + self.worker_args + list(extra), f"{name}.log")
         self.worker_procs.append(proc)
         return proc

@@ -4,8 +4,11 @@
     result = run.wait(timeout=600)          # RunResult: state, and each task's state and node
     result.state == "SUCCEEDED"
 
-The master pushes each task's end and the run's end on the request that
-started the run, so waiting costs no polling.
+The master pushes the run's end on the request that started the run, so
+waiting costs no polling.  With ``on_task=callback`` it also pushes each
+change of a task's state (queued, running, ended; each an event dict with
+``id``, ``state``, ``node``, ``attempt`` and ``reason``), and ``wait`` calls
+the callback with each as it arrives.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
     RUN {job | job_encoded, start, watch} ──▶ register the job (titan:job:NAME) ──▶ run JOB#N: tasks JOB#N/TASK
     TRIGGER {job}           ──▶ a run of a registered job now
     REMOVE_JOB {job}        ──▶ forget the job and its schedule; runs that started go on
-    task ends ──▶ EVENT {kind: "task"} to the run's watchers; the last one ──▶ EVENT {kind: "run"}
-                                                             and RUN_DONE to the connected workers
+    a task changes state ──▶ EVENT {kind: "task"} to the run's progress watchers
+    the last task ends ──▶ EVENT {kind: "run"} to every watcher, and RUN_DONE to the connected workers
     worker HELLO {shared: [run, ...]} ──▶ RUN_DONE for each listed run that is over
 
 A run is its tasks: the scheduler holds them (each record names its run), so
@@ -41,6 +41,7 @@ class RunService:
         self._digest_of: Dict[str, bytes] = {}              # and back
         self.runs: Dict[str, List[str]] = {}
         self.watchers: Dict[str, List[Tuple[Connection, int, bool]]] = {}   # run -> (conn, req, progress)
+        self.told: Dict[str, Dict[str, Tuple[str, int]]] = {}   # run with progress watchers -> task -> (state, attempts)
         self._touched: "set[str]" = set()
         self.slot_freed = False     # a scheduled run ended since fire_due last ran
 
@@ -222,9 +223,12 @@ class RunService:
         return {"job": job["name"], "run": run_id, "tasks": ids}
 
     def _watch(self, conn: Connection, req_id: int, run_id: str, body: Dict[str, Any]) -> None:
-        """``watch``: the run's end as an EVENT; ``progress`` (default on): each task's end too."""
+        """``watch``: the run's end as an EVENT; ``progress`` (default on): each task's changes too."""
         if body.get("watch") and run_id:
-            self.watchers.setdefault(run_id, []).append((conn, req_id, bool(body.get("progress", True))))
+            progress = bool(body.get("progress", True))
+            self.watchers.setdefault(run_id, []).append((conn, req_id, progress))
+            if progress:
+                self.told.setdefault(run_id, {})
 
     def forget(self, gone: List[TaskRecord]) -> None:
         """Tasks past their retention were forgotten: so is a run none of whose tasks is left."""
@@ -287,22 +291,46 @@ class RunService:
 
     # ----- events --------------------------------------------------------
     def task_ended(self, record: TaskRecord) -> None:
-        """Tell the run's watchers; close their stream when the whole run has ended."""
+        """Tell the run's progress watchers at once; close their stream when the whole run has ended."""
         run_id = record.run
         if not run_id:
             return
-        if run_id not in self.watchers:
-            self._touched.add(run_id)
+        self._touched.add(run_id)
+        told = self.told.get(run_id)
+        if told is None:
             return
-        if not any(w[2] for w in self.watchers[run_id]):
-            self._touched.add(run_id)
+        told[record.id] = (record.state.value, len(record.attempts))
+        self._tell(run_id, {"kind": "task", "id": record.id, "state": record.state.value, "node": record.node,
+                            "attempt": len(record.attempts), "exit_code": record.exit_code,
+                            "reason": record.note or (record.current.reason if record.current else "")})
+
+    def tell_changes(self, changed: "set[str]", now: float) -> None:
+        """Once a pass: progress watchers hear of each task of theirs that was queued or started.
+
+        A task that changed twice in one pass is told once, in the state it
+        is in now (queued and started at once: RUNNING).  Ends were told as
+        they happened (:meth:`task_ended`).
+        """
+        if not self.told:
             return
-        event = {"kind": "task", "id": record.id, "state": record.state.value, "node": record.node,
-                 "exit_code": record.exit_code, "reason": record.note or (record.current.reason if record.current else "")}
-        for conn, req_id, progress in self.watchers[run_id]:
+        sched = self.master.sched
+        news = []
+        for task_id in changed:
+            record = sched.tasks.get(task_id)
+            if record is None or record.run not in self.told or record.state in TERMINAL:
+                continue
+            told = self.told[record.run]
+            state = (record.state.value, len(record.attempts))
+            if told.get(task_id, (TaskState.WAITING.value, 0)) != state:
+                told[task_id] = state
+                news.append(record)
+        for record in sorted(news, key=lambda r: r.seq):
+            self._tell(record.run, _change(record, sched, now))
+
+    def _tell(self, run_id: str, event: Dict[str, Any]) -> None:
+        for conn, req_id, progress in self.watchers.get(run_id, ()):
             if progress:
                 conn.send(Op.EVENT, req_id, event, FLAG_MORE, urgent=True)
-        self._touched.add(run_id)
 
     def close_finished(self) -> None:
         """After a batch of actions: end the streams of runs that are now over."""
@@ -316,6 +344,7 @@ class RunService:
                 conn.send(Op.RUN_DONE, 0, {"run": run_id}, lazy=True)
             if "@" in run_id:
                 self.slot_freed = True                         # overlap=queue slots may start now
+            self.told.pop(run_id, None)
             for conn, req_id, _ in self.watchers.pop(run_id, []):
                 conn.send(Op.EVENT, req_id, {"kind": "run", "run": view}, 0, urgent=True)
 
@@ -333,6 +362,8 @@ class RunService:
     def dropped(self, conn: Connection) -> None:
         for run_id in list(self.watchers):
             self.watchers[run_id] = [w for w in self.watchers[run_id] if w[0] is not conn]
+            if not any(w[2] for w in self.watchers[run_id]):
+                self.told.pop(run_id, None)
             if not self.watchers[run_id]:
                 del self.watchers[run_id]
 
@@ -343,6 +374,30 @@ class UnknownJobName(UsageError):
     def __init__(self, name: object) -> None:
         super().__init__(f"no job {name!r}: `titan jobs` lists the jobs this master knows; "
                          f"`titan submit FILE` registers one")
+
+
+def _change(record: TaskRecord, sched: Any, now: float) -> Dict[str, Any]:
+    """The EVENT telling that ``record`` is now queued or running, and why it is queued."""
+    attempt = record.current
+    event: Dict[str, Any] = {"kind": "task", "id": record.id, "state": record.state.value,
+                             "attempt": len(record.attempts), "node": attempt.worker if attempt else None}
+    why = ""
+    if record.state is TaskState.QUEUED:
+        if attempt is not None and attempt.state is not TaskState.RUNNING:
+            ended = f"with exit code {attempt.exit_code}" if attempt.exit_code is not None else \
+                f"({attempt.reason or attempt.state.value})"
+            why = f"attempt {attempt.number} failed {ended}"
+            if record.ready_at > now:
+                why += f"; next attempt in {record.ready_at - now:.3g}s"
+        elif record.ready_at > now:
+            why = f"delayed: starts in {record.ready_at - now:.3g}s"
+        needs = record.spec.requires
+        if needs and not any(w.connected and needs <= w.tags for w in sched.workers.values()):
+            lacking = ",".join(sorted(needs))
+            why = (why + "; " if why else "") + f"no connected worker has tags {lacking}: " \
+                                                f"start one with --tags {lacking}"
+    event["reason"] = why
+    return event
 
 
 def _job_of(run_id: str) -> str:

@@ -284,7 +284,9 @@ class Master(ClientRequests, Handler):
         Until the store has the data, submissions get no OK and results no
         ACK (a worker keeps an un-ACKed result and reports it again).
         """
-        wrote_more = self.durable.persist(self.sched, self.clock())
+        now = self.clock()
+        self.runs.tell_changes(self.sched.dirty, now)
+        wrote_more = self.durable.persist(self.sched, now)
         acks_only = not self._held
         results, self._results_read = self._results_read, False
         if self._acks_due:                          # one ACK per worker per ACK_EVERY_S
