@@ -6,6 +6,7 @@ everything it started.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -105,3 +106,22 @@ def test_up_without_a_command_serves_until_interrupted(tmp_path: Path) -> None:
     # Then it exits 0 and the worker it started is gone
     assert code == 0
     wait_until(lambda: pid_gone(worker_pid), 10, "the local worker to exit")
+
+
+def test_logs_json_gives_the_output_with_its_attempt_and_node(cluster: Callable[..., LocalCluster]) -> None:
+    local = cluster(workers=1)
+    m = ("--master", local.address)
+    with local.client() as c:
+        task = c.submit("printf 'caf\\303\\251\\n'; exit 4")
+        assert task.result(timeout=30).exit_code == 4
+    for argv in (["--json", "logs", task.id], ["logs", task.id, "--json"]):
+        res = run_cli(*m, *argv)
+        assert res.code == 0, res
+        assert json.loads(res.stdout) == {"task": task.id, "attempt": 1, "node": "local-1", "state": "FAILED",
+                                          "exit_code": 4, "output": "café\n"}
+    # followed: a JSON line per chunk of output, then one that says how the attempt ended
+    res = run_cli(*m, "logs", "-f", "--json", task.id)
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert "".join(line.get("output", "") for line in lines[:-1]) == "café\n", res
+    assert lines[-1] == {"task": task.id, "attempt": 1, "node": "local-1", "state": "FAILED", "exit_code": 4,
+                         "end": True}

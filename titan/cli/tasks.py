@@ -7,6 +7,8 @@ prints. ``titan run`` and ``titan up -- CMD`` exit with the task's own code
 from __future__ import annotations
 
 import argparse
+import codecs
+import json
 import os
 import signal
 import sys
@@ -17,7 +19,7 @@ from typing import Any, Dict, Sequence
 from titan.cli import jobs
 from titan.cli.common import (EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, make_client, print_json,
                               show_list, setup_logging, tags)
-from titan.errors import UsageError
+from titan.errors import RemoteError, UsageError
 from titan.sdk.client import TaskResult
 
 __all__ = ["exit_code_of", "cmd_run", "cmd_up", "cmd_status", "cmd_wait", "cmd_cancel", "cmd_retry",
@@ -200,9 +202,39 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     with make_client(args) as c:
+        if args.json:
+            return _logs_json(c, args)
         for chunk in c.logs(args.task_id, attempt=args.attempt, follow=args.follow):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
+    return EXIT_OK
+
+
+def _logs_json(c: Any, args: argparse.Namespace) -> int:
+    """``logs --json``: one object with the output, or with ``-f`` a line per chunk, then the end."""
+    def which() -> Dict[str, Any]:
+        out: Dict[str, Any] = {"task": args.task_id}
+        try:
+            st = c.status(args.task_id)
+        except RemoteError:         # a service's name: its output has no attempt to name
+            return out
+        attempts = st.get("attempts") or []
+        if args.attempt is not None:
+            attempts = [a for a in attempts if a.get("attempt") == args.attempt]
+        if attempts:
+            out.update(attempt=attempts[-1]["attempt"], node=attempts[-1]["node"], state=attempts[-1]["state"],
+                       exit_code=attempts[-1]["exit_code"])
+        return out
+
+    chunks = c.logs(args.task_id, attempt=args.attempt, follow=args.follow)
+    if not args.follow:
+        output = b"".join(chunks).decode("utf-8", "replace")
+        print_json({**which(), "output": output})
+        return EXIT_OK
+    text = codecs.getincrementaldecoder("utf-8")("replace")     # a character may span two chunks
+    for chunk in chunks:
+        print(json.dumps({"task": args.task_id, "output": text.decode(chunk)}), flush=True)
+    print(json.dumps({**which(), "end": True}, sort_keys=True), flush=True)
     return EXIT_OK
 
 
