@@ -1,11 +1,17 @@
-"""Scheduled jobs on a real master: a slot fires without waiting a wall-clock minute, and once."""
+"""Scheduled jobs on a real master: a slot fires without waiting a wall-clock minute, and once.
+
+`titan jobs` shows when a scheduled job fires next, in its time zone.
+"""
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import List
 
-from conftest import TitanProcs, run_cli, wait_until
+from conftest import TitanProcs, run_cli, wait_until, write_job
+from titan.core.cron import parse
 from titan.errors import ConnectionLost
 from titan.sdk.client import Client
 
@@ -54,3 +60,33 @@ run = echo "$TITAN_RUN" >> {ledger}; while [ ! -e {gate} ]; do sleep 0.05; done
     assert ledger.read_text().split().count(slot_run) == 1
     listed = run_cli("--master", master.address, "jobs").stdout
     assert "minutely" in listed and "* * * * * UTC" in listed
+
+
+def test_jobs_shows_a_scheduled_jobs_next_fire_time_in_its_time_zone(titan_procs: TitanProcs,
+                                                                     tmp_path: Path) -> None:
+    # Given a master whose clock reads Saturday 2030-03-30 12:00 UTC, the day before Berlin moves to summer time
+    master_now = datetime(2030, 3, 30, 12, tzinfo=timezone.utc).timestamp()
+    offset = master_now - time.time()
+    master = titan_procs.start_master(f"--clock-offset={offset:.3f}")
+    job = write_job(tmp_path, "berlin.ini", """
+[job]
+name = berlin
+schedule = 0 4 * * *
+timezone = Europe/Berlin
+[task:work]
+run = true
+""")
+    # When a job that fires at 04:00 Berlin time is registered
+    assert run_cli("--master", master.address, "submit", job).code == 0
+    res = run_cli("--master", master.address, "jobs", "--json")
+    # Then its next fire time is Sunday 04:00 in Berlin, already on summer time (02:00 UTC)
+    assert res.code == 0, res
+    (row,) = json.loads(res.stdout)
+    assert row["name"] == "berlin" and row["schedule"] == "0 4 * * *", row
+    assert row["timezone"] == "Europe/Berlin", row
+    assert row["next"] == "2030-03-31T04:00:00+02:00", row
+    assert row["next"] == parse("0 4 * * *").next_after(
+        datetime.fromtimestamp(master_now, timezone.utc), "Europe/Berlin").isoformat()
+    # And the table shows the schedule with its time zone, and the same next fire time
+    table = run_cli("--master", master.address, "jobs").stdout
+    assert "0 4 * * * Europe/Berlin" in table and "2030-03-31T04:00:00+02:00" in table, table
