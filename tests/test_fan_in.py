@@ -1,0 +1,42 @@
+"""A wide DAG end to end: one task fans out to a hundred, which fan in to one; the order holds."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+from conftest import write_job
+from titan.roles.local import LocalCluster
+
+Cluster = Callable[..., LocalCluster]
+WIDTH = 100
+
+
+def _only_attempt(task: Dict[str, Any]) -> Dict[str, Any]:
+    (attempt,) = task["attempts"]
+    return attempt
+
+
+def test_a_fan_in_task_starts_only_after_all_hundred_fanned_out_tasks_finish(cluster: Cluster,
+                                                                             tmp_path: Path) -> None:
+    # Given a job: a, then m0..m99 after a, then z after every m
+    local = cluster(workers=2, slots=2)
+    job = write_job(tmp_path, "fan.ini", "[job]\nname = fan\n[task:a]\nrun = echo a\n" + "".join(
+        f"[task:m{i}]\nafter = a\nrun = echo {i}\n" for i in range(WIDTH)) +
+        "[task:z]\nafter = " + ", ".join(f"m{i}" for i in range(WIDTH)) + "\nrun = echo z\n")
+    # When it runs
+    with local.client() as c:
+        run = c.submit_file(job)
+        result = run.wait(timeout=120)
+        tasks = {t["id"].rsplit("/", 1)[1]: t for t in run.tasks()}
+        z_output = b"".join(c.logs(f"{run.id}/z"))
+    # Then every task succeeded once
+    assert result.state == "SUCCEEDED", result
+    assert len(tasks) == WIDTH + 2 and {t["state"] for t in tasks.values()} == {"SUCCEEDED"}
+    assert z_output == b"z\n"
+    a, z = _only_attempt(tasks["a"]), _only_attempt(tasks["z"])
+    middle = [_only_attempt(tasks[f"m{i}"]) for i in range(WIDTH)]
+    # And every m started after a finished, and z started after every m finished (by the master's clock)
+    assert min(m["started_at"] for m in middle) >= a["finished_at"]
+    assert z["started_at"] >= max(m["finished_at"] for m in middle)
+    # And the m's were spread over both workers, so the join waited on more than one of them
+    assert {m["node"] for m in middle} == {"local-1", "local-2"}
