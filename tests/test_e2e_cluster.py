@@ -7,6 +7,7 @@ and that killed tasks leave no process behind.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shlex
 import shutil
@@ -51,6 +52,14 @@ def pids_written(directory: Path) -> bool:
 def assert_all_gone(pids: List[int], logs: Callable[[], str]) -> None:
     wait_until(lambda: all(pid_gone(p) for p in pids), 5.0,
                lambda: f"pids {pids} to exit; alive: {[p for p in pids if not pid_gone(p)]}\n{logs()}")
+
+
+def next_line(lines: "queue.Queue[bytes]", what: str, timeout_s: float = 15.0) -> bytes:
+    """The next line a reader thread queued, or an AssertionError naming ``what`` after ``timeout_s``."""
+    try:
+        return lines.get(timeout=timeout_s)
+    except queue.Empty:
+        raise AssertionError(f"no line from {what} within {timeout_s:g}s") from None
 
 
 def one_line(text: str) -> str:
@@ -188,6 +197,43 @@ def test_cli_run_prints_output_and_exits_with_the_task_code(cluster: Cluster) ->
     assert "FAILED" in three.stderr and "exit code 3" in three.stderr
     assert timed_out.code == 124, timed_out
     assert "timed out" in timed_out.stderr
+
+
+def test_cli_run_streams_output_while_the_task_runs(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a cluster, and a command that prints a line, waits for a gate file, then prints another
+    local = cluster(workers=1)
+    gate = tmp_path / "gate"
+    script = f"echo first; while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done; echo second"
+    # When a user runs it with `titan run`, its stdout a pipe (block-buffered, as a user's would be)
+    env = child_env()
+    env.pop("PYTHONUNBUFFERED", None)
+    run = subprocess.Popen(cli_argv("--master", local.address, "run", "--", "sh", "-c", script),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=env, start_new_session=True)
+    lines: "queue.Queue[bytes]" = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in run.stdout], daemon=True)
+    reader.start()
+    try:
+        # Then the first line is printed while the task is still running, and the second is not
+        assert next_line(lines, "titan run") == b"first\n"
+        with local.client() as c:
+            states = [(t["id"], t["state"]) for t in c.tasks()]
+        assert len(states) == 1 and states[0][1] == "RUNNING", states
+        assert run.poll() is None, "titan run returned before the task ended"
+        assert lines.empty()
+        # And once the task goes on, the rest is printed and titan run exits 0
+        gate.touch()
+        assert run.wait(15) == 0, run.stderr.read() if run.stderr else ""
+        reader.join(5)
+        assert next_line(lines, "titan run", 5) == b"second\n"
+        assert lines.empty()
+    finally:
+        gate.touch()
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(10)
+        run.stdout.close()
+        run.stderr.close()
 
 
 def test_cli_status_nodes_and_logs(cluster: Cluster) -> None:
