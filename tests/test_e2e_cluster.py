@@ -182,6 +182,36 @@ def test_cancel_kills_a_running_task_and_its_grandchild(cluster: Cluster, tmp_pa
     assert_all_gone([shell, child], lambda: dump_logs(local.data_dir))
 
 
+def test_a_cancelled_task_that_ignores_term_is_killed_after_its_grace(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a running task whose shell only logs TERM, with a background child that ignores TERM
+    local = cluster(workers=1)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    d = shlex.quote(str(pids))
+    script = (f"trap 'echo TERM ignored' TERM; echo $$ > {d}/pid.tmp && mv {d}/pid.tmp {d}/pid; "
+              f"(trap '' TERM; exec sleep 300) & echo $! > {d}/child.tmp && mv {d}/child.tmp {d}/child; "
+              f"while :; do wait; done")
+    with local.client() as c:
+        task = c.submit(["sh", "-c", script], kill_grace_s=1.0)
+        wait_until(lambda: pids_written(pids), 15, "the task to write its pids")
+        shell, child = read_pids(pids)
+        try:
+            assert c.status(task.id)["state"] == "RUNNING"
+            # When it is cancelled
+            c.cancel(task.id)
+            result = task.result(RESULT_TIMEOUT_S)
+            # Then TERM came first and was shrugged off, and KILL ended it after the grace
+            assert result.state == "CANCELLED", result
+            assert "TERM ignored" in result.output, result
+            assert result.exit_code == -signal.SIGKILL, result
+            # And neither the shell nor its child is left
+            assert_all_gone([shell, child], lambda: dump_logs(local.data_dir))
+        finally:
+            for pid in (shell, child):      # stopping the cluster would not end them: TERM is ignored
+                if not pid_gone(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
 # ----- 5. the CLI ------------------------------------------------------------
 def test_cli_run_prints_output_and_exits_with_the_task_code(cluster: Cluster) -> None:
     # Given a cluster
