@@ -1,10 +1,17 @@
-"""A worker on its own: a master that does not answer, a disk that refuses writes, a run that ends first."""
+"""A worker on its own: a master that does not answer or hangs up, a disk that refuses writes, a run that ends first."""
 from __future__ import annotations
 
 import resource
+import time
+from pathlib import Path
+from typing import Callable, List
 
 from conftest import FakeMaster, TitanProcs, wait_until
 from titan.wire.frames import Op
+
+# The worker waits 0.1 s before its first redial and doubles the wait each time, up to 5 s,
+# each wait drawn within +-20% of that (titan/roles/worker/server.py, Worker._retry_later).
+FIRST_BACKOFF_S, MAX_BACKOFF_S, JITTER = 0.1, 5.0, 0.2
 
 
 def test_a_master_that_never_answers_hello_is_dialled_again(titan_procs: TitanProcs,
@@ -19,6 +26,58 @@ def test_a_master_that_never_answers_hello_is_dialled_again(titan_procs: TitanPr
         again.close()
     finally:
         silent.close()
+
+
+def test_a_worker_waits_longer_before_each_redial_of_a_master_that_hangs_up(titan_procs: TitanProcs,
+                                                                             fake_master: FakeMaster) -> None:
+    # Given a worker whose master hangs up on every connection before the handshake ends
+    titan_procs.start_worker(fake_master.address, "w")
+    fake_master.listener.settimeout(10)
+    accepted: List[float] = []
+    # When it has dialled six times (waits of about 0.1, 0.2, 0.4, 0.8 and 1.6 s between them)
+    for _ in range(6):
+        sock, _ = fake_master.listener.accept()
+        accepted.append(time.monotonic())
+        sock.close()
+    gaps = [later - earlier for earlier, later in zip(accepted, accepted[1:])]
+    # Then the gaps grow: each from the third on is longer than the first two, and the last
+    # is the longest and several times the first (a fixed delay would keep them all alike)
+    assert all(g > max(gaps[:2]) for g in gaps[2:]), gaps
+    assert gaps[-1] == max(gaps) and gaps[-1] >= 3 * gaps[0], gaps
+
+
+def test_the_redial_delay_doubles_from_a_tenth_of_a_second_up_to_five(tmp_path: Path) -> None:
+    from titan.roles.worker.server import Worker, WorkerConfig
+    # Given a worker whose timers are recorded instead of run
+    worker = Worker(WorkerConfig(master=("127.0.0.1", 9), name="w", data_dir=tmp_path / "w"))
+    real_loop = worker.loop
+    timers = TimerRecorder()
+    worker.loop = timers        # type: ignore[assignment]
+    try:
+        # When the master cannot be reached ten times in a row
+        for _ in range(10):
+            worker._retry_later("test")
+    finally:
+        worker.loop = real_loop
+        worker.ledger.close()
+        real_loop.close()
+    # Then each redial waits twice as long as the one before, within the jitter, until the cap
+    nominal = [min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** n) for n in range(10)]
+    for delay, expected in zip(timers.delays, nominal):
+        assert (1 - JITTER) * expected <= delay <= (1 + JITTER) * expected, (timers.delays, nominal)
+    assert len(timers.delays) == 10 and all(fn == worker._dial for fn in timers.callbacks)
+
+
+class TimerRecorder:
+    """Stands in for the worker's loop: keeps the timers it is asked for, runs none."""
+
+    def __init__(self) -> None:
+        self.delays: List[float] = []
+        self.callbacks: List[Callable[[], None]] = []
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self.delays.append(delay_s)
+        self.callbacks.append(callback)
 
 
 def test_an_ephemeral_worker_asks_to_retire_again_after_a_reconnect(titan_procs: TitanProcs,
