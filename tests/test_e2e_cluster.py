@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List, Set
 
 import pytest
 
@@ -60,6 +60,21 @@ def next_line(lines: "queue.Queue[bytes]", what: str, timeout_s: float = 15.0) -
         return lines.get(timeout=timeout_s)
     except queue.Empty:
         raise AssertionError(f"no line from {what} within {timeout_s:g}s") from None
+
+
+def assert_heard_again(c: Client, names: Set[str]) -> None:
+    """Wait until every node in ``names`` shows a last_seen_s lower than in an earlier listing."""
+    heard: Set[str] = set()
+    last: Dict[str, float] = {}
+
+    def all_heard() -> bool:
+        for n in c.nodes():
+            if n["last_seen_s"] < last.get(n["name"], -1.0):
+                heard.add(n["name"])
+            last[n["name"]] = n["last_seen_s"]
+        return heard >= names
+
+    wait_until(all_heard, 10, lambda: f"a heartbeat from each of {sorted(names - heard)}; last_seen_s {last}")
 
 
 def one_line(text: str) -> str:
@@ -291,6 +306,47 @@ def test_cli_status_nodes_and_logs(cluster: Cluster) -> None:
     assert logs.code == 0, logs
     assert sorted(logs.stdout.splitlines()) == ["first", "second"]
     assert plain.code == 0 and result.id in plain.stdout and f"on {result.node}" in plain.stdout, plain
+
+
+def test_cli_nodes_shows_each_workers_load_and_when_it_was_last_heard(cluster: Cluster, tmp_path: Path) -> None:
+    # Given two workers with two slots each, one of them running a task that waits for a gate file
+    local = cluster(workers=2, slots=2)
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    script = f"touch {shlex.quote(str(started))}; while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done"
+
+    def nodes() -> Dict[str, dict]:
+        out = run_cli("--master", local.address, "nodes", "--json")
+        assert out.code == 0, out
+        return {n["name"]: n for n in json.loads(out.stdout)}
+
+    with local.client() as c:
+        task = c.submit(["sh", "-c", script])
+        try:
+            wait_until(started.exists, 15, "the task to start")
+            # When a user lists the nodes while it runs
+            busy = nodes()
+        finally:
+            gate.touch()
+        result = task.result(RESULT_TIMEOUT_S)
+    # Then the node running it shows one of its two slots in use, and the other node none
+    assert result.ok, result
+    node, other = result.node, ({"local-1", "local-2"} - {result.node}).pop()
+    assert (busy[node]["running"], busy[node]["load"]) == (1, 0.5), busy[node]
+    assert (busy[other]["running"], busy[other]["load"]) == (0, 0.0), busy[other]
+    # And once it has ended, both are idle again
+    idle = nodes()
+    assert [(n["running"], n["load"]) for n in idle.values()] == [(0, 0.0), (0, 0.0)], idle
+    # And each was heard from within its heartbeat timeout (5 s here; 0.5 s between heartbeats)
+    for listed in (busy, idle):
+        for n in listed.values():
+            assert 0 <= n["last_seen_s"] < 5, n
+    # And last_seen_s starts again from zero when a worker's next heartbeat comes in (not only when it
+    # registers again: each worker registered once)
+    with local.client() as c:
+        assert_heard_again(c, {"local-1", "local-2"})
+    for name in ("local-1", "local-2"):
+        log = (local.data_dir / f"{name}.log").read_text()
+        assert log.count("registered with the master") == 1, log
 
 
 def test_cli_logs_follow_prints_lines_as_they_come(cluster: Cluster, tmp_path: Path) -> None:
