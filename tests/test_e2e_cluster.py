@@ -116,6 +116,27 @@ def test_every_attempt_starts_in_an_empty_workspace(cluster: Cluster) -> None:
     assert [r.output for r in results + quiet] == [""] * 9
 
 
+def test_a_task_is_told_its_master_run_task_attempt_node_and_directories(cluster: Cluster) -> None:
+    # Given a cluster, and a task that fails on its first attempt and may be retried once
+    local = cluster(workers=1)
+    names = ["TITAN_MASTER", "TITAN_RUN", "TITAN_TASK", "TITAN_ATTEMPT", "TITAN_SHARED", "TITAN_WORKSPACE",
+             "TITAN_NODE"]
+    script = " ".join(f'echo "{n}=${n}";' for n in names) + ' echo "PWD=$(pwd -P)"; [ "$TITAN_ATTEMPT" = 2 ]'
+    # When it runs twice
+    with local.client() as c:
+        result = c.submit(["sh", "-c", script], retries=1, retry_backoff_s=0.1).result(RESULT_TIMEOUT_S)
+    # Then its second attempt was told where the master is, which run, task, attempt and node it is,
+    # and that a lone task's shared directory is its own workspace, the directory it started in
+    assert (result.state, result.attempts) == ("SUCCEEDED", 2), result
+    env = dict(line.split("=", 1) for line in result.output.splitlines())
+    assert env["TITAN_MASTER"] == local.address
+    assert (env["TITAN_RUN"], env["TITAN_TASK"], env["TITAN_ATTEMPT"]) == (result.id, result.id, "2"), env
+    assert env["TITAN_NODE"] == result.node == "local-1"
+    workspace = str(Path(env["TITAN_WORKSPACE"]).resolve())
+    assert env["TITAN_SHARED"] == env["TITAN_WORKSPACE"] and workspace == env["PWD"], env
+    assert workspace.startswith(str((local.data_dir / "local-1").resolve()) + "/"), env
+
+
 def test_a_task_starts_with_every_signal_at_its_default_action(cluster: Cluster) -> None:
     # Given a worker (a Python process, which ignores SIGPIPE and SIGXFSZ itself)
     local = cluster(workers=1, slots=1)
