@@ -108,20 +108,51 @@ def test_up_without_a_command_serves_until_interrupted(tmp_path: Path) -> None:
     wait_until(lambda: pid_gone(worker_pid), 10, "the local worker to exit")
 
 
-def test_logs_json_gives_the_output_with_its_attempt_and_node(cluster: Callable[..., LocalCluster]) -> None:
+def test_logs_json_gives_the_output_with_its_attempt_and_node(cluster: Callable[..., LocalCluster],
+                                                              tmp_path: Path) -> None:
     local = cluster(workers=1)
     m = ("--master", local.address)
+    marker = tmp_path / "tried"
     with local.client() as c:
-        task = c.submit("printf 'caf\\303\\251\\n'; exit 4")
+        # attempt 1 prints "café" and fails; attempt 2 prints a cut UTF-8 sequence and fails too
+        task = c.submit(f"if [ -e {marker} ]; then printf 'ab\\303'; else touch {marker}; "
+                        f"printf 'caf\\303\\251\\n'; fi; exit 4", retries=1, retry_backoff_s=0.1)
         assert task.result(timeout=30).exit_code == 4
     for argv in (["--json", "logs", task.id], ["logs", task.id, "--json"]):
         res = run_cli(*m, *argv)
         assert res.code == 0, res
-        assert json.loads(res.stdout) == {"task": task.id, "attempt": 1, "node": "local-1", "state": "FAILED",
-                                          "exit_code": 4, "output": "café\n"}
+        assert json.loads(res.stdout) == {"task": task.id, "attempt": 2, "node": "local-1", "state": "FAILED",
+                                          "exit_code": 4, "output": "ab\ufffd"}
+    res = run_cli(*m, "logs", task.id, "--attempt", "1", "--json")
+    assert json.loads(res.stdout)["output"] == "café\n" and json.loads(res.stdout)["attempt"] == 1, res
     # followed: a JSON line per chunk of output, then one that says how the attempt ended
-    res = run_cli(*m, "logs", "-f", "--json", task.id)
-    lines = [json.loads(line) for line in res.stdout.splitlines()]
-    assert "".join(line.get("output", "") for line in lines[:-1]) == "café\n", res
-    assert lines[-1] == {"task": task.id, "attempt": 1, "node": "local-1", "state": "FAILED", "exit_code": 4,
-                         "end": True}
+    for attempt, output in ((None, "ab\ufffd"), ("1", "café\n")):
+        res = run_cli(*m, "logs", "-f", "--json", task.id, *(["--attempt", attempt] if attempt else []))
+        lines = [json.loads(line) for line in res.stdout.splitlines()]
+        number = int(attempt or 2)
+        assert {line["attempt"] for line in lines} == {number}, res
+        assert "".join(line.get("output", "") for line in lines[:-1]) == output, res
+        assert lines[-1] == {"task": task.id, "attempt": number, "node": "local-1", "state": "FAILED",
+                             "exit_code": 4, "end": True}
+    res = run_cli(*m, "logs", task.id, "--attempt", "0")
+    assert res.code == 2 and "has no attempt 0 (it has 2, numbered from 1)" in res.stderr, res
+
+
+def test_logs_follow_of_one_attempt_shows_only_that_attempts_output(cluster: Callable[..., LocalCluster],
+                                                                   tmp_path: Path) -> None:
+    # Given a task whose first attempt prints, waits on a gate, and fails; the second prints something else
+    local = cluster(workers=1)
+    gate, marker = tmp_path / "gate", tmp_path / "tried"
+    with local.client() as c:
+        task = c.submit(f"if [ -e {marker} ]; then echo second; exit 0; fi; touch {marker}; echo first; "
+                        f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 1", retries=1, retry_backoff_s=0.1)
+        wait_until(lambda: b"first" in b"".join(c.logs(task.id)), 30, "the first attempt to print")
+        # When attempt 1 is followed while it runs, and it fails, and attempt 2 runs
+        chunks = c.log_chunks(task.id, attempt=1, follow=True)
+        first = next(chunks)
+        gate.touch()
+        rest = list(chunks)
+        # Then only attempt 1's output came, each chunk named as attempt 1's
+        assert first == (1, b"first\n") and rest == [], rest
+        assert task.result(timeout=30).state == "SUCCEEDED"
+        assert list(c.log_chunks(task.id)) == [(2, b"second\n")]

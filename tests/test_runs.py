@@ -405,3 +405,41 @@ def test_a_bad_job_from_the_sdk_is_refused_whole_and_changes_nothing(cluster: Cl
         assert c.jobs() == [] and c.runs() == []
         # And the connection serves a good job as usual
         assert c.submit_job({"name": "good", "tasks": [ok]}).wait(timeout=30).state == "SUCCEEDED"
+
+
+def test_progress_says_an_attempt_was_lost_when_its_task_starts_again_elsewhere(cluster: Cluster,
+                                                                               tmp_path: Path) -> None:
+    # Given a watched run whose one task runs on one of two workers
+    local = cluster(workers=2, master_args=("--lost-grace", "0.5"))
+    pids = tmp_path / "pids"
+    job = write_job(tmp_path, "lost.ini", f"[job]\nname = lost\n[task:long]\nrun = echo $$ >> {pids}; exec sleep 300\n")
+    seen: list = []
+
+    def wait_for(check: Callable[[], bool], what: str) -> None:
+        def arrived() -> bool:
+            try:
+                run.wait(timeout=0.2)          # takes in the events that came meanwhile
+            except TimeoutError:
+                pass
+            return check()
+        wait_until(arrived, 30, what)
+
+    try:
+        with local.client() as c:
+            run = c.submit_file(job, on_task=seen.append)
+            wait_for(lambda: any(e["state"] == "RUNNING" for e in seen), "the task to start")
+            first = seen[-1]["node"]
+            # When that worker is killed
+            worker = local.worker_procs[int(first.rsplit("-", 1)[1]) - 1]
+            os.killpg(worker.pid, signal.SIGKILL)
+            # Then the task starts again on the other worker, and the line says why
+            wait_for(lambda: seen[-1]["state"] == "RUNNING" and seen[-1]["attempt"] == 2, "attempt 2")
+            assert seen[-1]["node"] != first
+            assert seen[-1]["reason"].startswith("attempt 1 lost (") and \
+                seen[-1]["reason"].endswith("; no retry used"), seen
+            c.cancel(run.id)
+            assert run.wait(timeout=30).state == "CANCELLED"
+    finally:
+        for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
+            if not pid_gone(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -31,10 +31,12 @@ def print_problems(exc: JobFileError) -> int:
 def _progress(event: Dict[str, Any]) -> None:
     """One line per change of a task's state: queued (and why it waits), running, ended."""
     state = event.get("state")
-    node = f" on {event['node']}" if event.get("node") and state != "QUEUED" else ""
-    attempt = f" (attempt {event['attempt']})" if state == "RUNNING" and (event.get("attempt") or 0) > 1 else ""
-    why = f" ({event['reason']})" if event.get("reason") and state != "SUCCEEDED" else ""
-    print(f"{event['id']}  {state}{node}{attempt}{why}", file=sys.stderr, flush=True)
+    node = f" on {event['node']}" if event.get("node") and state not in ("QUEUED", "WAITING") else ""
+    notes = [f"attempt {event['attempt']}"] if state == "RUNNING" and (event.get("attempt") or 0) > 1 else []
+    if event.get("reason") and state != "SUCCEEDED":
+        notes.append(event["reason"])
+    why = f" ({'; '.join(notes)})" if notes else ""
+    print(f"{event['id']}  {state}{node}{why}", file=sys.stderr, flush=True)
 
 
 def _finish(run: Run, wait: bool, as_json: bool) -> int:

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from titan.cli import jobs
 from titan.cli.common import (EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, make_client, print_json,
@@ -212,30 +212,35 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def _logs_json(c: Any, args: argparse.Namespace) -> int:
     """``logs --json``: one object with the output, or with ``-f`` a line per chunk, then the end."""
-    def which() -> Dict[str, Any]:
-        out: Dict[str, Any] = {"task": args.task_id}
+    def attempt_of(number: Optional[int]) -> Dict[str, Any]:
+        """The attempt ``number`` (default: the latest) as the master sees it now; {} for a service."""
         try:
-            st = c.status(args.task_id)
-        except RemoteError:         # a service's name: its output has no attempt to name
-            return out
-        attempts = st.get("attempts") or []
-        if args.attempt is not None:
-            attempts = [a for a in attempts if a.get("attempt") == args.attempt]
-        if attempts:
-            out.update(attempt=attempts[-1]["attempt"], node=attempts[-1]["node"], state=attempts[-1]["state"],
-                       exit_code=attempts[-1]["exit_code"])
-        return out
+            attempts = c.status(args.task_id).get("attempts") or []
+        except RemoteError:           # a service's name: its output has no attempt to name
+            return {}
+        chosen = [a for a in attempts if number is None or a.get("attempt") == number][-1:]
+        return {key: chosen[0][key] for key in ("attempt", "node", "state", "exit_code")} if chosen else {}
 
-    chunks = c.logs(args.task_id, attempt=args.attempt, follow=args.follow)
     if not args.follow:
-        output = b"".join(chunks).decode("utf-8", "replace")
-        print_json({**which(), "output": output})
+        fixed = attempt_of(args.attempt)      # read before the output, so both are of one attempt
+        output = b"".join(c.logs(args.task_id, attempt=fixed.get("attempt", args.attempt)))
+        print_json({"task": args.task_id, **fixed, "output": output.decode("utf-8", "replace")})
         return EXIT_OK
     text = codecs.getincrementaldecoder("utf-8")("replace")     # a character may span two chunks
-    for chunk in chunks:
-        print(json.dumps({"task": args.task_id, "output": text.decode(chunk)}), flush=True)
-    print(json.dumps({**which(), "end": True}, sort_keys=True), flush=True)
+    last = args.attempt
+    for attempt, chunk in c.log_chunks(args.task_id, attempt=args.attempt, follow=True):
+        if attempt != last and last is not None:
+            _json_line({"task": args.task_id, "attempt": last, "output": text.decode(b"", final=True)})
+        last = attempt
+        _json_line({"task": args.task_id, "attempt": attempt, "output": text.decode(chunk)})
+    _json_line({"task": args.task_id, "attempt": last, "output": text.decode(b"", final=True)})
+    _json_line({"task": args.task_id, **attempt_of(args.attempt), "end": True})
     return EXIT_OK
+
+
+def _json_line(item: Dict[str, Any]) -> None:
+    if item.get("output") != "":
+        print(json.dumps(item, sort_keys=True), flush=True)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:

@@ -566,9 +566,22 @@ class Client:
     def logs(self, task_id: str, *, attempt: Optional[int] = None, follow: bool = False,
              timeout: Optional[float] = None) -> Iterator[bytes]:
         """Yield the attempt's output in chunks; with ``follow``, until it ends."""
-        chunks: List[bytes] = []
-        req_id = self._send(Op.LOGS, {"task": task_id, "attempt": attempt, "follow": follow},
-                            lambda ev: chunks.append(ev.get("data") or b""))
+        for _, data in self.log_chunks(task_id, attempt=attempt, follow=follow, timeout=timeout):
+            yield data
+
+    def log_chunks(self, task_id: str, *, attempt: Optional[int] = None, follow: bool = False,
+                   timeout: Optional[float] = None) -> Iterator[Tuple[Optional[int], bytes]]:
+        """As :meth:`logs`, each chunk with the number of the attempt that printed it.
+
+        Following the latest attempt of a live task goes on through its
+        retries; given ``attempt``, only that attempt's output is yielded.
+        """
+        chunks: List[Tuple[Optional[int], bytes]] = []
+
+        def take(ev: Dict[str, Any]) -> None:
+            if attempt is None or ev.get("attempt") in (attempt, None):
+                chunks.append((ev.get("attempt"), ev.get("data") or b""))
+        req_id = self._send(Op.LOGS, {"task": task_id, "attempt": attempt, "follow": follow}, take)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:

@@ -152,10 +152,11 @@ class ClientRequests:
             return
         record = self._record(body)
         attempt = body.get("attempt")
-        if not isinstance(attempt, int):
+        if attempt is None:
             attempt = record.current.number if record.current else 0
-        if attempt and (attempt < 1 or attempt > len(record.attempts)):
-            raise UsageError(f"task {record.id} has no attempt {attempt} (it has {len(record.attempts)})")
+        elif not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= len(record.attempts):
+            raise UsageError(f"task {record.id} has no attempt {attempt!r} (it has {len(record.attempts)}, "
+                             f"numbered from 1)")
         if attempt:
             self._send_log(conn, req_id, record.id, attempt)
         live = record.state not in TERMINAL and attempt == (record.current.number if record.current else 0)
@@ -175,7 +176,7 @@ class ClientRequests:
             chunk = self.logs.read(key, attempt, offset, min(LOG_CHUNK_BYTES, size - offset))
             if not chunk:
                 break
-            conn.send(Op.EVENT, req_id, {"kind": "output", "data": chunk}, FLAG_MORE)
+            conn.send(Op.EVENT, req_id, {"kind": "output", "attempt": attempt, "data": chunk}, FLAG_MORE)
             offset += len(chunk)
 
     def _service_logs(self: "Master", conn: Connection, req_id: int, body: Dict[str, Any], name: str) -> None:

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from titan.core.model import TERMINAL, TaskRecord, TaskSpec, TaskState
+from titan.core.placement import eligible
 from titan.core.service import service_from_wire
 from titan.core.runs import MAX_SHARED_LISTED, check_job, file_hashes, run_state, summarize, task_body
 from titan.errors import CodecError, TitanError, UsageError
@@ -305,11 +306,13 @@ class RunService:
                             "reason": record.note or (record.current.reason if record.current else "")})
 
     def tell_changes(self, changed: "set[str]", now: float) -> None:
-        """Once a pass: progress watchers hear of each task of theirs that was queued or started.
+        """Once a pass: progress watchers hear of each task of theirs that was queued, started,
+        or set WAITING again (a retry upstream).
 
         A task that changed twice in one pass is told once, in the state it
-        is in now (queued and started at once: RUNNING).  Ends were told as
-        they happened (:meth:`task_ended`).
+        is in now (queued and started at once: RUNNING), with how the attempt
+        before ended if no line told it.  Ends were told as they happened
+        (:meth:`task_ended`).
         """
         if not self.told:
             return
@@ -320,12 +323,13 @@ class RunService:
             if record is None or record.run not in self.told or record.state in TERMINAL:
                 continue
             told = self.told[record.run]
+            before = told.get(task_id, (TaskState.WAITING.value, 0))
             state = (record.state.value, len(record.attempts))
-            if told.get(task_id, (TaskState.WAITING.value, 0)) != state:
+            if before != state:
                 told[task_id] = state
-                news.append(record)
-        for record in sorted(news, key=lambda r: r.seq):
-            self._tell(record.run, _change(record, sched, now))
+                news.append((record.seq, record, before))
+        for _, record, before in sorted(news, key=lambda item: item[0]):
+            self._tell(record.run, _change(record, before, sched, now))
 
     def _tell(self, run_id: str, event: Dict[str, Any]) -> None:
         for conn, req_id, progress in self.watchers.get(run_id, ()):
@@ -376,28 +380,52 @@ class UnknownJobName(UsageError):
                          f"`titan submit FILE` registers one")
 
 
-def _change(record: TaskRecord, sched: Any, now: float) -> Dict[str, Any]:
-    """The EVENT telling that ``record`` is now queued or running, and why it is queued."""
-    attempt = record.current
+def _change(record: TaskRecord, before: Tuple[str, int], sched: Any, now: float) -> Dict[str, Any]:
+    """The EVENT telling that ``record`` is now queued, running or waiting, and why.
+
+    ``before`` is the (state, attempts) last told: an attempt that ended
+    since, and that no line told of, is described (a task re-queued and
+    started again in one pass shows only as RUNNING).
+    """
+    attempts = record.attempts
     event: Dict[str, Any] = {"kind": "task", "id": record.id, "state": record.state.value,
-                             "attempt": len(record.attempts), "node": attempt.worker if attempt else None}
-    why = ""
+                             "attempt": len(attempts), "node": attempts[-1].worker if attempts else None}
+    running = record.state is TaskState.RUNNING
+    told_ended = before[1] - 1 if before[0] == TaskState.RUNNING.value else before[1]
+    last_ended = len(attempts) - 2 if running else len(attempts) - 1
+    why = [_how_it_ended(attempts[last_ended])] if 0 <= last_ended and told_ended <= last_ended else []
     if record.state is TaskState.QUEUED:
-        if attempt is not None and attempt.state is not TaskState.RUNNING:
-            ended = f"with exit code {attempt.exit_code}" if attempt.exit_code is not None else \
-                f"({attempt.reason or attempt.state.value})"
-            why = f"attempt {attempt.number} failed {ended}"
-            if record.ready_at > now:
-                why += f"; next attempt in {record.ready_at - now:.3g}s"
-        elif record.ready_at > now:
-            why = f"delayed: starts in {record.ready_at - now:.3g}s"
-        needs = record.spec.requires
-        if needs and not any(w.connected and needs <= w.tags for w in sched.workers.values()):
-            lacking = ",".join(sorted(needs))
-            why = (why + "; " if why else "") + f"no connected worker has tags {lacking}: " \
-                                                f"start one with --tags {lacking}"
-    event["reason"] = why
+        if record.ready_at > now:
+            why.append(f"{'next attempt' if attempts else 'delayed: starts'} in {record.ready_at - now:.3g}s")
+        nobody = _nobody_can_take(record, sched)
+        if nobody:
+            why.append(nobody)
+    event["reason"] = "; ".join(why)
     return event
+
+
+def _how_it_ended(attempt: Any) -> str:
+    if attempt.state is TaskState.QUEUED:          # its worker was lost, or handed it back unstarted
+        return f"attempt {attempt.number} lost ({attempt.reason}); no retry used"
+    if attempt.exit_code is not None:
+        return f"attempt {attempt.number} failed with exit code {attempt.exit_code}"
+    return f"attempt {attempt.number} {attempt.state.value.lower()} ({attempt.reason})"
+
+
+def _nobody_can_take(record: TaskRecord, sched: Any) -> str:
+    """Why no connected worker can take ``record`` at all ("" when one can, busy or not)."""
+    node, needs = record.pin or record.spec.node, record.spec.requires
+    live = [w for w in sched.workers.values() if w.connected and not w.draining]
+    if any(eligible(w, needs, node) for w in live):
+        return ""
+    if not live:
+        return "no worker is connected"
+    if node is not None and not any(w.name == node for w in live):
+        return f"it must run on {node}, which is not connected"
+    lacking = ",".join(sorted(needs))
+    if needs and not any(needs <= w.tags for w in live if node in (None, w.name)):
+        return f"no connected worker has tags {lacking}: start one with --tags {lacking}"
+    return "every connected worker that could take it takes only tasks that require its tags (--dedicated)"
 
 
 def _job_of(run_id: str) -> str:

@@ -567,7 +567,7 @@ class Master(ClientRequests, Handler):
             return
         kept = self.logs.append(task_id, attempt, data)
         if kept:
-            event = {"kind": "output", "stream": body.get("stream", "out"), "data": kept}
+            event = {"kind": "output", "stream": body.get("stream", "out"), "attempt": attempt, "data": kept}
             for fconn, freq in self.followers.get(task_id, ()):
                 fconn.send(Op.EVENT, freq, event, FLAG_MORE)
             for wconn, wreq in self.watchers.get(task_id, ()):
