@@ -58,7 +58,10 @@ def test_a_master_started_without_bind_answers_on_9090(titan_procs: TitanProcs) 
         pytest.skip("port 9090 on 127.0.0.1 is taken on this host")
     # Given a master started with no --bind
     data_dir = titan_procs.base_dir / "master"
-    proc = titan_procs.spawn(["master", "--data", str(data_dir), *FAST_MASTER_ARGS], log_name="master.log")
+    # (with a token: a worker elsewhere on this host dialling the default address cannot join it)
+    token = "defaults-test-token"
+    proc = titan_procs.spawn(["master", "--data", str(data_dir), *FAST_MASTER_ARGS], log_name="master.log",
+                             token=token)
     addr_file = data_dir / "master.addr"
     wait_until(lambda: addr_file.exists() or proc.poll() is not None, 30,
                lambda: "the master to listen\n" + titan_procs.logs())
@@ -67,7 +70,7 @@ def test_a_master_started_without_bind_answers_on_9090(titan_procs: TitanProcs) 
     assert proc.poll() is None, f"the master exited with {proc.returncode}\n{titan_procs.logs()}"
     # Then it says it listens on 127.0.0.1:9090, and a client that names no address reaches it there
     assert addr_file.read_text().strip() == DEFAULT_ADDRESS
-    out = run_cli("nodes", "--json")        # child_env(): no TITAN_MASTER, no --master
+    out = run_cli("nodes", "--json", token=token)        # child_env(): no TITAN_MASTER, no --master
     assert out.code == 0, out
     assert json.loads(out.stdout) == []
     assert proc.poll() is None

@@ -138,21 +138,27 @@ def test_logs_json_gives_the_output_with_its_attempt_and_node(cluster: Callable[
     assert res.code == 2 and "has no attempt 0 (it has 2, numbered from 1)" in res.stderr, res
 
 
-def test_logs_follow_of_one_attempt_shows_only_that_attempts_output(cluster: Callable[..., LocalCluster],
-                                                                   tmp_path: Path) -> None:
-    # Given a task whose first attempt prints, waits on a gate, and fails; the second prints something else
+def test_logs_follow_of_one_attempt_ends_with_that_attempt(cluster: Callable[..., LocalCluster],
+                                                          tmp_path: Path) -> None:
+    # Given a task whose first attempt prints, waits on a gate and fails; the second prints and waits on another
     local = cluster(workers=1)
-    gate, marker = tmp_path / "gate", tmp_path / "tried"
+    gate1, gate2, marker = tmp_path / "gate1", tmp_path / "gate2", tmp_path / "tried"
     with local.client() as c:
-        task = c.submit(f"if [ -e {marker} ]; then echo second; exit 0; fi; touch {marker}; echo first; "
-                        f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 1", retries=1, retry_backoff_s=0.1)
+        task = c.submit(f"if [ -e {marker} ]; then echo second; while [ ! -e {gate2} ]; do sleep 0.05; done; "
+                        f"exit 0; fi; touch {marker}; echo first; "
+                        f"while [ ! -e {gate1} ]; do sleep 0.05; done; exit 1", retries=1, retry_backoff_s=0.1)
         wait_until(lambda: b"first" in b"".join(c.logs(task.id)), 30, "the first attempt to print")
-        # When attempt 1 is followed while it runs, and it fails, and attempt 2 runs
-        chunks = c.log_chunks(task.id, attempt=1, follow=True)
+        # When attempt 1 is followed while it runs, and it fails
+        chunks = c.log_chunks(task.id, attempt=1, follow=True, timeout=30)
         first = next(chunks)
-        gate.touch()
+        gate1.touch()
         rest = list(chunks)
-        # Then only attempt 1's output came, each chunk named as attempt 1's
+        # Then the follow ends with attempt 1, having shown only its output, though the task goes on
         assert first == (1, b"first\n") and rest == [], rest
+        assert c.status(task.id)["state"] in ("QUEUED", "RUNNING")
+        wait_until(lambda: b"second" in b"".join(c.logs(task.id)), 30, "the second attempt to print")
+        assert c.status(task.id)["state"] == "RUNNING"          # held by gate2: the follow did not wait for it
+        assert b"".join(c.logs(task.id, attempt=1)) == b"first\n"
+        gate2.touch()
         assert task.result(timeout=30).state == "SUCCEEDED"
         assert list(c.log_chunks(task.id)) == [(2, b"second\n")]

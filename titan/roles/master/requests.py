@@ -161,10 +161,16 @@ class ClientRequests:
             self._send_log(conn, req_id, record.id, attempt)
         live = record.state not in TERMINAL and attempt == (record.current.number if record.current else 0)
         if body.get("follow") and (live or not record.attempts):
-            if record.state not in TERMINAL:
-                self.followers.setdefault(record.id, []).append((conn, req_id))
-                conn.state.following.add((record.id, req_id))
+            # following the task: through its retries, to its end; following one attempt: to that attempt's end
+            key = record.id if body.get("attempt") is None else (record.id, attempt)
+            if record.state not in TERMINAL and (key == record.id or record.current.finished_at is None):
+                self.followers.setdefault(key, []).append((conn, req_id))
+                conn.state.following.add((key, req_id))
                 return
+        if body.get("attempt") is not None:
+            chosen = record.attempts[attempt - 1]
+            conn.send(Op.OK, req_id, {"state": chosen.state.value, "exit_code": chosen.exit_code, "attempt": attempt})
+            return
         conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code,
                                   "attempt": attempt})
 

@@ -126,7 +126,7 @@ class Master(ClientRequests, Handler):
         self.conns: "set[Connection]" = set()
         self.worker_conns: Dict[str, Connection] = {}
         self.watchers: Dict[str, List[Tuple[Connection, int]]] = {}
-        self.followers: Dict[str, List[Tuple[Connection, int]]] = {}
+        self.followers: Dict[Any, List[Tuple[Connection, int]]] = {}    # task, "@"+service, or (task, attempt)
         self.counters: Dict[str, int] = {}
         self.specs = SpecCache()
         self.listener: Optional[Listener] = None
@@ -466,6 +466,8 @@ class Master(ClientRequests, Handler):
 
     def _send_dispatch(self, action: Dispatch) -> None:
         """DISPATCH, leaving out what has its default (run = the task, no env, no timeout, no files, 5 s grace)."""
+        if self.followers and action.attempt > 1:        # the attempt before may have ended without a FINISHED
+            self._end_attempt_followers(self.sched.tasks[action.task_id])
         spec = action.spec
         body = {"task": action.task_id, "attempt": action.attempt, "argv": spec.argv}
         if spec.kill_grace_s != KILL_GRACE_S:
@@ -506,8 +508,10 @@ class Master(ClientRequests, Handler):
                 peer.watching.discard((task_id, req_id))
                 peer.following.discard((task_id, req_id))       # a submission that also asked for the output
                 conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
-        if task_id in self.followers:
-            self.end_followers(task_id, {"state": record.state.value, "exit_code": record.exit_code})
+        if self.followers:
+            if task_id in self.followers:
+                self.end_followers(task_id, {"state": record.state.value, "exit_code": record.exit_code})
+            self._end_attempt_followers(record)
         self.runs.task_ended(record)
 
     def end_followers(self, key: str, reply: Dict[str, Any]) -> None:
@@ -570,6 +574,8 @@ class Master(ClientRequests, Handler):
             event = {"kind": "output", "stream": body.get("stream", "out"), "attempt": attempt, "data": kept}
             for fconn, freq in self.followers.get(task_id, ()):
                 fconn.send(Op.EVENT, freq, event, FLAG_MORE)
+            for fconn, freq in self.followers.get((task_id, attempt), ()):
+                fconn.send(Op.EVENT, freq, event, FLAG_MORE)
             for wconn, wreq in self.watchers.get(task_id, ()):
                 if (task_id, wreq) in wconn.state.following:
                     wconn.send(Op.EVENT, wreq, event, FLAG_MORE)
@@ -611,6 +617,15 @@ class Master(ClientRequests, Handler):
                                               str(body.get("reason") or ""), self.clock())
         self.apply(actions)
         self._tails.pop(task_id, None)
+        if self.followers and record is not None:
+            self._end_attempt_followers(record)
+
+    def _end_attempt_followers(self, record: TaskRecord) -> None:
+        """``logs -f --attempt N``: the follow ends with attempt N, even while the task goes on."""
+        for att in record.attempts:
+            if att.finished_at is not None and (record.id, att.number) in self.followers:
+                self.end_followers((record.id, att.number), {"state": att.state.value, "exit_code": att.exit_code,
+                                                             "attempt": att.number})
 
     def _ack_later(self, conn: Connection, body: Dict[str, Any], task_id: str, attempt: int) -> None:
         """ACK this result within ACK_EVERY_S, once it is on disk: by its seq, or (older workers) by name.
