@@ -395,8 +395,9 @@ def _change(record: TaskRecord, before: Tuple[str, int], sched: Any, now: float)
     last_ended = len(attempts) - 2 if running else len(attempts) - 1
     why = [_how_it_ended(attempts[last_ended])] if 0 <= last_ended and told_ended <= last_ended else []
     if record.state is TaskState.QUEUED:
-        if record.ready_at > now:
-            why.append(f"{'next attempt' if attempts else 'delayed: starts'} in {record.ready_at - now:.3g}s")
+        if record.ready_at > now:       # the wait as set (a backoff, or the delay), not what is left of it
+            since = attempts[-1].finished_at if attempts and attempts[-1].finished_at else record.submitted_at
+            why.append(f"{'next attempt' if attempts else 'delayed: starts'} in {record.ready_at - since:.3g}s")
         nobody = _nobody_can_take(record, sched)
         if nobody:
             why.append(nobody)
