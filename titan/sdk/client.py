@@ -573,15 +573,12 @@ class Client:
                    timeout: Optional[float] = None) -> Iterator[Tuple[Optional[int], bytes]]:
         """As :meth:`logs`, each chunk with the number of the attempt that printed it.
 
-        Following the latest attempt of a live task goes on through its
-        retries; given ``attempt``, only that attempt's output is yielded.
+        Following a live task goes on through its retries; following a given
+        ``attempt`` ends with that attempt.
         """
         chunks: List[Tuple[Optional[int], bytes]] = []
-
-        def take(ev: Dict[str, Any]) -> None:
-            if attempt is None or ev.get("attempt") in (attempt, None):
-                chunks.append((ev.get("attempt"), ev.get("data") or b""))
-        req_id = self._send(Op.LOGS, {"task": task_id, "attempt": attempt, "follow": follow}, take)
+        req_id = self._send(Op.LOGS, {"task": task_id, "attempt": attempt, "follow": follow},
+                            lambda ev: chunks.append((ev.get("attempt"), ev.get("data") or b"")))
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:

@@ -151,28 +151,25 @@ class ClientRequests:
             self._service_logs(conn, req_id, body, name)
             return
         record = self._record(body)
-        attempt = body.get("attempt")
-        if attempt is None:
+        asked = body.get("attempt")
+        if asked is None:
             attempt = record.current.number if record.current else 0
-        elif not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= len(record.attempts):
-            raise UsageError(f"task {record.id} has no attempt {attempt!r} (it has {len(record.attempts)}, "
+        elif not isinstance(asked, int) or isinstance(asked, bool) or not 1 <= asked <= len(record.attempts):
+            raise UsageError(f"task {record.id} has no attempt {asked!r} (it has {len(record.attempts)}, "
                              f"numbered from 1)")
+        else:
+            attempt = asked
         if attempt:
             self._send_log(conn, req_id, record.id, attempt)
-        live = record.state not in TERMINAL and attempt == (record.current.number if record.current else 0)
-        if body.get("follow") and (live or not record.attempts):
-            # following the task: through its retries, to its end; following one attempt: to that attempt's end
-            key = record.id if body.get("attempt") is None else (record.id, attempt)
-            if record.state not in TERMINAL and (key == record.id or record.current.finished_at is None):
-                self.followers.setdefault(key, []).append((conn, req_id))
-                conn.state.following.add((key, req_id))
-                return
-        if body.get("attempt") is not None:
-            chosen = record.attempts[attempt - 1]
-            conn.send(Op.OK, req_id, {"state": chosen.state.value, "exit_code": chosen.exit_code, "attempt": attempt})
+        # following the task: through its retries, to its end; following one attempt: to that attempt's end
+        live = record.state not in TERMINAL and (asked is None or record.attempts[attempt - 1].finished_at is None)
+        if body.get("follow") and live:
+            key = record.id if asked is None else (record.id, attempt)
+            self.followers.setdefault(key, []).append((conn, req_id))
+            conn.state.following.add((key, req_id))
             return
-        conn.send(Op.OK, req_id, {"state": record.state.value, "exit_code": record.exit_code,
-                                  "attempt": attempt})
+        ended = record if asked is None else record.attempts[attempt - 1]     # the task's state, or the attempt's
+        conn.send(Op.OK, req_id, {"state": ended.state.value, "exit_code": ended.exit_code, "attempt": attempt})
 
 
     def _send_log(self: "Master", conn: Connection, req_id: int, key: str, attempt: int) -> None:

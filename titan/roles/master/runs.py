@@ -16,7 +16,7 @@ import hashlib
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from titan.core.model import TERMINAL, TaskRecord, TaskSpec, TaskState
+from titan.core.model import TERMINAL, Attempt, TaskRecord, TaskSpec, TaskState
 from titan.core.placement import eligible
 from titan.core.service import service_from_wire
 from titan.core.runs import MAX_SHARED_LISTED, check_job, file_hashes, run_state, summarize, task_body
@@ -26,6 +26,7 @@ from titan.wire.codec import decode
 from titan.wire.frames import FLAG_MORE, Op
 
 if TYPE_CHECKING:
+    from titan.core.scheduler import Scheduler
     from titan.roles.master.server import Master
 
 __all__ = ["RunService", "UnknownJobName"]
@@ -301,9 +302,9 @@ class RunService:
         if told is None:
             return
         told[record.id] = (record.state.value, len(record.attempts))
-        self._tell(run_id, {"kind": "task", "id": record.id, "state": record.state.value, "node": record.node,
-                            "attempt": len(record.attempts), "exit_code": record.exit_code,
-                            "reason": record.note or (record.current.reason if record.current else "")})
+        event = _task_event(record)
+        event.update(exit_code=record.exit_code, reason=record.note or (record.current.reason if record.current else ""))
+        self._tell(run_id, event)
 
     def tell_changes(self, changed: "set[str]", now: float) -> None:
         """Once a pass: progress watchers hear of each task of theirs that was queued, started,
@@ -380,7 +381,12 @@ class UnknownJobName(UsageError):
                          f"`titan submit FILE` registers one")
 
 
-def _change(record: TaskRecord, before: Tuple[str, int], sched: Any, now: float) -> Dict[str, Any]:
+def _task_event(record: TaskRecord) -> Dict[str, Any]:
+    return {"kind": "task", "id": record.id, "state": record.state.value, "attempt": len(record.attempts),
+            "node": record.node}
+
+
+def _change(record: TaskRecord, before: Tuple[str, int], sched: "Scheduler", now: float) -> Dict[str, Any]:
     """The EVENT telling that ``record`` is now queued, running or waiting, and why.
 
     ``before`` is the (state, attempts) last told: an attempt that ended
@@ -388,8 +394,7 @@ def _change(record: TaskRecord, before: Tuple[str, int], sched: Any, now: float)
     started again in one pass shows only as RUNNING).
     """
     attempts = record.attempts
-    event: Dict[str, Any] = {"kind": "task", "id": record.id, "state": record.state.value,
-                             "attempt": len(attempts), "node": attempts[-1].worker if attempts else None}
+    event = _task_event(record)
     running = record.state is TaskState.RUNNING
     told_ended = before[1] - 1 if before[0] == TaskState.RUNNING.value else before[1]
     last_ended = len(attempts) - 2 if running else len(attempts) - 1
@@ -405,7 +410,7 @@ def _change(record: TaskRecord, before: Tuple[str, int], sched: Any, now: float)
     return event
 
 
-def _how_it_ended(attempt: Any) -> str:
+def _how_it_ended(attempt: Attempt) -> str:
     if attempt.state is TaskState.QUEUED:          # its worker was lost, or handed it back unstarted
         return f"attempt {attempt.number} lost ({attempt.reason}); no retry used"
     if attempt.exit_code is not None:
@@ -413,7 +418,7 @@ def _how_it_ended(attempt: Any) -> str:
     return f"attempt {attempt.number} {attempt.state.value.lower()} ({attempt.reason})"
 
 
-def _nobody_can_take(record: TaskRecord, sched: Any) -> str:
+def _nobody_can_take(record: TaskRecord, sched: "Scheduler") -> str:
     """Why no connected worker can take ``record`` at all ("" when one can, busy or not)."""
     node, needs = record.pin or record.spec.node, record.spec.requires
     live = [w for w in sched.workers.values() if w.connected and not w.draining]

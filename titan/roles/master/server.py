@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from titan import __version__
-from titan.core.model import KILL_GRACE_S, SpecCache, TaskRecord, TaskState
+from titan.core.model import KILL_GRACE_S, TERMINAL, SpecCache, TaskRecord, TaskState
 from titan.core.planner import Planner
 from titan.core.scaler import PoolDemand, Scaler, ScalerConfig, WorkerInfo
 from titan.core.scheduler import Disconnect, Dispatch, Ended, Kill, Note, Scheduler
@@ -285,6 +285,8 @@ class Master(ClientRequests, Handler):
         ACK (a worker keeps an un-ACKed result and reports it again).
         """
         now = self.clock()
+        if self.followers:
+            self._end_attempt_followers()
         self.runs.tell_changes(self.sched.dirty, now)
         wrote_more = self.durable.persist(self.sched, now)
         acks_only = not self._held
@@ -323,6 +325,18 @@ class Master(ClientRequests, Handler):
             else:
                 self.durable.flush()
         self._release()
+
+    def _end_attempt_followers(self) -> None:
+        """``logs -f --attempt N``: the follow ends once attempt N is over (it finished, its worker
+        was lost, or it was handed back), even while the task goes on."""
+        for key in [key for key in self.followers if type(key) is tuple]:
+            record = self.sched.tasks.get(key[0])
+            attempt = record.attempts[key[1] - 1] if record is not None else None
+            if attempt is None:
+                self.end_followers(key, {"state": None, "exit_code": None, "attempt": key[1]})
+            elif attempt.finished_at is not None or record.state in TERMINAL:
+                self.end_followers(key, {"state": attempt.state.value, "exit_code": attempt.exit_code,
+                                         "attempt": key[1]})
 
     def _sync_later(self) -> None:
         """Write this pass's data now; fsync it with the next pass that needs one,
@@ -466,8 +480,6 @@ class Master(ClientRequests, Handler):
 
     def _send_dispatch(self, action: Dispatch) -> None:
         """DISPATCH, leaving out what has its default (run = the task, no env, no timeout, no files, 5 s grace)."""
-        if self.followers and action.attempt > 1:        # the attempt before may have ended without a FINISHED
-            self._end_attempt_followers(self.sched.tasks[action.task_id])
         spec = action.spec
         body = {"task": action.task_id, "attempt": action.attempt, "argv": spec.argv}
         if spec.kill_grace_s != KILL_GRACE_S:
@@ -508,13 +520,11 @@ class Master(ClientRequests, Handler):
                 peer.watching.discard((task_id, req_id))
                 peer.following.discard((task_id, req_id))       # a submission that also asked for the output
                 conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
-        if self.followers:
-            if task_id in self.followers:
-                self.end_followers(task_id, {"state": record.state.value, "exit_code": record.exit_code})
-            self._end_attempt_followers(record)
+        if task_id in self.followers:
+            self.end_followers(task_id, {"state": record.state.value, "exit_code": record.exit_code})
         self.runs.task_ended(record)
 
-    def end_followers(self, key: str, reply: Dict[str, Any]) -> None:
+    def end_followers(self, key: Any, reply: Dict[str, Any]) -> None:
         """The log of ``key`` (a task, or "@" + a service) is over: its followers get ``reply`` as their final OK."""
         for conn, req_id in self.followers.pop(key, ()):
             conn.state.following.discard((key, req_id))
@@ -617,15 +627,6 @@ class Master(ClientRequests, Handler):
                                               str(body.get("reason") or ""), self.clock())
         self.apply(actions)
         self._tails.pop(task_id, None)
-        if self.followers and record is not None:
-            self._end_attempt_followers(record)
-
-    def _end_attempt_followers(self, record: TaskRecord) -> None:
-        """``logs -f --attempt N``: the follow ends with attempt N, even while the task goes on."""
-        for att in record.attempts:
-            if att.finished_at is not None and (record.id, att.number) in self.followers:
-                self.end_followers((record.id, att.number), {"state": att.state.value, "exit_code": att.exit_code,
-                                                             "attempt": att.number})
 
     def _ack_later(self, conn: Connection, body: Dict[str, Any], task_id: str, attempt: int) -> None:
         """ACK this result within ACK_EVERY_S, once it is on disk: by its seq, or (older workers) by name.
