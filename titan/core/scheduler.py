@@ -432,6 +432,9 @@ class Scheduler:
             if now < self._hold_until and self._awaiting:
                 return actions
             self._hold_until = 0.0
+        classes = self._classes
+        if not any(classes.values()):   # nothing queued (most ends of a task): no worker to look for
+            return actions
         # accepting(), inlined: this runs for every event on a busy cluster.  Within the
         # loop only the worker just chosen changes, so only it can leave the list.
         free = [w for w in self.workers.values()
@@ -441,7 +444,7 @@ class Scheduler:
                 self._full = True
                 return actions
             best_key, best_entry = None, None
-            for key, heap in self._classes.items():
+            for key, heap in classes.items():
                 entry = self._head(heap)
                 if entry is None or (best_entry is not None and entry >= best_entry):
                     continue
@@ -453,7 +456,7 @@ class Scheduler:
             if best_key is None:
                 self._full = False
                 return actions
-            heapq.heappop(self._classes[best_key])
+            heapq.heappop(classes[best_key])
             record = self.tasks[best_entry[2]]
             w = least_loaded(free, record.spec.requires, record.pin or record.spec.node, self._rr)
             assert w is not None
