@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -162,3 +163,73 @@ def test_logs_follow_of_one_attempt_ends_with_that_attempt(cluster: Callable[...
         gate2.touch()
         assert task.result(timeout=30).state == "SUCCEEDED"
         assert list(c.log_chunks(task.id)) == [(2, b"second\n")]
+
+
+# Waits for the file GO, then prints SIZE bytes like PRINTER, writing after every chunk
+# how many bytes it has written so far into the file PROGRESS.
+GATED_PRINTER = (
+    "import os, sys, time\n"
+    "n, go, progress = int(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
+    "while not os.path.exists(go):\n"
+    "    time.sleep(0.01)\n"
+    "chunk, done = bytes(range(256)) * 256, 0\n"
+    "fd = os.open(progress, os.O_WRONLY | os.O_CREAT, 0o644)\n"
+    "while done < n:\n"
+    "    part = chunk[:n - done]\n"
+    "    sys.stdout.buffer.write(part); sys.stdout.buffer.flush(); done += len(part)\n"
+    "    os.pwrite(fd, b'%20d' % done, 0)\n")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_a_worker_stops_reading_a_task_s_output_while_the_master_takes_none(
+        cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
+    # Given a cluster (nobody gives up on a silent peer for a minute), and a task that
+    # will print 96 MiB as fast as it can once it is told to, noting how far it got
+    size = 96 * 1024 * 1024
+    local = cluster(workers=1, master_args=["--heartbeat-timeout", "60", "--log-max-bytes", str(2 * size)],
+                    worker_args=["--master-timeout", "60"])
+    go, progress = tmp_path / "go", tmp_path / "progress"
+    worker_pid = local.worker_procs[0].pid
+
+    def written() -> int:
+        try:
+            return int(progress.read_bytes() or b"0")
+        except (OSError, ValueError):
+            return 0
+
+    with local.client() as c:
+        task = c.submit([sys.executable, "-c", GATED_PRINTER, str(size), str(go), str(progress)])
+        wait_until(lambda: c.status(task.id)["state"] == "RUNNING", 30, "the task to start")
+        rss_before = rss_bytes(worker_pid)
+        # When the master stops reading (stopped) and the task starts printing
+        os.kill(local.master.pid, signal.SIGSTOP)
+        try:
+            go.touch()
+            seen = [-1, time.monotonic()]
+
+            def stalled() -> bool:
+                now, count = time.monotonic(), written()
+                if count != seen[0]:
+                    seen[:] = [count, now]
+                return count > 0 and now - seen[1] >= 0.5
+
+            wait_until(stalled, 60, lambda: f"the task to stop getting anywhere (at {written()} bytes)")
+            stuck_at, rss_growth = written(), rss_bytes(worker_pid) - rss_before
+        finally:
+            os.kill(local.master.pid, signal.SIGCONT)
+        # And the master reads again
+        result = task.result(timeout=120)
+        logged = b"".join(c.logs(task.id))
+    # Then while the master took nothing the task was held at a write: the worker stopped
+    # reading its pipes instead of keeping what it printed
+    assert stuck_at < size * 2 // 3, stuck_at
+    assert rss_growth < 32 * 1024 * 1024, rss_growth
+    # And once the master read again, every byte arrived, in order
+    assert result.state == "SUCCEEDED", result
+    assert hashlib.sha256(logged).hexdigest() == hashlib.sha256(pattern(size)).hexdigest()
