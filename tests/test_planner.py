@@ -83,6 +83,25 @@ def test_jitter_delays_a_slot_the_same_way_every_time() -> None:
     assert q.next_deadline() == start
 
 
+def test_the_saved_cursor_stays_before_a_claimed_slot_until_its_run_starts() -> None:
+    # Given a slot waiting out its jitter, and one queued behind a running run
+    p = Planner()
+    p.set_job("j", "0 * * * *", jitter_s=600, now=ts("2026-11-28T00:30:00"))
+    p.due(ts("2026-11-28T01:00:00"), never)
+    q = Planner()
+    q.set_job("m", "* * * * *", overlap="queue", now=ts("2026-11-28T00:00:30"))
+    q.due(ts("2026-11-28T00:01:00"), lambda job: True)
+    # Then the cursor to save is just before each slot, though both slots are claimed
+    assert p.jobs["j"].cursor == ts("2026-11-28T01:00:00")
+    assert ts("2026-11-28T00:59:59") < p.saved_cursor(p.jobs["j"]) < ts("2026-11-28T01:00:00")
+    assert ts("2026-11-28T00:00:59") < q.saved_cursor(q.jobs["m"]) < ts("2026-11-28T00:01:00")
+    # When their runs start, the cursor to save is the slot
+    p.due(p.next_deadline(), never)
+    q.due(ts("2026-11-28T00:01:20"), never)
+    assert p.saved_cursor(p.jobs["j"]) == ts("2026-11-28T01:00:00")
+    assert q.saved_cursor(q.jobs["m"]) == ts("2026-11-28T00:01:00")
+
+
 def test_time_zones_and_daylight_saving_follow_the_cron_engine() -> None:
     p = Planner()
     p.set_job("b", "30 2 * * *", tz="Europe/Berlin", now=ts("2026-03-28T12:00:00"))

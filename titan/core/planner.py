@@ -2,12 +2,16 @@
 
     set_job(name, expr, tz, overlap, catchup, ...)   a job with a schedule (cursor: now)
     due(now, active)  -> [Fire(job, slot, run_id, start_at)]   slots whose time has come
-    claim(fire)       -> the cursor the owner persists BEFORE it starts the run
+    saved_cursor(job) -> the cursor the owner persists, with the runs due() started
     next_deadline()   -> when due() next has something to return
 
 A slot is named by its time (``nightly@2026-11-28T02:00Z``), so a slot can
-run at most once even across a master restart: the cursor moves past it
-before its run starts, and the run id is the same if it is started again.
+run at most once even across a master restart: the saved cursor moves past
+it in the same write as its run's records, and the run id is the same if it
+is started again.  A slot claimed but not started yet (waiting out its
+jitter, or queued behind the job's running run) keeps the saved cursor just
+before it, so a restarted master finds it again and its catch-up policy
+decides, as for any slot missed while the master was down.
 
 After downtime (``cursor`` far behind ``now``): ``none`` skips the missed
 slots, ``latest`` runs the last one, ``all`` runs up to ``catchup_limit``
@@ -115,6 +119,13 @@ class Planner:
                     keep.append(fire)                  # overlap=skip: dropped
             job.queued = keep
         return out
+
+    @staticmethod
+    def saved_cursor(job: PlannedJob) -> float:
+        """The cursor to persist: the last slot claimed, or just before the first one
+        claimed whose run has not started."""
+        waiting = [f.slot for f in job.delayed] + [f.slot for f in job.queued]
+        return min(job.cursor, min(waiting) - 0.001) if waiting else job.cursor
 
     def next_deadline(self) -> Optional[float]:
         times: List[float] = []

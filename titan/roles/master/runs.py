@@ -177,17 +177,18 @@ class RunService:
         except TitanError as exc:
             raise UsageError(f"job {job['name']!r}: bad schedule {job['schedule']!r}: {exc}") from None
         if cursor is None:
-            self.master.durable.cursors_dirty[job["name"]] = planner.jobs[job["name"]].cursor
+            self.master.durable.cursors_dirty[job["name"]] = planner.saved_cursor(planner.jobs[job["name"]])
 
     def fire_due(self) -> None:
         """Start the runs of every scheduled slot whose time has come."""
         planner = self.master.planner
         self.slot_freed = False
-        before = {name: job.cursor for name, job in planner.jobs.items()}
+        before = {name: planner.saved_cursor(job) for name, job in planner.jobs.items()}
         fires = planner.due(self.master.clock(), self._job_running)
         for name, job in planner.jobs.items():
-            if job.cursor != before[name]:          # a claim: persisted with the runs it starts
-                self.master.durable.cursors_dirty[name] = job.cursor
+            cursor = planner.saved_cursor(job)
+            if cursor != before[name]:              # a claim: persisted with the runs it starts
+                self.master.durable.cursors_dirty[name] = cursor
         for fire in fires:
             job = self.jobs.get(fire.job)
             if job is not None and fire.run_id not in self.runs:

@@ -263,8 +263,6 @@ class Master(ClientRequests, Handler):
                 conn.send(Op.SPAWN, 0, {"count": 1, "reason": fork.reason}, urgent=True)
 
     def _schedule_tick(self) -> None:
-        if self.runs.slot_freed:                    # a scheduled run ended: queued slots may start
-            self.runs.fire_due()
         times = [t for t in (self.sched.next_deadline(), self.planner.next_deadline(),
                              self.services.next_deadline(self.config.lost_grace_s)) if t is not None]
         deadline = min(times) if times else None
@@ -284,6 +282,8 @@ class Master(ClientRequests, Handler):
         Until the store has the data, submissions get no OK and results no
         ACK (a worker keeps an un-ACKed result and reports it again).
         """
+        if self.runs.slot_freed:                    # a scheduled run ended: queued slots may start
+            self.runs.fire_due()
         now = self.clock()
         if self.followers:
             self._end_attempt_followers()
@@ -371,11 +371,12 @@ class Master(ClientRequests, Handler):
              urgent: Any = False) -> None:
         """Send this frame once the pass's writes are on disk.
 
-        Held: OK to a submission and ACK of a result.  Not held: DISPATCH
-        (after a restart the master waits for its workers' reports before it
-        dispatches, and adopts attempts the store never recorded), and results
-        and output pushed to clients, which a worker's un-ACKed report can
-        always reproduce.
+        Held: OK to a submission, ACK of a result, and DISPATCH of a task of a
+        scheduled slot's run (the slot's claim must be on disk before any of its
+        work starts).  Not held: other DISPATCHes (after a restart the master
+        waits for its workers' reports before it dispatches, and adopts attempts
+        the store never recorded), and results and output pushed to clients,
+        which a worker's un-ACKed report can always reproduce.
         """
         self._held.append((conn, req_id, opcode, body, flags, urgent))
 
@@ -493,7 +494,11 @@ class Master(ClientRequests, Handler):
             body["timeout_s"] = spec.timeout_s
         if spec.files:
             body["files"] = {path: [sha, executable] for path, sha, executable in spec.files}
-        self.worker_conns[action.worker].send(Op.DISPATCH, 0, body, urgent=True)
+        conn = self.worker_conns[action.worker]
+        if run and "@" in run:      # a scheduled slot's run: its claim is on disk before any of its work starts
+            self.hold(conn, 0, Op.DISPATCH, body, 0, True)
+        else:
+            conn.send(Op.DISPATCH, 0, body, urgent=True)
 
     def result_body(self, record: TaskRecord) -> Dict[str, Any]:
         """What a waiting client receives when a task ends (status has the detail)."""
