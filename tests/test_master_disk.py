@@ -348,3 +348,37 @@ def test_a_batch_of_submissions_read_at_once_is_fsynced_once_not_once_per_share(
         stop.set()
         server.join()
         master.close()
+
+
+def test_a_result_waits_until_its_task_s_submission_is_fsynced(tmp_path: Path) -> None:
+    # Given a master whose disk is slow: fsyncs are started but do not finish until the test says so
+    master = Master(MasterConfig(data_dir=tmp_path / "m"))
+    client, worker = Recorder(master.loop), Recorder(master.loop)
+    worker.state.role, worker.state.name = "worker", "w1"
+    master.worker_conns["w1"] = worker   # type: ignore[assignment]
+    durable = master.durable
+    in_flight: List[int] = []
+    try:
+        master._admit_worker(worker, worker.state, {"role": "worker", "name": "w1", "slots": 2, "tags": []})
+        master._end_of_pass()
+        durable._syncer = object()                          # type: ignore[assignment]   # fsyncs go to a helper...
+        durable._inline_now = lambda: False                 # type: ignore[method-assign]
+        durable._request_fsync = in_flight.append           # type: ignore[method-assign]   # ...that is slow
+        # When a watched task is submitted, dispatched (before its fsync, as always) and ends at once
+        _request(master, client, 1, Op.SUBMIT, {"command": "true", "name": "t"})
+        assert [body["task"] for op, _, body in worker.frames if op == Op.DISPATCH] == ["t#1"]
+        _request(master, worker, 0, Op.FINISHED, {"task": "t#1", "attempt": 1, "exit_code": 0, "seq": 1})
+        # Then the client hears nothing yet: after a kill -9 now, the master would not know the task
+        assert [f for f in client.frames if f[1] == 1] == []
+        # When the fsyncs finish
+        while in_flight:
+            durable.aof.ops.fsync(in_flight.pop())
+            durable.aof.sync_done(None, in_flight.append)
+        master._release()
+        # Then the client gets its OK and the result
+        assert client.reply(1) == (Op.OK, {"id": "t#1"})
+        results = [body["result"] for op, rid, body in client.frames if rid == 1 and op == Op.EVENT]
+        assert [(r["id"], r["state"]) for r in results] == [("t#1", "SUCCEEDED")]
+    finally:
+        durable._syncer = None
+        master.close()

@@ -352,7 +352,7 @@ class RunService:
                 self.slot_freed = True                         # overlap=queue slots may start now
             self.told.pop(run_id, None)
             for conn, req_id, _ in self.watchers.pop(run_id, []):
-                conn.send(Op.EVENT, req_id, {"kind": "run", "run": view}, 0, urgent=True)
+                self.master.send_outcome(conn, req_id, {"kind": "run", "run": view}, self.runs.get(run_id, ()))
 
     def worker_joined(self, conn: Connection, shared: Any) -> None:
         """A worker listed the runs whose $TITAN_SHARED it holds: RUN_DONE for each one that is over.

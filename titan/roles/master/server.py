@@ -21,7 +21,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from titan import __version__
 from titan.core.model import KILL_GRACE_S, TERMINAL, SpecCache, TaskRecord, TaskState
@@ -142,6 +142,8 @@ class Master(ClientRequests, Handler):
         self._appended_at_pass = 0                             # the AOF position at the end of the last pass
         self._batch_unsynced = False                           # a pass left its fsync to the rest of a batch
         self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
+        # Tasks whose first record is written but not yet fsynced, by the AOF position that covers them
+        self._first_unsynced: Deque[Tuple[int, List[str]]] = collections.deque()
         self.blobs = BlobStore(config.data_dir / "files")
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
                                rewrite_min_bytes=config.aof_rewrite_min_bytes)
@@ -289,6 +291,8 @@ class Master(ClientRequests, Handler):
             self._end_attempt_followers()
         self.runs.tell_changes(self.sched.dirty, now)
         wrote_more = self.durable.persist(self.sched, now)
+        if self.durable.first_written:
+            self._first_unsynced.append((self.durable.appended_total, self.durable.first_written))
         acks_only = not self._held
         results, self._results_read = self._results_read, False
         if self._acks_due:                          # one ACK per worker per ACK_EVERY_S
@@ -363,6 +367,8 @@ class Master(ClientRequests, Handler):
     def _release(self) -> None:
         """Send the held frames whose data the store now has on disk."""
         durable = self.durable.durable_total
+        while self._first_unsynced and self._first_unsynced[0][0] <= durable:
+            self._first_unsynced.popleft()
         while self._waiting and self._waiting[0][0] <= durable:
             for conn, req_id, opcode, body, flags, when in self._waiting.popleft()[1]:
                 conn.send(opcode, req_id, body, flags, urgent=when is True, lazy=when is LAZY)
@@ -379,6 +385,23 @@ class Master(ClientRequests, Handler):
         which a worker's un-ACKed report can always reproduce.
         """
         self._held.append((conn, req_id, opcode, body, flags, urgent))
+
+    def send_outcome(self, conn: Connection, req_id: int, event: Dict[str, Any], task_ids: Iterable[str]) -> None:
+        """The EVENT that ends a request about these tasks: at once, or once their submission is on disk.
+
+        A client that saw a task end must find it after a kill -9 of the
+        master, so an outcome waits while a task's first record is not yet
+        fsynced (a slow disk's fsync on the helper thread, or a task that
+        ended in the pass that created it).
+        """
+        tasks = self.sched.tasks
+        pending = self._first_unsynced
+        for task_id in task_ids:
+            record = tasks.get(task_id)
+            if (record is not None and record.saved is None) or any(task_id in ids for _, ids in pending):
+                self.hold(conn, req_id, Op.EVENT, event, 0, True)
+                return
+        conn.send(Op.EVENT, req_id, event, 0, urgent=True)
 
     def _tick(self) -> None:
         self._tick_at = None
@@ -524,7 +547,7 @@ class Master(ClientRequests, Handler):
                 peer = conn.state
                 peer.watching.discard((task_id, req_id))
                 peer.following.discard((task_id, req_id))       # a submission that also asked for the output
-                conn.send(Op.EVENT, req_id, {"kind": "result", "result": result}, urgent=True)
+                self.send_outcome(conn, req_id, {"kind": "result", "result": result}, (task_id,))
         if task_id in self.followers:
             self.end_followers(task_id, {"state": record.state.value, "exit_code": record.exit_code})
         self.runs.task_ended(record)
