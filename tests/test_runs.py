@@ -1,6 +1,7 @@
 """Job files run as DAGs on a real cluster: order, skips, cancel, CLI, restart."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -443,3 +444,37 @@ def test_progress_says_an_attempt_was_lost_when_its_task_starts_again_elsewhere(
         for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
             if not pid_gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_delay_counts_from_when_the_task_became_ready(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a task held 1 s after `first`, which takes about 1.5 s
+    local = cluster(workers=1)
+    job = write_job(tmp_path, "dl.ini", """
+[job]
+name = dl
+[task:first]
+run = sleep 1.5
+[task:d]
+after = first
+delay = 1s
+run = true
+""")
+    m = ("--master", local.address)
+    # When the job runs with --wait
+    res = run_cli(*m, "submit", job, "--wait")
+    assert res.code == 0 and "dl#1  SUCCEEDED" in res.stdout, res
+    # Then the progress line says the delay as set, not counted from the submission
+    lines = [line for line in res.stderr.splitlines() if line.startswith("dl#1/")]
+    assert lines == ["dl#1/first  RUNNING on local-1",
+                     "dl#1/first  SUCCEEDED on local-1",
+                     "dl#1/d  QUEUED (delayed: starts in 1s)",
+                     "dl#1/d  RUNNING on local-1",
+                     "dl#1/d  SUCCEEDED on local-1"], res
+    # And d's attempt started at least 1 s after `first` ended (so about 2.5 s after the submission)
+    view = json.loads(run_cli(*m, "status", "dl#1", "--json").stdout)
+    tasks = {t["id"]: t for t in view["tasks"]}
+    first, d = tasks["dl#1/first"]["attempts"][0], tasks["dl#1/d"]["attempts"][0]
+    assert first["finished_at"] - first["started_at"] >= 1.4, first
+    held_s = d["started_at"] - first["finished_at"]
+    assert 1.0 - 1e-3 <= held_s < 2.5, (first, d)
+    assert d["started_at"] - tasks["dl#1/d"]["submitted_at"] >= 2.4, (first, tasks["dl#1/d"])

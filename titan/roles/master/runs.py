@@ -402,13 +402,24 @@ def _change(record: TaskRecord, before: Tuple[str, int], sched: "Scheduler", now
     why = [_how_it_ended(attempts[last_ended])] if 0 <= last_ended and told_ended <= last_ended else []
     if record.state is TaskState.QUEUED:
         if record.ready_at > now:       # the wait as set (a backoff, or the delay), not what is left of it
-            since = attempts[-1].finished_at if attempts and attempts[-1].finished_at else record.submitted_at
-            why.append(f"{'next attempt' if attempts else 'delayed: starts'} in {record.ready_at - since:.3g}s")
+            why.append(_wait_as_set(record))
         nobody = _nobody_can_take(record, sched)
         if nobody:
             why.append(nobody)
     event["reason"] = "; ".join(why)
     return event
+
+
+def _wait_as_set(record: TaskRecord) -> str:
+    """How long a QUEUED task is held: the backoff after its last attempt, or its ``delay``.
+
+    The delay counts from when the task became ready (its dependencies
+    succeeded), not from when the run was submitted.
+    """
+    attempts = record.attempts
+    if attempts and attempts[-1].finished_at:      # a retry's backoff, counted from the failed attempt's end
+        return f"next attempt in {record.ready_at - attempts[-1].finished_at:.3g}s"
+    return f"delayed: starts in {record.delay_s:.3g}s"
 
 
 def _how_it_ended(attempt: Attempt) -> str:
