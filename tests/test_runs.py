@@ -277,6 +277,45 @@ run = echo next
     assert "flaky#1/try" not in run_cli(*m, "dead").stdout
 
 
+def test_retry_of_one_dead_task_from_the_cli_lets_its_run_finish(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a run whose task went DEAD (its one retry failed too) and whose dependant was skipped
+    local = cluster(workers=1)
+    fixed = tmp_path / "fixed"
+    job = write_job(tmp_path, "one.ini", f"""
+[job]
+name = one
+[task:try]
+run = test -e {fixed}
+retries = 1
+retry_backoff = 0.1s
+[task:next]
+after = try
+run = echo next
+""")
+    m = ("--master", local.address)
+    with local.client() as c:
+        result = c.submit_file(job).wait(timeout=60)
+    assert result.tasks == {"one#1/try": "DEAD", "one#1/next": "SKIPPED"}, result
+    assert "one#1/try" in run_cli(*m, "dead").stdout
+    # When the cause is fixed and that task alone is retried from the CLI
+    fixed.touch()
+    res = run_cli(*m, "retry", "one#1/try")
+    # Then it is re-queued, its dependant runs, the run succeeds and the task leaves the dead-letter list
+    assert res.code == 0 and res.stdout.startswith("one#1/try: "), res
+    with local.client() as c:
+        wait_until(lambda: c.status("one#1")["state"] != "RUNNING", 30, "the retried run to end")
+        view = c.status("one#1")
+    assert view["state"] == "SUCCEEDED", view
+    assert {t["id"]: (t["state"], len(t["attempts"])) for t in view["tasks"]} == {
+        "one#1/try": ("SUCCEEDED", 3), "one#1/next": ("SUCCEEDED", 1)}, view
+    assert "one#1/try" not in run_cli(*m, "dead").stdout
+    # And retrying a task that succeeded is refused with exit 2, saying which states can be retried
+    res = run_cli(*m, "retry", "one#1/try")
+    assert res.code == 2 and res.stdout == "" and len(res.stderr.splitlines()) == 1, res
+    assert "task one#1/try is SUCCEEDED; only FAILED, DEAD, CANCELLED or SKIPPED tasks can be retried" \
+        in res.stderr, res
+
+
 def test_affinity_holds_across_three_workers(cluster: Cluster, tmp_path: Path) -> None:
     local = cluster(workers=3, slots=2)
     job = write_job(tmp_path, "aff.ini", "[job]\nname = aff\n" + "".join(
