@@ -162,6 +162,38 @@ run = cat "$TITAN_SHARED/f"
     wait_until(lambda: not os.path.exists(shared), 10, "the run's shared directory to go")
 
 
+def test_two_runs_of_one_job_on_one_node_never_share_a_shared_directory(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a job pinned to local-1 whose first task writes its run's id into $TITAN_SHARED, then waits
+    local = cluster(workers=2, slots=2)
+    gate = tmp_path / "gate"
+    job = write_job(tmp_path, "pin.ini", f"""
+[job]
+name = pin
+[task:write]
+node = local-1
+run = echo "$TITAN_RUN" > "$TITAN_SHARED/f"; echo "$TITAN_SHARED"; while [ ! -e {gate} ]; do sleep 0.02; done
+[task:read]
+after = write
+node = local-1
+run = cat "$TITAN_SHARED/f"
+""")
+    with local.client() as c:
+        # When two runs of it have both written before either reads
+        runs = [c.submit_file(job), c.trigger("pin")]
+        def written(run_id: str) -> str:
+            return b"".join(c.logs(f"{run_id}/write")).decode().strip()
+        wait_until(lambda: all(written(r.id) for r in runs), 30, "both runs' first tasks to write",
+                   ignore=(RemoteError,))
+        paths = [written(r.id) for r in runs]
+        gate.touch()
+        results = [r.wait(timeout=60) for r in runs]
+        # Then each run had its own directory, and read back only what it wrote there
+        assert [r.id for r in runs] == ["pin#1", "pin#2"] and all(r.ok for r in results), results
+        assert paths[0] != paths[1], paths
+        assert [b"".join(c.logs(f"{r.id}/read")) for r in runs] == [b"pin#1\n", b"pin#2\n"]
+        assert {t["node"] for r in runs for t in r.tasks()} == {"local-1"}
+
+
 def test_a_task_that_removes_the_shared_directory_leaves_one_for_the_next(cluster: Cluster,
                                                                           tmp_path: Path) -> None:
     local = cluster(workers=1)
