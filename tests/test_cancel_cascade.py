@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
 
-from conftest import pid_gone, run_cli, wait_until, write_job
+from conftest import child_env, cli_argv, pid_gone, run_cli, wait_until, write_job
 from titan.roles.local import LocalCluster
 
 Cluster = Callable[..., LocalCluster]
@@ -67,3 +68,41 @@ run = while [ ! -e {gate} ]; do sleep 0.05; done; echo other
         assert b"".join(c.logs(f"{run.id}/other")) == b"other\n"
     assert result.tasks["cascade#1/other"] == "SUCCEEDED"
     assert result.state == "CANCELLED", result
+
+
+def test_submit_wait_exits_1_when_its_run_is_cancelled_from_another_terminal(cluster: Cluster,
+                                                                              tmp_path: Path) -> None:
+    # Given `titan submit FILE --wait` following a run whose first task is running
+    local = cluster(workers=1)
+    started = tmp_path / "started"
+    job = write_job(tmp_path, "long.ini", f"""
+[job]
+name = long
+[task:work]
+run = touch {started}; exec sleep 300
+[task:after]
+after = work
+run = echo never
+""")
+    waiter = subprocess.Popen(cli_argv("--master", local.address, "submit", job, "--wait"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=child_env(), start_new_session=True)
+    try:
+        wait_until(lambda: started.exists() or waiter.poll() is not None, 30, "the run's first task to start")
+        assert waiter.poll() is None, waiter.communicate()
+        # When the run is cancelled from another terminal
+        res = run_cli("--master", local.address, "cancel", "long#1")
+        # Then cancel says what became of the run, and exits 0
+        assert res.code == 0, res
+        assert res.stdout == "long#1: cancelling (its process group is being killed)\n", res
+        # And the waiting submit ends with the run CANCELLED and exit code 1 (the run did not succeed)
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            os.killpg(waiter.pid, signal.SIGKILL)
+            waiter.communicate()
+    assert waiter.returncode == 1, (out, err)
+    assert out.decode().strip() == "long#1  CANCELLED", (out, err)
+    assert "long#1/work  CANCELLED" in err.decode() and "long#1/after  CANCELLED" in err.decode(), err
+    res = run_cli("--master", local.address, "cancel", "long#1")
+    assert (res.code, res.stdout) == (0, "long#1: CANCELLED\n"), res
