@@ -9,17 +9,26 @@ take other tasks' results down with it.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import threading
-from typing import Callable, Iterator, Tuple
+from pathlib import Path
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
 from conftest import FakeMaster, wait_until
 from titan.roles.local import LocalCluster
-from titan.sdk.client import Client
+from titan.sdk.client import Client, Task
 from titan.wire.frames import FLAG_MORE, Op, pack
 
 Cluster = Callable[..., LocalCluster]
+RESULT_TIMEOUT_S = 30.0
+
+
+def gated(gate: Path, before: str = "", after: str = "") -> List[str]:
+    """argv of a task that prints ``before``, waits for the file ``gate``, then prints ``after``."""
+    wait = f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done"
+    return ["sh", "-c", f"printf %s {shlex.quote(before)}; {wait}; printf %s {shlex.quote(after)}"]
 
 
 def test_results_of_dropped_task_handles_are_not_kept(cluster: Cluster) -> None:
@@ -119,3 +128,29 @@ def test_a_result_that_comes_before_the_reply_still_names_the_task() -> None:
         assert task.result(timeout=5).state == "SUCCEEDED"
         # Then it knows the id without waiting for the reply
         assert task.id == "true#7"
+
+
+# ----- what a handle tells about its task ---------------------------------------
+def test_done_is_false_while_a_task_runs_and_true_once_it_ended_for_every_kind_of_handle(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # Given three tasks waiting on a gate file, held by a watching handle, a handle from
+    # submit(watch=False), and one from c.task(id) for a task submitted by another client
+    local = cluster(workers=1, slots=3)
+    gate = tmp_path / "gate"
+    with local.client() as c, local.client() as other:
+        watched = c.submit(gated(gate), name="watched")
+        unwatched = c.submit(gated(gate), name="unwatched", watch=False)
+        looked_up = c.task(other.submit(gated(gate), name="looked-up", watch=False).id)
+        handles: List[Task] = [watched, unwatched, looked_up]
+        wait_until(lambda: all(c.status(t.id)["state"] == "RUNNING" for t in handles), 15,
+                   "all three tasks to run")
+        # Then while they run, none of them is done
+        assert [t.done() for t in handles] == [False, False, False]
+        # When the gate opens and the tasks end
+        gate.touch()
+        # Then every handle says done, and each result says the task succeeded
+        wait_until(lambda: all(t.done() for t in handles), 10,
+                   lambda: f"done() for every handle; done: {[(t.id, t.done()) for t in handles]}")
+        assert [t.result(RESULT_TIMEOUT_S).state for t in handles] == ["SUCCEEDED"] * 3
+        assert all(t.done() for t in handles)
+

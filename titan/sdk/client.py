@@ -84,6 +84,7 @@ class Task:
         self._id = task_id
         self._req_id = req_id
         self._result: Optional[TaskResult] = None
+        self._ended = False        # the master said the task has ended (a handle without a watch)
 
     def __repr__(self) -> str:
         return f"<titan.Task {self._id or '(submitting)'}>"
@@ -103,11 +104,22 @@ class Task:
         return self._id
 
     def done(self) -> bool:
-        """True once the task has ended; never blocks."""
-        if self._result is None:
-            self.client._poll(0.0)
-            self._collect()
-        return self._result is not None
+        """True once the task has ended (or its submission was refused); never blocks for long.
+
+        A watching handle looks at what the master pushed; a handle without
+        a watch (from :meth:`Client.task` or ``submit(watch=False)``) asks
+        the master for the task's state, one round trip, until it has ended.
+        """
+        if self._result is not None or self._ended:
+            return True
+        if self._req_id is None:
+            self._ended = self.client.status(self.id).get("state") in TERMINAL_STATES
+            return self._ended
+        self.client._poll(0.0)
+        self._collect()
+        pending = self.client._pending.get(self._req_id)
+        refused = pending is not None and pending.reply is not None and pending.reply.opcode == Op.ERROR
+        return self._result is not None or refused
 
     def result(self, timeout: Optional[float] = None) -> TaskResult:
         """Block until the task ends (or raise TimeoutError) and return its result."""
