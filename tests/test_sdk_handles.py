@@ -154,3 +154,20 @@ def test_done_is_false_while_a_task_runs_and_true_once_it_ended_for_every_kind_o
         assert [t.result(RESULT_TIMEOUT_S).state for t in handles] == ["SUCCEEDED"] * 3
         assert all(t.done() for t in handles)
 
+
+def test_task_logs_return_the_output_so_far_while_it_runs_and_all_of_it_after(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # Given a task that printed a first line and waits for a gate file before the second
+    local = cluster(workers=1)
+    gate = tmp_path / "gate"
+    with local.client() as c:
+        task = c.submit(gated(gate, before="first\n", after="second\n"))
+        # When its logs are read while it runs
+        wait_until(lambda: task.logs() == "first\n", 15, lambda: f"the first line; logs: {task.logs()!r}")
+        # Then they hold the first line only, and the task is still running
+        assert c.status(task.id)["state"] == "RUNNING"
+        assert task.logs() == "first\n"
+        # And once it has ended, they hold everything it printed
+        gate.touch()
+        assert task.result(RESULT_TIMEOUT_S).output == "first\nsecond\n"
+        assert task.logs() == "first\nsecond\n"
