@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -361,6 +362,16 @@ def test_cli_nodes_shows_each_workers_load_and_when_it_was_last_heard(cluster: C
     for listed in (busy, idle):
         for n in listed.values():
             assert 0 <= n["last_seen_s"] < 5, n
+    # And the plain table shows the same as a LAST SEEN column, in seconds
+    table = run_cli("--master", local.address, "nodes")
+    assert table.code == 0, table
+    header, *rows = [re.split(r"\s{2,}", line) for line in table.stdout.splitlines()]
+    assert header[header.index("LOAD") + 1] == "LAST SEEN", header
+    seen = {row[0]: row[header.index("LAST SEEN")] for row in rows}
+    assert set(seen) == {"local-1", "local-2"}, table.stdout
+    for name, text in seen.items():
+        match = re.fullmatch(r"(\d+\.\d)s ago", text)
+        assert match and float(match.group(1)) < 5, (name, text)
     # And last_seen_s starts again from zero when a worker's next heartbeat comes in (not only when it
     # registers again: each worker registered once)
     with local.client() as c:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, client_tls, make_client, print_json,
                               show_list, server_tls, setup_logging, tags)
@@ -110,10 +111,22 @@ def _store_check(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     with make_client(args) as c:
         nodes = c.nodes()
-    return show_list(args, nodes, ["NAME", "STATE", "KIND", "TAGS", "RUNNING", "SLOTS", "LOAD", "PARENT", "ADDRESS"],
+    return show_list(args, nodes, ["NAME", "STATE", "KIND", "TAGS", "RUNNING", "SLOTS", "LOAD", "LAST SEEN",
+                                   "PARENT", "ADDRESS"],
                      lambda n: [n["name"], n["state"], "ephemeral" if n.get("ephemeral") else "permanent",
                                 ",".join(n["tags"]) or "-", str(n["running"]), str(n["slots"]), f"{n['load']:.2f}",
-                                n.get("parent") or "-", str(n.get("address", ""))])
+                                _ago(n.get("last_seen_s")), n.get("parent") or "-", str(n.get("address", ""))])
+
+
+def _ago(seconds: Optional[float]) -> str:
+    """How long ago a worker was last heard from: ``0.4s ago``, ``12m ago``, ``3h ago``."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m ago"
+    return f"{seconds // 3600:.0f}h ago"
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
