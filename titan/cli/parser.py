@@ -43,6 +43,8 @@ def _sub(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requires", default="", metavar="TAGS", help="comma-separated tags a worker must have")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="kill the task after this long")
+    p.add_argument("--kill-grace", type=float, default=None, metavar="SECONDS",
+                   help="between TERM and KILL when the task is timed out or cancelled (default 5)")
     p.add_argument("--name", default=None, help="task name (the id becomes NAME#N)")
     p.add_argument("--priority", type=int, default=0, help="higher runs first")
     p.add_argument("--node", default=None, help="run only on this worker")

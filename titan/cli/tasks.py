@@ -59,6 +59,15 @@ def _env_pairs(items: Sequence[str]) -> Dict[str, str]:
     return env
 
 
+def _kill_grace(args: argparse.Namespace) -> Dict[str, float]:
+    """``kill_grace_s`` for submit when ``--kill-grace`` was given (else the SDK's default holds)."""
+    if args.kill_grace is None:
+        return {}
+    if args.kill_grace < 0:
+        raise UsageError(f"--kill-grace must be 0 or more, not {args.kill_grace:g}")
+    return {"kill_grace_s": args.kill_grace}
+
+
 def _stream_output(stream: str, data: bytes) -> None:
     target = sys.stderr if stream == "err" else sys.stdout
     target.buffer.write(data)
@@ -82,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with make_client(args) as c:
         task = c.submit(command, requires=tags(args.requires), timeout_s=args.timeout, name=args.name,
                         priority=args.priority, node=args.node, retries=args.retries,
-                        env=_env_pairs(args.env), watch=not args.detach,
+                        env=_env_pairs(args.env), watch=not args.detach, **_kill_grace(args),
                         on_output=None if (args.detach or args.json) else _stream_output)
         if args.detach:
             print(task.id)
