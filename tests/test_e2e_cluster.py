@@ -179,6 +179,18 @@ def test_gpu_tasks_run_only_on_the_gpu_worker(cluster: Cluster) -> None:
         assert status["requires"] == ["gpu"]
 
 
+def test_cli_run_requires_gpu_runs_on_the_gpu_worker_every_time(cluster: Cluster) -> None:
+    # Given an untagged worker and a gpu worker
+    local = cluster(workers=1)
+    local.start_worker("gpu-1", extra=["--tags", "gpu"])
+    local.wait_for_workers(2, time.monotonic() + 30)
+    # When a user runs a command that requires gpu, a few times over
+    outs = [run_cli("--master", local.address, "run", "--requires", "gpu", "--", "sh", "-c", "echo $TITAN_NODE")
+            for _ in range(4)]
+    # Then each run printed the gpu worker's name and exited 0
+    assert [(out.code, out.stdout) for out in outs] == [(0, "gpu-1\n")] * 4, outs
+
+
 # ----- 3 and 4. killing the whole process group ------------------------------
 def test_timeout_kills_the_task_and_its_grandchild(cluster: Cluster, tmp_path: Path) -> None:
     # Given a task that starts a background child and waits on it
@@ -247,6 +259,51 @@ def test_a_cancelled_task_that_ignores_term_is_killed_after_its_grace(cluster: C
             for pid in (shell, child):      # stopping the cluster would not end them: TERM is ignored
                 if not pid_gone(pid):
                     os.kill(pid, signal.SIGKILL)
+
+
+def group_members(pgid: int) -> List[int]:
+    """The live (not zombie) processes whose process group is ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_cli_run_timeout_kills_a_task_that_ignores_term_and_its_whole_group(cluster: Cluster,
+                                                                            tmp_path: Path) -> None:
+    # Given a task whose shell and children ignore TERM: a background sleep and a foreground one
+    local = cluster(workers=1)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    d = shlex.quote(str(pids))
+    script = (f"trap '' TERM; echo $$ > {d}/pid.tmp && mv {d}/pid.tmp {d}/pid; "
+              f"sleep 300 & echo $! > {d}/child.tmp && mv {d}/child.tmp {d}/child; sleep 300")
+    try:
+        # When `titan run` gives it a 1 s timeout and half a second between TERM and KILL
+        started = time.monotonic()
+        out = run_cli("--master", local.address, "run", "--timeout", "1", "--kill-grace", "0.5", "--",
+                      "sh", "-c", script, timeout_s=20)
+        elapsed = time.monotonic() - started
+        # Then it exits with the timeout's code (124) soon after the timeout, saying why
+        assert out.code == 124, out
+        assert "timed out" in out.stderr, out
+        assert elapsed < 10, elapsed
+        # And KILL took the whole process group: the shell, its background child and its foreground sleep
+        assert pids_written(pids), "the task never started"
+        shell, child = read_pids(pids)
+        wait_until(lambda: not group_members(shell), 5,
+                   lambda: f"process group {shell} to be gone; left: {group_members(shell)}\n"
+                           f"{dump_logs(local.data_dir)}")
+        assert pid_gone(child)
+    finally:
+        if pids_written(pids):      # stopping the cluster would not end them: they ignore TERM
+            for pid in group_members(read_pids(pids)[0]):
+                os.kill(pid, signal.SIGKILL)
 
 
 # ----- 5. the CLI ------------------------------------------------------------
