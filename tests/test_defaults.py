@@ -1,24 +1,28 @@
 """The documented defaults: where a master listens, what a worker calls itself, and TITAN_MASTER.
 
 A user who gives no flags gets a master on 127.0.0.1:9090, workers named
-HOSTNAME-PID with one slot per CPU, and a CLI and SDK that find the master
-through ``TITAN_MASTER``.
+HOSTNAME-PID with one slot per CPU, a CLI and SDK that find the master
+through ``TITAN_MASTER``, and a ``titan up`` of two workers that leaves
+nothing behind.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import shlex
 import socket
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List, Tuple
 
 import pytest
 
 import titan
-from conftest import FAST_MASTER_ARGS, FAST_WORKER_ARGS, TitanProcs, child_env, dump_logs, run_cli, wait_until
+from conftest import (FAST_MASTER_ARGS, FAST_WORKER_ARGS, TitanProcs, child_env, dump_logs, pid_gone, run_cli,
+                      wait_until)
 from titan.cli.parser import build_parser
 from titan.errors import TitanError
+from titan.io.proc import titan_command
 from titan.roles.local import LocalCluster
 from titan.sdk.client import DEFAULT_MASTER, Client
 
@@ -127,3 +131,50 @@ def test_the_sdk_connects_to_titan_master_when_given_no_address(cluster: Cluster
     # Then it reached that master and ran a task there
     assert names == ["local-1"]
     assert (result.state, result.output) == ("SUCCEEDED", "found\n"), result
+
+
+# ----- titan up ---------------------------------------------------------------
+def nodes_and_pids_script(pid_dir_glob: str) -> List[str]:
+    """argv of a task that prints the pid files matching ``pid_dir_glob``/*.pid, a line ``---``,
+    then `titan nodes --json` for the master it was told of in TITAN_MASTER."""
+    nodes = " ".join(shlex.quote(word) for word in titan_command())
+    return ["sh", "-c", f"cat {pid_dir_glob}/*.pid; echo ---; {nodes} nodes --json"]
+
+
+def read_nodes_and_pids(stdout: str) -> Tuple[List[str], List[int]]:
+    pids, _, nodes = stdout.partition("---\n")
+    return sorted(n["name"] for n in json.loads(nodes)), [int(p) for p in pids.split()]
+
+
+def test_titan_up_runs_two_workers_in_a_temporary_directory_that_it_removes(tmp_path: Path) -> None:
+    # Given an environment whose temporary directory is an empty one of this test
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    env = child_env()
+    env["TMPDIR"] = str(tmp_root)
+    # When `titan up -- CMD`, with no other flag, runs a command that lists the cluster's nodes
+    # and the pids of the processes `up` started (pid files in its data directory)
+    script = nodes_and_pids_script(shlex.quote(str(tmp_root)) + "/titan-up-*")
+    out = run_cli("up", "--", *script, env=env, cwd=tmp_path)
+    # Then the command saw a master with two workers, in a titan-up-* directory under TMPDIR
+    assert out.code == 0, out
+    names, pids = read_nodes_and_pids(out.stdout)
+    assert names == ["local-1", "local-2"], out
+    assert len(pids) == 3, out          # the master and two workers
+    # And once `up` has exited, that directory and those processes are gone
+    assert list(tmp_root.iterdir()) == [], list(tmp_root.iterdir())
+    assert [pid for pid in pids if not pid_gone(pid)] == []
+
+
+def test_titan_up_with_data_keeps_the_directory_and_stops_its_processes(tmp_path: Path) -> None:
+    # Given a data directory named with --data
+    data = tmp_path / "up-data"
+    # When `titan up --data DIR -- CMD` runs the same command
+    out = run_cli("up", "--data", str(data), "--", *nodes_and_pids_script(shlex.quote(str(data))), cwd=tmp_path)
+    # Then the command saw two workers
+    assert out.code == 0, out
+    names, pids = read_nodes_and_pids(out.stdout)
+    assert (names, len(pids)) == (["local-1", "local-2"], 3), out
+    # And after `up` the directory is still there with the cluster's logs, and its processes are gone
+    assert {"master.log", "local-1.log", "local-2.log"} <= {p.name for p in data.iterdir()}, list(data.iterdir())
+    assert [pid for pid in pids if not pid_gone(pid)] == []
