@@ -88,10 +88,11 @@ def _result_json(result: TaskResult) -> Dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     command = _command(args.command)
+    grace = _kill_grace(args)
     with make_client(args) as c:
         task = c.submit(command, requires=tags(args.requires), timeout_s=args.timeout, name=args.name,
                         priority=args.priority, node=args.node, retries=args.retries,
-                        env=_env_pairs(args.env), watch=not args.detach, **_kill_grace(args),
+                        env=_env_pairs(args.env), watch=not args.detach, **grace,
                         on_output=None if (args.detach or args.json) else _stream_output)
         if args.detach:
             print(task.id)
