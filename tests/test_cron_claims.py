@@ -69,6 +69,13 @@ def _register(master: Master, job: dict) -> None:
     assert client.reply(1)[0] == Op.OK, client.frames
 
 
+def _pass_at(master: Master, now: List[float], when: float) -> None:
+    """Move the master's clock to ``when`` and let it run its due timers and end its pass."""
+    now[0] = when
+    master._tick()
+    master._end_of_pass()
+
+
 def _dispatched(worker: Recorder) -> List[str]:
     return [body["task"] for op, _, body in worker.frames if op == Op.DISPATCH]
 
@@ -82,9 +89,7 @@ def test_a_slot_s_claim_and_run_are_fsynced_before_its_task_is_dispatched(tmp_pa
                            "tasks": [{"name": "a", "command": ["true"]}]})
         events.clear()
         # When its next slot comes and the master's pass ends
-        now[0] = BASE + 60.0
-        master._tick()
-        master._end_of_pass()
+        _pass_at(master, now, BASE + 60.0)
         # Then the task is dispatched
         assert _dispatched(worker) == ["tick@2027-01-15T08:01Z/a"]
         # But only after the write holding the claim (the cursor) and the run's task was fsynced
@@ -118,9 +123,7 @@ def test_a_slot_claimed_while_waiting_out_its_jitter_runs_once_after_a_restart(t
     master, worker = _master(tmp_path / "m", now, events)
     try:
         _register(master, job)
-        now[0] = slot + 5.0
-        master._tick()
-        master._end_of_pass()
+        _pass_at(master, now, slot + 5.0)
         assert master.runs.runs == {} and _dispatched(worker) == []
     finally:
         master.close()
@@ -128,14 +131,12 @@ def test_a_slot_claimed_while_waiting_out_its_jitter_runs_once_after_a_restart(t
     now[0] = slot + 45.0
     master, worker = _master(tmp_path / "m", now, events)
     try:
-        master._tick()
-        master._end_of_pass()
+        _pass_at(master, now, now[0])
         # Then the slot's run starts, under the slot's own name
         run_id = "tick@" + slot_id(datetime.fromtimestamp(slot, timezone.utc))
         assert list(master.runs.runs) == [run_id]
         # And only once, however often the master looks again
-        master._tick()
-        master._end_of_pass()
+        _pass_at(master, now, now[0] + 10.0)
         assert list(master.runs.runs) == [run_id]
     finally:
         master.close()
@@ -149,12 +150,8 @@ def test_a_slot_queued_behind_a_running_run_runs_after_a_restart(tmp_path: Path)
     master, worker = _master(tmp_path / "m", now, events)
     try:
         _register(master, job)
-        now[0] = BASE + 60.0
-        master._tick()
-        master._end_of_pass()
-        now[0] = BASE + 120.0              # the next slot: the first run is still going
-        master._tick()
-        master._end_of_pass()
+        _pass_at(master, now, BASE + 60.0)
+        _pass_at(master, now, BASE + 120.0)        # the next slot: the first run is still going
         assert list(master.runs.runs) == ["tick@2027-01-15T08:01Z"]
     finally:
         master.close()
@@ -165,8 +162,7 @@ def test_a_slot_queued_behind_a_running_run_runs_after_a_restart(tmp_path: Path)
         master.on_frame(worker, Frame(Op.FINISHED, 0, 0, {"task": "tick@2027-01-15T08:01Z/a", "attempt": 1,
                                                             "exit_code": 0, "seq": 1}))   # type: ignore[arg-type]
         master._end_of_pass()
-        master._tick()
-        master._end_of_pass()
+        _pass_at(master, now, now[0])
         # Then the queued slot's run starts
         assert "tick@2027-01-15T08:02Z" in master.runs.runs
     finally:

@@ -277,21 +277,27 @@ def test_the_master_tells_a_joining_worker_which_listed_runs_are_over(titan_proc
         assert c.status(live)["state"] == "RUNNING"
 
 
-def test_retries_then_dead_then_retry_of_the_run(cluster: Cluster, tmp_path: Path) -> None:
-    # Given a task that fails until a file appears, with 2 retries and a short backoff
-    local = cluster(workers=1)
-    fixed = tmp_path / "fixed"
-    job = write_job(tmp_path, "flaky.ini", f"""
+def _fails_until(tmp_path: Path, name: str, fixed: Path, *, retries: int) -> str:
+    """A job whose task ``try`` fails until ``fixed`` exists (``retries`` retries, 0.1 s apart);
+    its task ``next`` runs after it."""
+    return write_job(tmp_path, f"{name}.ini", f"""
 [job]
-name = flaky
+name = {name}
 [task:try]
 run = test -e {fixed}
-retries = 2
+retries = {retries}
 retry_backoff = 0.1s
 [task:next]
 after = try
 run = echo next
 """)
+
+
+def test_retries_then_dead_then_retry_of_the_run(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a task that fails until a file appears, with 2 retries and a short backoff
+    local = cluster(workers=1)
+    fixed = tmp_path / "fixed"
+    job = _fails_until(tmp_path, "flaky", fixed, retries=2)
     m = ("--master", local.address)
     with local.client() as c:
         result = c.submit_file(job).wait(timeout=60)
@@ -313,17 +319,7 @@ def test_retry_of_one_dead_task_from_the_cli_lets_its_run_finish(cluster: Cluste
     # Given a run whose task went DEAD (its one retry failed too) and whose dependant was skipped
     local = cluster(workers=1)
     fixed = tmp_path / "fixed"
-    job = write_job(tmp_path, "one.ini", f"""
-[job]
-name = one
-[task:try]
-run = test -e {fixed}
-retries = 1
-retry_backoff = 0.1s
-[task:next]
-after = try
-run = echo next
-""")
+    job = _fails_until(tmp_path, "one", fixed, retries=1)
     m = ("--master", local.address)
     with local.client() as c:
         result = c.submit_file(job).wait(timeout=60)
