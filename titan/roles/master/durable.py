@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from titan.core.model import TERMINAL, SpecCache, TaskRecord
 from titan.core.scheduler import Scheduler
@@ -72,7 +72,7 @@ class Durable:
         self.jobs_dirty: Dict[str, Optional[Dict[str, Any]]] = {}       # None: forget it
         self.cursors_dirty: Dict[str, Optional[float]] = {}              # None: forget it
         self.services_dirty: Dict[str, Optional[Dict[str, Any]]] = {}   # None: forget it
-        self.first_written: List[str] = []      # tasks whose first record the last persist() wrote
+        self.first_written: Set[str] = set()    # tasks whose first record the last persist() wrote
         self._timed: Deque[float] = deque(maxlen=TIMED_FSYNCS)            # recent fsyncs on the loop, in seconds
 
     # ----- start-up ------------------------------------------------------
@@ -135,13 +135,13 @@ class Durable:
         out: List[List[bytes]] = []
         records: List[bytes] = []           # their SETs, appended to the AOF as one piece
         put, tasks = self.engine.put_string, sched.tasks
-        first = self.first_written = []
+        first = self.first_written = set()
         try:
             for task_id in sched.dirty:
                 record = tasks.get(task_id)
                 if record is not None and needs_saving(record):
                     if record.saved is None:
-                        first.append(task_id)
+                        first.add(task_id)
                     records.append(put(*task_write(record, terminal=record.state in TERMINAL,
                                                    retention_s=self.retention_s), now_ms))
         finally:        # what the engine took, the AOF gets, even if a record after it fails

@@ -143,7 +143,7 @@ class Master(ClientRequests, Handler):
         self._batch_unsynced = False                           # a pass left its fsync to the rest of a batch
         self._waiting: Deque[Tuple[int, List[Frame_]]] = collections.deque()   # (AOF position, frames)
         # Tasks whose first record is written but not yet fsynced, by the AOF position that covers them
-        self._first_unsynced: Deque[Tuple[int, List[str]]] = collections.deque()
+        self._first_unsynced: Deque[Tuple[int, Set[str]]] = collections.deque()
         self.blobs = BlobStore(config.data_dir / "files")
         self.durable = Durable(config.data_dir / "store", fsync=config.fsync, retention_s=config.retention_s,
                                rewrite_min_bytes=config.aof_rewrite_min_bytes)
@@ -381,8 +381,8 @@ class Master(ClientRequests, Handler):
         scheduled slot's run (the slot's claim must be on disk before any of its
         work starts).  Not held: other DISPATCHes (after a restart the master
         waits for its workers' reports before it dispatches, and adopts attempts
-        the store never recorded), and results and output pushed to clients,
-        which a worker's un-ACKed report can always reproduce.
+        the store never recorded), output pushed to clients, and results, which
+        a worker's un-ACKed report can always reproduce (but see send_outcome).
         """
         self._held.append((conn, req_id, opcode, body, flags, urgent))
 
