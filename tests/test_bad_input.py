@@ -29,6 +29,8 @@ HANDSHAKE_TIMEOUT_S = 2.0
 class Served:
     procs: TitanProcs
     master: StandaloneMaster
+    bystander: Client           # connected before any bad input, and kept open throughout
+    worker_address: str         # where the master sees the worker's connection come from
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                                     "--handshake-timeout", f"{HANDSHAKE_TIMEOUT_S:g}")
         procs.start_worker(master.address, "w1", slots=2)
         procs.wait_ready(master.address, ["w1"])
-        yield Served(procs, master)
+        with Client(master.address, token="", timeout=5) as bystander:
+            yield Served(procs, master, bystander, _address_of_w1(bystander))
     finally:
         procs.cleanup()
 
@@ -55,11 +58,19 @@ def raw(served: Served) -> Iterator[Raw]:
 
 
 def assert_still_serving(served: Served) -> None:
-    """A normal client connects and a task runs on the worker."""
+    """A new client and the one connected all along both get a task run on the worker,
+    which kept its connection (it never had to dial again)."""
     assert served.master.proc.poll() is None, f"the master died\n{served.procs.logs()}"
     with Client(served.master.address, token="", timeout=5) as c:
         result = c.submit(["echo", "still here"]).result(timeout=20)
     assert (result.state, result.node, result.output) == ("SUCCEEDED", "w1", "still here\n"), result
+    result = served.bystander.submit(["echo", "me too"]).result(timeout=20)
+    assert (result.state, result.output) == ("SUCCEEDED", "me too\n"), result
+    assert _address_of_w1(served.bystander) == served.worker_address
+
+
+def _address_of_w1(c: Client) -> str:
+    return next(n["address"] for n in c.nodes() if n["name"] == "w1")
 
 
 def rss_bytes(pid: int) -> int:
@@ -137,6 +148,9 @@ def test_a_frame_that_never_completes_is_closed_after_the_frame_timeout(served: 
     raw.hello()
     raw.send(HEADER.pack(PROTOCOL_VERSION, Op.SUBMIT, 0, 3, 100) + b"\x09\x00")
     sent_at = time.monotonic()
+    # While that frame hangs open, everyone else is served
+    during = served.bystander.submit(["echo", "meanwhile"]).result(timeout=20)
+    assert (during.state, during.output) == ("SUCCEEDED", "meanwhile\n"), during
     raw.expect_error("frame_timeout", "incomplete frame", f"{FRAME_TIMEOUT_S:g}s",
                      timeout_s=FRAME_TIMEOUT_S + 3)
     waited = time.monotonic() - sent_at
