@@ -107,3 +107,23 @@ def test_time_zones_and_daylight_saving_follow_the_cron_engine() -> None:
     p.set_job("b", "30 2 * * *", tz="Europe/Berlin", now=ts("2026-03-28T12:00:00"))
     # 02:30 does not exist in Berlin on 2026-03-29: the fixed-time job runs at 03:00 CEST (01:00Z)
     assert p.next_deadline() == ts("2026-03-29T01:00:00")
+
+
+def test_overlap_queue_keeps_at_most_catchup_limit_slots_and_starts_them_in_order() -> None:
+    # Given a job firing every minute, overlap = queue, catchup_limit = 2, whose run stays busy
+    p = Planner()
+    p.set_job("m", "* * * * *", overlap="queue", catchup_limit=2, now=ts("2026-11-28T00:00:30"))
+    busy = True
+    # When five slots come while that run goes on
+    for minute in range(1, 6):
+        assert p.due(ts(f"2026-11-28T00:0{minute}:00"), lambda job: busy) == []
+    # Then only the two oldest wait
+    assert [f.run_id for f in p.jobs["m"].queued] == ["m@2026-11-28T00:01Z", "m@2026-11-28T00:02Z"]
+    # And when the run ends, the first starts, and the second once that one has ended too
+    busy = False
+    assert [f.run_id for f in p.due(ts("2026-11-28T00:05:20"), lambda job: busy)] == ["m@2026-11-28T00:01Z"]
+    busy = True
+    assert p.due(ts("2026-11-28T00:05:30"), lambda job: busy) == []
+    busy = False
+    assert [f.run_id for f in p.due(ts("2026-11-28T00:05:40"), lambda job: busy)] == ["m@2026-11-28T00:02Z"]
+    assert p.due(ts("2026-11-28T00:05:50"), lambda job: busy) == []
