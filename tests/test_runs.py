@@ -114,6 +114,43 @@ def test_submit_wait_runs_and_lists(cluster: Cluster, tmp_path: Path) -> None:
     assert res.code == 2 and "did you mean 'retries'" in res.stderr
 
 
+def test_submit_of_a_file_with_several_problems_prints_each_and_registers_nothing(cluster: Cluster,
+                                                                                  tmp_path: Path) -> None:
+    # Given a cluster where the job `good` has run once
+    local = cluster(workers=1)
+    m = ("--master", local.address)
+    good = write_job(tmp_path, "good.ini", "[job]\nname = good\n[task:a]\nrun = true\n")
+    assert run_cli(*m, "submit", good, "--wait").code == 0
+    # When a job file with three problems is submitted
+    bad = write_job(tmp_path, "bad.ini", """\
+        [job]
+        name = bad
+        [task:a]
+        run = true
+        after = b
+        retires = 2
+        [task:b]
+        run = true
+        after = a
+        [service:s]
+        run = ./serve
+        port = 99999
+        """)
+    res = run_cli(*m, "submit", bad)
+    # Then it exits 2 with one line per problem on stderr, and nothing on stdout
+    assert res.code == 2 and res.stdout == "", res
+    assert res.stderr.splitlines() == [
+        f"{bad}:5: [task:a] after: dependency cycle a -> b -> a (each task is after the next); remove one of these "
+        "dependencies",
+        f"{bad}:6: [task:a] retires: unknown key 'retires' in [task:a]; did you mean 'retries'?",
+        f"{bad}:12: [service:s] port: bad port '99999': expected a port number from 1 to 65535, or 'auto'"], res
+    # And the master knows no job `bad` and no run of it: only `good` and its one run
+    jobs = json.loads(run_cli(*m, "jobs", "--json").stdout)
+    runs = json.loads(run_cli(*m, "runs", "--json").stdout)
+    assert [j["name"] for j in jobs] == ["good"], jobs
+    assert [r["id"] for r in runs] == ["good#1"], runs
+
+
 def test_a_run_survives_a_master_kill_9(titan_procs: TitanProcs, tmp_path: Path) -> None:
     # Given a run whose second task waits for its first, and a master that is killed meanwhile
     gate = tmp_path / "gate"
