@@ -394,6 +394,49 @@ def test_affinity_holds_across_three_workers(cluster: Cluster, tmp_path: Path) -
     assert len(set(nodes.values())) > 1, "every task ran on one node; affinity was not put to the test"
 
 
+def test_affinity_fails_the_task_and_the_run_when_the_anchor_node_is_gone(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a run where `a` runs on local-1, `slow` on local-2 until a gate opens,
+    # and `b`, after both, must run where `a` ran
+    local = cluster(workers=2)
+    gate = tmp_path / "gate"
+    job = write_job(tmp_path, "anchor.ini", f"""
+[job]
+name = anchor
+[task:a]
+node = local-1
+run = true
+[task:slow]
+node = local-2
+run = while [ ! -e {gate} ]; do sleep 0.02; done
+[task:b]
+after = a, slow
+affinity = a
+run = true
+""")
+    with local.client() as c:
+        run = c.submit_file(job)
+
+        def states() -> dict:
+            return {t["id"]: t for t in c.status(run.id)["tasks"]}
+        wait_until(lambda: states()["anchor#1/a"]["state"] == "SUCCEEDED", 30, "`a` to succeed")
+        # When local-1 is stopped (its process group terminated) and the master has seen it go
+        worker = local.worker_procs[0]
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(10)
+        wait_until(lambda: {n["name"]: n["state"] for n in c.nodes()}.get("local-1") == "lost", 10,
+                   "the master to see local-1 gone")
+        # And `slow` ends, so `b` may start
+        gate.touch()
+        result = run.wait(timeout=30)
+        # Then `b` failed without running, naming the gone node, and so did the run
+        assert result.state == "FAILED", result
+        assert result.tasks == {"anchor#1/a": "SUCCEEDED", "anchor#1/slow": "SUCCEEDED",
+                                "anchor#1/b": "FAILED"}, result
+        b = states()["anchor#1/b"]
+        assert b["reason"] == "affinity: node local-1, which ran anchor#1/a, is gone", b
+        assert b["attempts"] == [], b
+
+
 def test_a_task_no_worker_can_take_never_blocks_the_others(cluster: Cluster) -> None:
     local = cluster(workers=2)
     with local.client() as c:
