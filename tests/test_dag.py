@@ -160,6 +160,41 @@ def test_affinity_fails_when_the_anchor_node_left() -> None:
     assert "node w1, which ran r#1/a, is gone" in s.tasks["r#1/b"].to_wire()["reason"]
 
 
+def test_a_queued_affinity_task_fails_once_its_node_stays_away_past_the_grace() -> None:
+    # Given a task pinned by affinity to w1 and queued there behind higher-priority work
+    s = Scheduler(lost_grace_s=5.0)
+    s.worker_joined("w1", [], 1, 0.0)
+    s.worker_joined("w2", [], 1, 0.0)
+    s.task_submitted("r#1/a", make_spec("true", name="a", node="w1"), 0.0, run="r#1")
+    s.task_submitted("r#1/b", make_spec("true", name="b"), 0.0, after=["r#1/a"], affinity="r#1/a", run="r#1")
+    s.task_submitted("r#1/c", make_spec("true", name="c"), 0.0, after=["r#1/b"], run="r#1")
+    s.task_submitted("x#1", make_spec("sleep 9", name="x", node="w1", priority=5), 0.0)
+    s.attempt_finished("w1", "r#1/a", 1, 0, "", 1.0)
+    assert s.tasks["r#1/b"].state is S.QUEUED
+    # When w1 goes away, b waits the grace period for it to come back
+    s.worker_left("w1", 2.0)
+    assert s.tick(6.5) == [] and s.tasks["r#1/b"].state is S.QUEUED
+    assert s.next_deadline() == 2.0 + 5.0
+    # Then once w1 has stayed away past it, b fails naming the gone node, and c is skipped
+    actions = s.tick(7.0)
+    assert Ended("r#1/b", S.FAILED) in actions and Ended("r#1/c", S.SKIPPED) in actions
+    assert s.tasks["r#1/b"].to_wire()["reason"] == "affinity: node w1, which ran r#1/a, is gone"
+    assert s.tasks["r#1/b"].attempts == []
+
+
+def test_a_queued_affinity_task_runs_when_its_node_comes_back_within_the_grace() -> None:
+    s = Scheduler(lost_grace_s=5.0)
+    s.worker_joined("w1", [], 1, 0.0)
+    s.task_submitted("r#1/a", make_spec("true", name="a", node="w1"), 0.0, run="r#1")
+    s.task_submitted("r#1/b", make_spec("true", name="b"), 0.0, after=["r#1/a"], affinity="r#1/a", run="r#1",
+                     delay_s=3.0)
+    s.attempt_finished("w1", "r#1/a", 1, 0, "", 1.0)
+    s.worker_left("w1", 2.0)
+    # When w1 is back before the grace is over, b runs there
+    s.worker_joined("w1", [], 1, 5.0)
+    assert [(a.task_id, a.worker) for a in s.tick(6.5) if isinstance(a, Dispatch)] == [("r#1/b", "w1")]
+
+
 def test_unknown_dependencies_are_refused() -> None:
     s = Scheduler()
     with pytest.raises(ValueError, match="unknown task"):

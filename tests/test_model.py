@@ -22,6 +22,7 @@ EXPECTED_LEGAL = {
     (S.SKIPPED, S.WAITING),       # its failed upstream task was retried
     (S.CANCELLED, S.WAITING),     # retried while a task it waits for has not succeeded
     (S.QUEUED, S.RUNNING), (S.QUEUED, S.CANCELLED),
+    (S.QUEUED, S.FAILED),         # its affinity node stayed away past the grace period
     (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED),
     (S.RUNNING, S.QUEUED),
     (S.FAILED, S.QUEUED), (S.FAILED, S.DEAD),

@@ -62,7 +62,7 @@ class TaskState(str, enum.Enum):
 S = TaskState
 TRANSITIONS: Dict[TaskState, FrozenSet[TaskState]] = {
     S.WAITING: frozenset({S.QUEUED, S.CANCELLED, S.SKIPPED, S.FAILED}),
-    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),   # FAILED: its affinity node is gone
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
     S.FAILED: frozenset({S.QUEUED, S.DEAD}),
     S.DEAD: frozenset({S.QUEUED}),

@@ -92,6 +92,7 @@ class Scheduler:
         self._cancelling: "set[str]" = set()          # a cancel cascade in progress
         self._awaiting: "set[str]" = set()
         self.workers_dirty: "set[str]" = set()
+        self._left_at: Dict[str, float] = {}     # worker -> when its connection went (until it is back)
         self._full = False                  # the last dispatch pass found no worker with room
 
     def _move(self, record: TaskRecord, new: TaskState) -> TaskState:
@@ -189,7 +190,49 @@ class Scheduler:
         live = [w.last_seen for w in self.workers.values() if w.connected]
         if live:
             times.append(min(live) + self.heartbeat_timeout_s)
+        times += [self._gone_at(node) + self.lost_grace_s for node in self._away_with_affinity_work()]
         return min(times) if times else None
+
+    def _gone_at(self, node: str) -> float:
+        """When ``node`` left (or, after a restart, when it was last heard from)."""
+        left = self._left_at.get(node)
+        if left is not None:
+            return left
+        w = self.workers.get(node)
+        return w.last_seen if w is not None else 0.0
+
+    def _away_with_affinity_work(self) -> List[str]:
+        """Nodes not connected that QUEUED tasks are pinned to by ``affinity``."""
+        away = []
+        for (_, node), heap in self._classes.items():
+            w = self.workers.get(node) if node is not None else None
+            if node is None or not heap or (w is not None and w.connected):
+                continue
+            if any(self._pinned_by_affinity(entry, node) for entry in heap):
+                away.append(node)
+        return away
+
+    def _pinned_by_affinity(self, entry: tuple, node: str) -> Optional[TaskRecord]:
+        record = self.tasks.get(entry[2])
+        if record is not None and record.state is S.QUEUED and record.qgen == entry[1] and record.pin == node:
+            return record
+        return None
+
+    def _fail_affinity_to_gone_nodes(self, now: float) -> List[Action]:
+        """A QUEUED task whose affinity node has been away ``lost_grace_s`` fails: it can never run."""
+        actions: List[Action] = []
+        for node in self._away_with_affinity_work():
+            if now < self._gone_at(node) + self.lost_grace_s:
+                continue
+            for key, heap in list(self._classes.items()):
+                if key[1] != node:
+                    continue
+                for entry in list(heap):
+                    record = self._pinned_by_affinity(entry, node)
+                    if record is not None:
+                        record.note = f"affinity: node {node}, which ran {record.affinity}, is gone"
+                        actions += self._finish(record, S.FAILED, now)
+        return actions
 
     # ----- tasks ---------------------------------------------------------
     def task_submitted(self, task_id: str, spec: TaskSpec, now: float, *, delay_s: float = 0.0,
@@ -492,6 +535,7 @@ class Scheduler:
         else:
             w.tags, w.slots, w.dedicated = frozenset(tags), max(1, slots), dedicated
             w.connected, w.last_seen = True, now
+        self._left_at.pop(name, None)
         w.info = dict(info or {})
         w.ahead = max(0, ahead)
         w.update_capacity()
@@ -564,6 +608,7 @@ class Scheduler:
         if w is None or not w.connected:
             return []
         w.connected = False
+        self._left_at[name] = now
         self.workers_dirty.add(name)
         held = [r for r in self.tasks.values()
                 if r.state is S.RUNNING and r.current is not None and r.current.worker == name]
@@ -636,4 +681,5 @@ class Scheduler:
             record = self.tasks.get(task_id)
             if record is not None and record.state is S.QUEUED and record.ready_at <= now:
                 self._push(record, now)     # else a stale entry: the task waits for a later ready_at
+        actions += self._fail_affinity_to_gone_nodes(now)
         return actions + self._dispatch(now)
