@@ -145,8 +145,8 @@ def test_affinity_runs_on_the_node_that_ran_the_anchor_even_when_others_are_idle
     assert [(a.task_id, a.worker) for a in started if isinstance(a, Dispatch)] == [("r#1/train", anchor)]
 
 
-def test_affinity_fails_when_the_anchor_node_left() -> None:
-    s = Scheduler()
+def test_affinity_fails_when_the_anchor_node_left_and_stays_away() -> None:
+    s = Scheduler(lost_grace_s=5.0)
     s.worker_joined("w1", [], 1, 0.0)
     s.worker_joined("w2", [], 1, 0.0)
     s.task_submitted("r#1/a", make_spec("true", name="a", node="w1"), 0.0, run="r#1")
@@ -155,6 +155,25 @@ def test_affinity_fails_when_the_anchor_node_left() -> None:
                      affinity="r#1/a", run="r#1")
     s.attempt_finished("w1", "r#1/a", 1, 0, "", 1.0)
     s.worker_left("w1", 2.0)                                     # the anchor node goes away
+    # When b becomes ready, it waits for w1 (which may be back within the grace)
+    s.attempt_finished("w2", "r#1/slow", 1, 0, "", 3.0)
+    assert s.tasks["r#1/b"].state is S.QUEUED
+    # Then once w1 stayed away past the grace, b fails without an attempt
+    assert Ended("r#1/b", S.FAILED) in s.tick(7.0)
+    assert "node w1, which ran r#1/a, is gone" in s.tasks["r#1/b"].to_wire()["reason"]
+
+
+def test_affinity_to_a_node_the_master_no_longer_knows_fails_at_once() -> None:
+    s = Scheduler()
+    s.worker_joined("w1", [], 1, 0.0, dedicated=False)
+    s.worker_joined("w2", [], 1, 0.0)
+    s.task_submitted("r#1/a", make_spec("true", name="a", node="w1"), 0.0, run="r#1")
+    s.task_submitted("r#1/slow", make_spec("sleep 9", name="slow"), 0.0, run="r#1")
+    s.task_submitted("r#1/b", make_spec("true", name="b"), 0.0, after=["r#1/a", "r#1/slow"],
+                     affinity="r#1/a", run="r#1")
+    s.attempt_finished("w1", "r#1/a", 1, 0, "", 1.0)
+    s.worker_left("w1", 2.0)
+    s.worker_retired("w1")                                        # gone for good
     actions = s.attempt_finished("w2", "r#1/slow", 1, 0, "", 3.0)
     assert Ended("r#1/b", S.FAILED) in actions
     assert "node w1, which ran r#1/a, is gone" in s.tasks["r#1/b"].to_wire()["reason"]

@@ -428,7 +428,8 @@ run = true
         # And `slow` ends, so `b` may start
         gate.touch()
         result = run.wait(timeout=30)
-        # Then `b` failed without running, naming the gone node, and so did the run
+        # Then, once local-1 stayed away past the master's lost grace, `b` failed without
+        # running, naming the gone node, and so did the run
         assert result.state == "FAILED", result
         assert result.tasks == {"anchor#1/a": "SUCCEEDED", "anchor#1/slow": "SUCCEEDED",
                                 "anchor#1/b": "FAILED"}, result

@@ -287,11 +287,10 @@ class Scheduler:
         if record.affinity:
             anchor = self.tasks[record.affinity]
             node = anchor.node
-            w = self.workers.get(node) if node else None
-            if w is None or not w.connected:
+            if node is None or node not in self.workers:      # unknown or retired: it will not come back
                 record.note = f"affinity: node {node or '?'}, which ran {anchor.id}, is gone"
                 return self._finish(record, S.FAILED, now)
-            record.pin = node
+            record.pin = node      # a node away for now has the lost grace to come back (see tick)
         self._move(record, S.QUEUED)   # WAITING -> QUEUED
         self._enqueue(record, now + record.delay_s, now)
         return []
