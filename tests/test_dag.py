@@ -163,6 +163,27 @@ def test_affinity_fails_when_the_anchor_node_left_and_stays_away() -> None:
     assert "node w1, which ran r#1/a, is gone" in s.tasks["r#1/b"].to_wire()["reason"]
 
 
+def test_after_a_restart_an_affinity_task_waits_for_its_node_to_dial_in_again() -> None:
+    # Given a store where a succeeded on w1 long ago and b, its affinity dependant, is still WAITING
+    # (becoming ready is not written), restored by a master starting at t=1000
+    s = Scheduler(lost_grace_s=5.0)
+    s.worker_joined("w1", [], 1, 0.0)
+    s.task_submitted("r#1/a", make_spec("true", name="a"), 0.0, run="r#1")
+    s.task_submitted("r#1/b", make_spec("true", name="b"), 0.0, after=["r#1/a"], affinity="r#1/a", run="r#1")
+    s.attempt_finished("w1", "r#1/a", 1, 0, "", 1.0)
+    stored = [record_from_blob(record_to_blob(r), SpecCache()) for r in s.tasks.values()]
+    next(r for r in stored if r.id == "r#1/b").state = S.WAITING
+    restarted = Scheduler(lost_grace_s=5.0)
+    restarted.restore_worker("w1", [], 1, dedicated=False, last_seen=1.0)
+    restarted.restore(stored, 1000.0)
+    # Then b waits for w1 rather than failing at once
+    assert restarted.tasks["r#1/b"].state is S.QUEUED
+    assert restarted.tick(1002.0) == []
+    # And runs there when w1 dials in within the grace
+    actions = restarted.worker_joined("w1", [], 1, 1003.0)
+    assert [(a.task_id, a.worker) for a in actions if isinstance(a, Dispatch)] == [("r#1/b", "w1")]
+
+
 def test_affinity_to_a_node_the_master_no_longer_knows_fails_at_once() -> None:
     s = Scheduler()
     s.worker_joined("w1", [], 1, 0.0, dedicated=False)

@@ -108,6 +108,9 @@ class Scheduler:
         ones whose dependencies all succeeded; RUNNING ones wait
         ``lost_grace_s`` for their worker to come back and report them.
         """
+        for name, w in self.workers.items():
+            if not w.connected:
+                self._left_at.setdefault(name, now)     # restored: away (for the grace) since this start
         for record in sorted(records, key=lambda r: r.seq):
             self.tasks[record.id] = record
             self._seq = max(self._seq, record.seq)
