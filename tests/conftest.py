@@ -85,6 +85,24 @@ def pid_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
+# A job file with three problems in three sections: a cycle (a <-> b), a misspelt key
+# (`retires`) and a port out of range.  NAME is the job's name.
+THREE_PROBLEMS = """\
+    [job]
+    name = NAME
+    [task:a]
+    run = true
+    after = b
+    retires = 2
+    [task:b]
+    run = true
+    after = a
+    [service:s]
+    run = ./serve
+    port = 99999
+    """
+
+
 def write_job(tmp_path: Path, name: str, text: str) -> str:
     """Write a job file (its text dedented) into ``tmp_path``; return its path."""
     path = tmp_path / name

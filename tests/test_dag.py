@@ -145,15 +145,20 @@ def test_affinity_runs_on_the_node_that_ran_the_anchor_even_when_others_are_idle
     assert [(a.task_id, a.worker) for a in started if isinstance(a, Dispatch)] == [("r#1/train", anchor)]
 
 
-def test_affinity_fails_when_the_anchor_node_left_and_stays_away() -> None:
-    s = Scheduler(lost_grace_s=5.0)
-    s.worker_joined("w1", [], 1, 0.0)
+def _b_waits_for_slow_after_a_ran_on_w1(s: Scheduler) -> None:
+    """r#1: a (on w1, succeeded) and slow (running on w2) -> b, with affinity to a."""
     s.worker_joined("w2", [], 1, 0.0)
     s.task_submitted("r#1/a", make_spec("true", name="a", node="w1"), 0.0, run="r#1")
     s.task_submitted("r#1/slow", make_spec("sleep 9", name="slow"), 0.0, run="r#1")
     s.task_submitted("r#1/b", make_spec("true", name="b"), 0.0, after=["r#1/a", "r#1/slow"],
                      affinity="r#1/a", run="r#1")
     s.attempt_finished("w1", "r#1/a", 1, 0, "", 1.0)
+
+
+def test_affinity_fails_when_the_anchor_node_left_and_stays_away() -> None:
+    s = Scheduler(lost_grace_s=5.0)
+    s.worker_joined("w1", [], 1, 0.0)
+    _b_waits_for_slow_after_a_ran_on_w1(s)
     s.worker_left("w1", 2.0)                                     # the anchor node goes away
     # When b becomes ready, it waits for w1 (which may be back within the grace)
     s.attempt_finished("w2", "r#1/slow", 1, 0, "", 3.0)
@@ -186,13 +191,8 @@ def test_after_a_restart_an_affinity_task_waits_for_its_node_to_dial_in_again() 
 
 def test_affinity_to_a_node_the_master_no_longer_knows_fails_at_once() -> None:
     s = Scheduler()
-    s.worker_joined("w1", [], 1, 0.0, dedicated=False)
-    s.worker_joined("w2", [], 1, 0.0)
-    s.task_submitted("r#1/a", make_spec("true", name="a", node="w1"), 0.0, run="r#1")
-    s.task_submitted("r#1/slow", make_spec("sleep 9", name="slow"), 0.0, run="r#1")
-    s.task_submitted("r#1/b", make_spec("true", name="b"), 0.0, after=["r#1/a", "r#1/slow"],
-                     affinity="r#1/a", run="r#1")
-    s.attempt_finished("w1", "r#1/a", 1, 0, "", 1.0)
+    s.worker_joined("w1", [], 1, 0.0)
+    _b_waits_for_slow_after_a_ran_on_w1(s)
     s.worker_left("w1", 2.0)
     s.worker_retired("w1")                                        # gone for good
     actions = s.attempt_finished("w2", "r#1/slow", 1, 0, "", 3.0)

@@ -7,7 +7,7 @@ from typing import List
 
 import pytest
 
-from conftest import write_job
+from conftest import THREE_PROBLEMS, write_job
 from titan.cli import EXIT_OK, EXIT_USAGE, main
 from titan.core.jobfile import JobFileError, JobSpec, Problem, ServiceDef, TaskDef, check_files, parse
 from titan.errors import UsageError
@@ -597,20 +597,7 @@ def test_check_prints_ok_with_a_summary(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_check_prints_every_problem_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    bad = write_job(tmp_path, "bad.ini", """\
-        [job]
-        name = j
-        [task:a]
-        run = true
-        after = b
-        retires = 2
-        [task:b]
-        run = true
-        after = a
-        [service:s]
-        run = ./serve
-        port = 99999
-        """)
+    bad = write_job(tmp_path, "bad.ini", THREE_PROBLEMS.replace("NAME", "j"))
     good = write_job(tmp_path, "good.ini", MINIMAL)
     assert main(["check", bad, good]) == EXIT_USAGE
     out, err = capsys.readouterr()

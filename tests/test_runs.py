@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import Raw, TitanProcs, pid_gone, run_cli, wait_until, write_job
+from conftest import THREE_PROBLEMS, Raw, TitanProcs, pid_gone, run_cli, wait_until, write_job
 from titan.errors import RemoteError
 from titan.roles.local import LocalCluster
 from titan.sdk.client import Client
@@ -122,20 +122,7 @@ def test_submit_of_a_file_with_several_problems_prints_each_and_registers_nothin
     good = write_job(tmp_path, "good.ini", "[job]\nname = good\n[task:a]\nrun = true\n")
     assert run_cli(*m, "submit", good, "--wait").code == 0
     # When a job file with three problems is submitted
-    bad = write_job(tmp_path, "bad.ini", """\
-        [job]
-        name = bad
-        [task:a]
-        run = true
-        after = b
-        retires = 2
-        [task:b]
-        run = true
-        after = a
-        [service:s]
-        run = ./serve
-        port = 99999
-        """)
+    bad = write_job(tmp_path, "bad.ini", THREE_PROBLEMS.replace("NAME", "bad"))
     res = run_cli(*m, "submit", bad)
     # Then it exits 2 with one line per problem on stderr, and nothing on stdout
     assert res.code == 2 and res.stdout == "", res
