@@ -378,8 +378,9 @@ class Master(ClientRequests, Handler):
         """Send this frame once the pass's writes are on disk.
 
         Held: OK to a submission, ACK of a result, and DISPATCH of a task of a
-        scheduled slot's run (the slot's claim must be on disk before any of its
-        work starts).  Not held: other DISPATCHes (after a restart the master
+        scheduled slot's run whose records are not on disk yet (the slot's claim,
+        written with them, must be on disk before any of its work starts).  Not
+        held: other DISPATCHes (after a restart the master
         waits for its workers' reports before it dispatches, and adopts attempts
         the store never recorded), output pushed to clients, and results, which
         a worker's un-ACKed report can always reproduce (but see send_outcome).
@@ -394,14 +395,17 @@ class Master(ClientRequests, Handler):
         fsynced (a slow disk's fsync on the helper thread, or a task that
         ended in the pass that created it).
         """
-        tasks = self.sched.tasks
-        pending = self._first_unsynced
-        for task_id in task_ids:
-            record = tasks.get(task_id)
-            if (record is not None and record.saved is None) or any(task_id in ids for _, ids in pending):
-                self.hold(conn, req_id, Op.EVENT, event, 0, True)
-                return
-        conn.send(Op.EVENT, req_id, event, 0, urgent=True)
+        if all(self._on_disk(task_id) for task_id in task_ids):
+            conn.send(Op.EVENT, req_id, event, 0, urgent=True)
+        else:
+            self.hold(conn, req_id, Op.EVENT, event, 0, True)
+
+    def _on_disk(self, task_id: str) -> bool:
+        """Whether the task's first record is written and fsynced (so a kill -9 cannot lose it)."""
+        record = self.sched.tasks.get(task_id)
+        if record is not None and record.saved is None:
+            return False
+        return not any(task_id in ids for _, ids in self._first_unsynced)
 
     def _tick(self) -> None:
         self._tick_at = None
@@ -518,7 +522,9 @@ class Master(ClientRequests, Handler):
         if spec.files:
             body["files"] = {path: [sha, executable] for path, sha, executable in spec.files}
         conn = self.worker_conns[action.worker]
-        if run and "@" in run:      # a scheduled slot's run: its claim is on disk before any of its work starts
+        # A scheduled slot's run: its claim, written with the run's first records, is on disk
+        # before any of its work starts.
+        if run and "@" in run and not self._on_disk(action.task_id):
             self.hold(conn, 0, Op.DISPATCH, body, 0, True)
         else:
             conn.send(Op.DISPATCH, 0, body, urgent=True)
