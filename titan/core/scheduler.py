@@ -21,7 +21,7 @@ drops it.
 from __future__ import annotations
 
 import heapq
-from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from titan.core.model import Attempt, TaskRecord, TaskSpec, TaskState, TERMINAL, transition
 from titan.core.placement import WorkerView, eligible, least_loaded
@@ -193,7 +193,7 @@ class Scheduler:
         live = [w.last_seen for w in self.workers.values() if w.connected]
         if live:
             times.append(min(live) + self.heartbeat_timeout_s)
-        times += [self._gone_at(node) + self.lost_grace_s for node in self._away_with_affinity_work()]
+        times += [self._gone_at(node) + self.lost_grace_s for node, _ in self._waiting_for_away_nodes()]
         return min(times) if times else None
 
     def _gone_at(self, node: str) -> float:
@@ -204,37 +204,24 @@ class Scheduler:
         w = self.workers.get(node)
         return w.last_seen if w is not None else 0.0
 
-    def _away_with_affinity_work(self) -> List[str]:
-        """Nodes not connected that QUEUED tasks are pinned to by ``affinity``."""
-        away = []
+    def _waiting_for_away_nodes(self) -> Iterator[Tuple[str, TaskRecord]]:
+        """(node, task) for each QUEUED task pinned by ``affinity`` to a node that is not connected."""
         for (_, node), heap in self._classes.items():
             w = self.workers.get(node) if node is not None else None
             if node is None or not heap or (w is not None and w.connected):
                 continue
-            if any(self._pinned_by_affinity(entry, node) for entry in heap):
-                away.append(node)
-        return away
-
-    def _pinned_by_affinity(self, entry: tuple, node: str) -> Optional[TaskRecord]:
-        record = self.tasks.get(entry[2])
-        if record is not None and record.state is S.QUEUED and record.qgen == entry[1] and record.pin == node:
-            return record
-        return None
+            for _, gen, task_id in heap:
+                record = self.tasks.get(task_id)
+                if record is not None and record.state is S.QUEUED and record.qgen == gen and record.pin == node:
+                    yield node, record
 
     def _fail_affinity_to_gone_nodes(self, now: float) -> List[Action]:
         """A QUEUED task whose affinity node has been away ``lost_grace_s`` fails: it can never run."""
         actions: List[Action] = []
-        for node in self._away_with_affinity_work():
-            if now < self._gone_at(node) + self.lost_grace_s:
-                continue
-            for key, heap in list(self._classes.items()):
-                if key[1] != node:
-                    continue
-                for entry in list(heap):
-                    record = self._pinned_by_affinity(entry, node)
-                    if record is not None:
-                        record.note = f"affinity: node {node}, which ran {record.affinity}, is gone"
-                        actions += self._finish(record, S.FAILED, now)
+        for node, record in list(self._waiting_for_away_nodes()):
+            if now >= self._gone_at(node) + self.lost_grace_s:
+                record.note = f"affinity: node {node}, which ran {record.affinity}, is gone"
+                actions += self._finish(record, S.FAILED, now)
         return actions
 
     # ----- tasks ---------------------------------------------------------
@@ -623,6 +610,7 @@ class Scheduler:
 
     def worker_retired(self, name: str) -> None:
         """An idle ephemeral worker left for good: forget it (its record goes from the store too)."""
+        self._left_at.pop(name, None)
         if self.workers.pop(name, None) is not None:
             self.workers_dirty.add(name)
 
