@@ -221,6 +221,15 @@ def test_path_list() -> None:
     rejects(convert.path_list, "ok.py, ../secret", "bad file path '../secret'", bad="../secret")
 
 
+def test_path_list_names_every_bad_path() -> None:
+    with pytest.raises(ConvertError) as info:
+        convert.path_list("../a, ok.py, /etc/passwd dir/")
+    assert info.value.messages == [
+        "bad file path '../a': '..' would leave the workspace",
+        "bad file path '/etc/passwd': absolute paths are refused; give a path relative to the job file",
+        "bad file path 'dir/': that is a directory; list the files in it"]
+
+
 @pytest.mark.parametrize("text", ["tcp", "TCP", "http://127.0.0.1:$PORT/", "https://example.com/health?x=1",
                                   "http://[::1]:8000/"])
 def test_health_accepts(text: str) -> None:

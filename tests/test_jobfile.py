@@ -622,10 +622,44 @@ def test_check_unreadable_and_binary_files(tmp_path: Path, capsys: pytest.Captur
     missing = str(tmp_path / "missing.ini")
     binary = tmp_path / "bin.ini"
     binary.write_bytes(b"[job]\nname = \xff\n")
-    assert main(["check", missing, str(binary)]) == EXIT_USAGE
+    assert main(["check", missing, str(tmp_path), str(binary)]) == EXIT_USAGE
     assert capsys.readouterr().err.splitlines() == [
-        f"{missing}: cannot read: No such file or directory",
-        f"{binary}: not UTF-8 text (byte offset 13)"]
+        f"{missing}: cannot read the job file: No such file or directory",
+        f"{tmp_path}: cannot read the job file: Is a directory",
+        f"{binary}:2: not UTF-8 text (byte offset 13); save the file as UTF-8"]
+
+
+def test_check_reports_missing_files_with_the_other_problems(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    path = write_job(tmp_path, "j.ini", MINIMAL + "files = gone.py\nretries = x\n"
+                     "[task:u]\nrun = y\nfiles = ../a, /b, ok.py\n")
+    assert main(["check", path]) == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}:5: [task:t] files: no such file 'gone.py' (paths are relative to the job file's directory)",
+        f"{path}:6: [task:t] retries: bad number 'x': expected a whole number from 0 to 1000",
+        f"{path}:9: [task:u] files: bad file path '../a': '..' would leave the workspace",
+        f"{path}:9: [task:u] files: bad file path '/b': absolute paths are refused; give a path relative to "
+        "the job file"]
+
+
+@pytest.mark.parametrize("verb", [["submit", "--master", "127.0.0.1:1"], ["up", "--data", "{data}"]])
+def test_submit_and_up_refuse_a_file_they_cannot_read_before_reaching_a_master(
+        tmp_path: Path, capsys: pytest.CaptureFixture, verb: List[str]) -> None:
+    """Nothing is started or contacted: the file is read and checked first (no master listens on port 1)."""
+    data = tmp_path / "cluster"
+    binary = tmp_path / "bin.ini"
+    binary.write_bytes(b"[job]\nname = \xff\n")
+    bad = write_job(tmp_path, "bad.ini", MINIMAL + "files = gone.py\n")
+    args = [a.replace("{data}", str(data)) for a in verb]
+    missing = str(tmp_path / "missing.ini")
+    cases = [(missing, f"{missing}: cannot read the job file: No such file or directory"),
+             (str(binary), f"{binary}:2: not UTF-8 text (byte offset 13); save the file as UTF-8"),
+             (bad, f"{bad}:5: [task:t] files: no such file 'gone.py' (paths are relative to the job file's "
+                   "directory)")]
+    for path, line in cases:
+        assert main(args + [path]) == EXIT_USAGE
+        assert capsys.readouterr().err == line + "\n"
+    assert not data.exists()                 # `up` started no cluster
 
 
 def test_check_needs_a_file(capsys: pytest.CaptureFixture) -> None:

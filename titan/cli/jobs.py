@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, fail, make_client, print_json,
@@ -17,6 +16,7 @@ from titan.core.jobfile import JobFileError
 from titan.errors import UnknownJob, UsageError
 from titan.sdk.client import Client
 from titan.sdk.runs import Run, RunResult
+from titan.sdk.services import load_job_file
 
 __all__ = ["cmd_check", "cmd_submit", "cmd_trigger", "cmd_runs", "cmd_jobs", "cmd_dead", "cmd_cron",
            "show_run", "run_file", "required_tags", "print_problems"]
@@ -58,29 +58,24 @@ def _finish(run: Run, wait: bool, as_json: bool) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from titan.core.jobfile import check_files, parse
     failed = False
     for name in args.files:
-        path = Path(name)
         try:
-            spec = parse(path.read_bytes().decode("utf-8"), filename=name)
-            problems = [str(p) for p in check_files(spec, lambda f: (path.parent / f).is_file())]
-        except OSError as exc:
-            problems = [f"{name}: cannot read: {exc.strerror or exc}"]
-        except UnicodeDecodeError as exc:
-            problems = [f"{name}: not UTF-8 text (byte offset {exc.start})"]
+            spec, _ = load_job_file(name)
         except JobFileError as exc:
-            problems = [str(p) for p in exc.problems]
-        for line in problems:
-            print(line, file=sys.stderr)
-        if not problems:
+            print_problems(exc)
+            failed = True
+        else:
             print(f"{name}: ok ({spec.summary()})")
-        failed = failed or bool(problems)
     return EXIT_USAGE if failed else EXIT_OK
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Register a job file's job; start (and with --wait, follow) a run unless it has a schedule."""
+    try:
+        load_job_file(args.file)        # a bad file is reported as such, even with no master to reach
+    except JobFileError as exc:
+        return print_problems(exc)
     with make_client(args) as c:
         try:
             run = c.submit_file(args.file, watch=args.wait, on_task=None if args.json else _progress)
@@ -186,13 +181,8 @@ def show_run(view: Dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def required_tags(path: str) -> List[str]:
-    """The tags the tasks and services of a job file require (none if it cannot be read: `up` says why later)."""
-    from titan.core.jobfile import parse
-    try:
-        spec = parse(Path(path).read_bytes().decode("utf-8"), filename=path)
-    except (OSError, UnicodeDecodeError, JobFileError):
-        return []
+def required_tags(spec: Any) -> List[str]:
+    """The tags the tasks and services of a job require."""
     units = list(spec.tasks.values()) + list(spec.services.values())
     return sorted(set().union(*(unit.requires for unit in units)))
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
-import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from titan.cli import jobs
 from titan.cli.common import (EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, make_client, print_json,
                               show_list, setup_logging, tags)
+from titan.core.jobfile import JobFileError
 from titan.errors import RemoteError, UsageError
 from titan.sdk.client import TaskResult
+from titan.sdk.services import load_job_file
 
 __all__ = ["exit_code_of", "cmd_run", "cmd_up", "cmd_status", "cmd_wait", "cmd_cancel", "cmd_retry",
            "cmd_logs", "cmd_tasks"]
@@ -107,14 +108,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return exit_code_of(result)
 
 
+def _names_job_file(command: Union[None, str, List[str]]) -> bool:
+    """``titan up FILE.ini``: one word ending in .ini is a job file (``-- sh x.ini`` is a command)."""
+    return isinstance(command, str) and command.endswith(".ini") and not any(c.isspace() for c in command)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from titan.roles.local import LocalCluster
     setup_logging(args.log_level, "WARNING")
     _interrupt_on(signal.SIGINT, signal.SIGTERM)
     command = _command(args.command) if args.command else None
-    job_file = command if isinstance(command, str) and command.endswith(".ini") and os.path.isfile(command) \
-        else None
-    first_tags = [] if args.tags or job_file is None else jobs.required_tags(job_file)
+    job_file = command if _names_job_file(command) else None
+    first_tags: List[str] = []
+    if job_file is not None:            # checked before anything starts: a bad file starts nothing
+        try:
+            spec, _ = load_job_file(job_file)
+        except JobFileError as exc:
+            return jobs.print_problems(exc)
+        first_tags = [] if args.tags else jobs.required_tags(spec)
     if first_tags:
         print(f"titan: local-1 gets the tags {','.join(first_tags)}, which the job requires "
               f"(--tags gives them to every local worker instead)", file=sys.stderr)

@@ -19,7 +19,7 @@ import importlib
 import math
 import re
 import zoneinfo
-from typing import FrozenSet, Iterable, Optional, Tuple
+from typing import FrozenSet, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from titan.errors import UsageError
@@ -66,11 +66,13 @@ class ConvertError(UsageError):
 
     ``value`` is the offending text; the message names it with ``repr`` and
     says what was expected, without a location (the caller adds that).
+    ``messages`` has one message per problem: a list can have several.
     """
 
-    def __init__(self, message: str, *, value: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, value: str, more: Sequence[str] = ()) -> None:
+        super().__init__("\n".join([message, *more]))
         self.message = message
+        self.messages = [message, *more]
         self.value = value
 
 
@@ -294,11 +296,23 @@ def _path_problem(value: str) -> str:
 
 
 def path_list(text: str) -> Tuple[str, ...]:
-    """Relative file paths separated by commas or spaces, in order, each once."""
-    found = []
+    """Relative file paths separated by commas or spaces, in order, each once.
+
+    Every bad path is named (one message each), not just the first."""
+    found: List[str] = []
+    bad: List[ConvertError] = []
     for word in _LIST_SPLIT_RE.split(text.strip()):
-        if word and relative_path(word) not in found:
-            found.append(relative_path(word))
+        if not word:
+            continue
+        try:
+            path = relative_path(word)
+        except ConvertError as exc:
+            bad.append(exc)
+            continue
+        if path not in found:
+            found.append(path)
+    if bad:
+        raise ConvertError(bad[0].message, value=bad[0].value, more=[exc.message for exc in bad[1:]])
     return tuple(found)
 
 

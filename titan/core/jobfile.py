@@ -106,7 +106,8 @@ class JobSpec:
 # ----- problems ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Problem:
-    """One mistake in a job file; prints as ``FILE:LINE: [section] key: message``."""
+    """One mistake in a job file; prints as ``FILE:LINE: [section] key: message``
+    (``FILE: message`` for the whole file, line 0: it could not be read)."""
 
     filename: str
     line: int
@@ -117,7 +118,8 @@ class Problem:
     def __str__(self) -> str:
         section = f" [{self.section}]" if self.section is not None else ""
         key = f" {self.key}:" if self.key is not None else ""
-        return f"{self.filename}:{self.line}:{section}{key} {self.message}"
+        line = f":{self.line}" if self.line else ""
+        return f"{self.filename}{line}:{section}{key} {self.message}"
 
 
 class JobFileError(UsageError):
@@ -400,7 +402,8 @@ class _Builder:
                 else:
                     self.unknown_key(entry, kind, label)
             except ConvertError as exc:
-                self.report(entry.line, label, key, exc.message)
+                for message in exc.messages:
+                    self.report(entry.line, label, key, message)
             if key == "run" and entry.cut and _quotes_unbalanced(entry.value) \
                     and not _quotes_unbalanced(entry.raw_value):
                 self.report(entry.line, label, key, "a ';' or '#' after a space starts a comment, and here "
@@ -564,12 +567,18 @@ def _upstream(name: str, edges: Mapping[str, List[str]]) -> set:
 
 
 # ----- public entry points --------------------------------------------------------------
-def parse(text: str, *, filename: str = "<job>") -> JobSpec:
-    """The :class:`JobSpec` in ``text``; raise :class:`JobFileError` listing every problem."""
+def parse(text: str, *, filename: str = "<job>", is_file: Optional[Callable[[str], bool]] = None) -> JobSpec:
+    """The :class:`JobSpec` in ``text``; raise :class:`JobFileError` listing every problem.
+
+    With ``is_file``, a ``files`` entry for which it is false is one more problem
+    (see :func:`check_files`), reported with the others."""
     builder = _Builder(filename)
     spec = builder.build(text)
-    if builder.problems:
-        raise JobFileError(sorted(builder.problems, key=lambda p: p.line))
+    problems = list(builder.problems)
+    if is_file is not None:
+        problems += check_files(spec, is_file)
+    if problems:
+        raise JobFileError(sorted(problems, key=lambda p: p.line))
     return spec
 
 

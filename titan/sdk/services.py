@@ -25,17 +25,24 @@ def service_body(command: Union[str, Sequence[str]], *, name: str, port: Union[N
 
 
 def load_job_file(path: str) -> Tuple[Any, Callable[[str], Tuple[bytes, bool]]]:
-    """Parse and check a job file; return its ``JobSpec`` and a reader of the files it names.
+    """Read, parse and check a job file; return its ``JobSpec`` and a reader of the files it names.
 
-    Raises :class:`titan.core.jobfile.JobFileError` listing every problem.
+    Raises :class:`titan.core.jobfile.JobFileError` listing every problem: a
+    file that cannot be read or is not UTF-8 is one too.
     """
-    from titan.core.jobfile import JobFileError, check_files, parse    # only file requests need them
-    with open(path, encoding="utf-8") as f:
-        spec = parse(f.read(), filename=str(path))
+    from titan.core.jobfile import JobFileError, Problem, parse    # only file requests need them
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        text = data.decode("utf-8")
+    except OSError as exc:
+        raise JobFileError([Problem(name, 0, None, None, f"cannot read the job file: {exc.strerror or exc}")])
+    except UnicodeDecodeError as exc:
+        raise JobFileError([Problem(name, data.count(b"\n", 0, exc.start) + 1, None, None,
+                                    f"not UTF-8 text (byte offset {exc.start}); save the file as UTF-8")])
     base = os.path.dirname(os.path.abspath(path))
-    problems = check_files(spec, lambda p: os.path.isfile(os.path.join(base, p)))
-    if problems:
-        raise JobFileError(problems)
+    spec = parse(text, filename=name, is_file=lambda p: os.path.isfile(os.path.join(base, p)))
 
     def read(rel: str) -> Tuple[bytes, bool]:
         full = os.path.join(base, rel)
