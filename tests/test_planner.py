@@ -40,6 +40,27 @@ def test_catch_up_all_is_bounded_and_oldest_first() -> None:
     assert [f.run_id for f in fires] == ["h@2026-11-28T03:00Z", "h@2026-11-28T04:00Z", "h@2026-11-28T05:00Z"]
 
 
+def test_catch_up_all_with_overlap_skip_runs_the_missed_slots_one_after_another() -> None:
+    # Given a job with catchup = all and the default overlap = skip, down for five hours
+    p = Planner()
+    p.set_job("h", "0 * * * *", catchup="all", catchup_limit=3, now=0.0, cursor=ts("2026-11-28T00:30:00"))
+    busy = False
+    # When the master is back: the oldest of the three missed slots starts, the others wait for it
+    assert [f.run_id for f in p.due(ts("2026-11-28T05:10:00"), lambda job: busy)] == ["h@2026-11-28T03:00Z"]
+    busy = True
+    assert p.due(ts("2026-11-28T05:10:30"), lambda job: busy) == []
+    # And a slot that comes while one of them runs is still skipped
+    assert p.due(ts("2026-11-28T06:00:00"), lambda job: busy) == []
+    # Then each missed slot runs once the run before it has ended
+    busy = False
+    assert [f.run_id for f in p.due(ts("2026-11-28T06:05:00"), lambda job: busy)] == ["h@2026-11-28T04:00Z"]
+    busy = True
+    assert p.due(ts("2026-11-28T06:05:30"), lambda job: busy) == []
+    busy = False
+    assert [f.run_id for f in p.due(ts("2026-11-28T06:06:00"), lambda job: busy)] == ["h@2026-11-28T05:00Z"]
+    assert p.due(ts("2026-11-28T06:07:00"), lambda job: busy) == []
+
+
 def test_catch_up_none_skips_what_was_missed() -> None:
     p = Planner()
     p.set_job("h", "0 * * * *", catchup="none", now=0.0, cursor=ts("2026-11-28T00:30:00"))

@@ -17,7 +17,9 @@ After downtime (``cursor`` far behind ``now``): ``none`` skips the missed
 slots, ``latest`` runs the last one, ``all`` runs up to ``catchup_limit``
 of them, oldest first.  Overlap, when the job's previous run is still
 going: ``skip`` drops the slot, ``queue`` keeps it until that run ends
-(at most ``catchup_limit`` wait; the owner calls ``due`` again when a run ends), ``allow`` runs it anyway.  ``jitter``
+(at most ``catchup_limit`` wait; the owner calls ``due`` again when a run ends), ``allow`` runs it anyway.
+The missed slots ``all`` asked for are never dropped by ``skip``: they run
+one after another, as with ``queue``.  ``jitter``
 delays each slot by a fixed pseudo-random part of the jitter (the same for
 the same slot).  Pure: no clock, no I/O.
 """
@@ -39,6 +41,7 @@ class Fire(NamedTuple):
     slot: float          # the slot's time, seconds since the epoch
     run_id: str          # JOB@SLOT
     start_at: float      # slot + jitter
+    missed: bool = False  # found by catch-up (its minute had passed when it was found)
 
 
 @dataclass
@@ -83,19 +86,21 @@ class Planner:
         digest = hashlib.sha256(f"{job.name}@{slot}".encode()).digest()
         return job.jitter_s * int.from_bytes(digest[:4], "big") / 2 ** 32
 
-    def _fire(self, job: PlannedJob, slot_dt: datetime) -> Fire:
+    def _fire(self, job: PlannedJob, slot_dt: datetime, now: float) -> Fire:
         slot = slot_dt.timestamp()
-        return Fire(job.name, slot, f"{job.name}@{slot_id(slot_dt)}", slot + self._jitter(job, slot))
+        return Fire(job.name, slot, f"{job.name}@{slot_id(slot_dt)}", slot + self._jitter(job, slot),
+                    now - slot >= 60.0)
 
     def _new_slots(self, job: PlannedJob, now: float) -> "tuple[Optional[float], List[Fire]]":
         """The latest slot in (cursor, now], and the slots the catch-up policy runs."""
         if job.schedule.next_after(_utc(job.cursor), job.tz).timestamp() > now:
             return None, []
         limit = job.catchup_limit if job.catchup == "all" else 1
-        slots = [self._fire(job, s) for s in job.schedule.between(_utc(job.cursor), _utc(now), job.tz, limit=limit)]
+        slots = [self._fire(job, s, now)
+                 for s in job.schedule.between(_utc(job.cursor), _utc(now), job.tz, limit=limit)]
         latest = slots[-1].slot
         if job.catchup == "none":            # only a slot whose minute is still going runs
-            slots = [f for f in slots if now - f.slot < 60.0]
+            slots = [f for f in slots if not f.missed]
         return latest, slots
 
     def due(self, now: float, is_running: Callable[[str], bool]) -> List[Fire]:
@@ -115,8 +120,9 @@ class Planner:
                 if not busy or job.overlap == "allow":
                     out.append(fire)
                     busy = True
-                elif job.overlap == "queue" and len(keep) < job.catchup_limit:
-                    keep.append(fire)                  # overlap=skip: dropped
+                elif (job.overlap == "queue" or (fire.missed and job.catchup == "all")) \
+                        and len(keep) < job.catchup_limit:
+                    keep.append(fire)                  # overlap=skip: dropped, unless catch-up asked for it
             job.queued = keep
         return out
 
