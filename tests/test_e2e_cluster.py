@@ -477,8 +477,10 @@ def test_cli_unknown_task_exits_4_with_one_line(cluster: Cluster) -> None:
         out = run_cli("--master", local.address, verb, "nosuch#9")
         assert out.code == 4, out
         line = one_line(out.stderr)
-        assert line.startswith("titan: ") and "nosuch#9" in line, line
+        assert line.startswith("titan: no run or task 'nosuch#9'") and "titan runs" in line, line
         assert "Traceback" not in out.stderr
+    out = run_cli("--master", local.address, "status", "nosuch#9/t")     # a run's task: not a run
+    assert out.code == 4 and one_line(out.stderr).startswith("titan: no task 'nosuch#9/t'"), out
 
 
 def test_cli_exits_3_when_no_master_listens() -> None:

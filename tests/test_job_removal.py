@@ -68,6 +68,8 @@ def test_jobs_rm_removes_each_named_job_and_names_the_unknown_one(cluster: Clust
     res = run_cli(*m, "trigger", "etl")
     assert res.code == 4 and "no job 'etl'" in res.stderr and "titan submit FILE" in res.stderr, res
     assert "etl#1" in run_cli(*m, "runs", "etl").stdout
+    res = run_cli(*m, "runs", "nosuch")         # a job that never was: not an empty list
+    assert res.code == 4 and "titan: no job 'nosuch'" in res.stderr, res
     # And --json prints what was removed
     res = run_cli(*m, "jobs", "rm", "keep", "--json")
     assert res.code == 0, res

@@ -200,7 +200,11 @@ class UnknownTaskId(UsageError):
     """Raised inside the master when a request names a task it does not know."""
 
     def __init__(self, task_id: object) -> None:
-        super().__init__(f"no task {task_id!r}: `titan tasks` lists the tasks this master knows")
+        if isinstance(task_id, str) and "/" not in task_id and ("#" in task_id or "@" in task_id):
+            super().__init__(f"no run or task {task_id!r}: `titan runs` lists the runs and `titan tasks` "
+                             "the tasks this master knows")          # JOB#N: a run's id, or a lone task's
+        else:
+            super().__init__(f"no task {task_id!r}: `titan tasks` lists the tasks this master knows")
 
 
 def worker_state(w: Any) -> str:

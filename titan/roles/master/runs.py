@@ -244,6 +244,8 @@ class RunService:
         job = body.get("job")
         limit = body.get("limit") if isinstance(body.get("limit"), int) else 50
         matching = [run_id for run_id in self.runs if job is None or _job_of(run_id) == job]
+        if job is not None and not matching and job not in self.jobs:
+            raise UnknownJobName(job)           # (a removed job's runs are still listed)
         newest = matching[-limit:] if limit > 0 else []          # only these are looked at
         rows = [self.view(run_id, detail=False) for run_id in reversed(newest)]
         conn.send(Op.OK, req_id, {"runs": rows, "total": len(matching)})
