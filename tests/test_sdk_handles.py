@@ -171,3 +171,38 @@ def test_task_logs_return_the_output_so_far_while_it_runs_and_all_of_it_after(
         gate.touch()
         assert task.result(RESULT_TIMEOUT_S).output == "first\nsecond\n"
         assert task.logs() == "first\nsecond\n"
+
+
+def test_a_wait_that_times_out_says_the_task_or_run_is_still_going_and_can_be_waited_on_again(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # Given a task and a one-task run, both waiting on a gate file
+    local = cluster(workers=1, slots=2)
+    gate = tmp_path / "gate"
+    with local.client() as c:
+        task = c.submit(gated(gate), name="slow")
+        run = c.submit_job({"name": "slowjob", "tasks": [{"name": "a", "command": gated(gate)}]})
+        # When each is waited on for 0.3 s
+        with pytest.raises(TimeoutError, match=r"^task slow#1 has not ended after 0.3s$"):
+            task.result(timeout=0.3)
+        with pytest.raises(TimeoutError, match=r"^run slowjob#1 still running after 0.3s$"):
+            run.wait(timeout=0.3)
+        # Then, once they end, the same handles give their results
+        gate.touch()
+        assert task.result(RESULT_TIMEOUT_S).state == "SUCCEEDED"
+        assert run.wait(RESULT_TIMEOUT_S).state == "SUCCEEDED"
+
+
+def test_a_scheduled_job_submitted_starts_no_run_and_its_handle_says_how_to_start_one(
+        cluster: Cluster, tmp_path: Path) -> None:
+    from titan.errors import UsageError
+    local = cluster(workers=1)
+    path = tmp_path / "nightly.ini"
+    path.write_text("[job]\nname = nightly\nschedule = 0 3 * * *\n[task:a]\nrun = true\n")
+    with local.client() as c:
+        run = c.submit_file(str(path))
+        assert run.id is None
+        for call in (run.wait, run.tasks, run.status):
+            with pytest.raises(UsageError, match=r"no run was started: nightly has a schedule.*"
+                                                 r"trigger\('nightly'\) starts a run now"):
+                call()
+        assert c.trigger("nightly").wait(RESULT_TIMEOUT_S).state == "SUCCEEDED"

@@ -127,12 +127,20 @@ class Task:
             if self._req_id is None:
                 self._req_id = self.client._send(Op.WAIT, {"task": self.id})
             deadline = None if timeout is None else time.monotonic() + timeout
-            pending = self.client._wait_for(self._req_id, deadline, final_event="result")
-            if self._id is None and pending.reply is not None and pending.reply.opcode == Op.OK:
-                self._id = str(pending.reply.body["id"])
+            try:
+                pending = self.client._wait_for(self._req_id, deadline, final_event="result")
+            except TimeoutError:
+                self._take_id(self.client._pending.get(self._req_id))
+                raise TimeoutError(f"task {self._id or '(not acknowledged yet)'} has not ended after "
+                                   f"{timeout:g}s") from None
+            self._take_id(pending)
             self._collect()
         assert self._result is not None
         return self._result
+
+    def _take_id(self, pending: Optional[_Pending]) -> None:
+        if self._id is None and pending is not None and pending.reply is not None and pending.reply.opcode == Op.OK:
+            self._id = str(pending.reply.body["id"])
 
     def _collect(self) -> None:
         if self._req_id is None:
@@ -469,6 +477,7 @@ class Client:
         run = Run(self, body.get("run"), list(body.get("tasks") or []),
                   req_id if watch and body.get("run") else None, on_task)
         run.services = list(body.get("services") or [])
+        run.job = str(body.get("job") or job.get("name") or "")
         return run
 
     def submit_file(self, path: str, *, start: Optional[bool] = None, watch: bool = True,
@@ -492,7 +501,9 @@ class Client:
         assert reply is not None
         if not watch:
             self._forget(req_id)
-        return Run(self, reply.body["run"], list(reply.body["tasks"]), req_id if watch else None, on_task)
+        run = Run(self, reply.body["run"], list(reply.body["tasks"]), req_id if watch else None, on_task)
+        run.job = job
+        return run
 
     def runs(self, job: Optional[str] = None, *, limit: int = 50) -> List[Dict[str, Any]]:
         return list(self._call(Op.RUNS, {"job": job, "limit": limit}).get("runs", []))

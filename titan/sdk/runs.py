@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
+from titan.errors import UsageError
 
 if TYPE_CHECKING:
     from titan.sdk.client import Client
@@ -50,6 +51,7 @@ class Run:
         self._seen = 0
         self._result: Optional[RunResult] = None
         self.services: List[str] = []      # the job's services, deployed with it (see Client.services)
+        self.job = ""                       # the job's name (set by the client)
 
     def __repr__(self) -> str:
         return f"<titan.Run {self.id}>"
@@ -60,13 +62,23 @@ class Run:
 
     def tasks(self) -> List[Dict[str, Any]]:
         """Every task of the run as the master sees it now (state, attempts, node)."""
-        return list(self.client.status(self.id or "")["tasks"])
+        return list(self.status()["tasks"])
 
     def status(self) -> Dict[str, Any]:
-        return self.client.status(self.id or "")
+        return self.client.status(self._started())
+
+    def _started(self) -> str:
+        """The run's id; a UsageError if submitting the job started no run."""
+        if self.id is None:
+            job = self.job or "the job"
+            raise UsageError(f"no run was started: {job} has a schedule, so submitting it registered it only; "
+                             f"trigger({self.job!r}) starts a run now")
+        return self.id
 
     def wait(self, timeout: Optional[float] = None) -> RunResult:
-        """Block until every task of the run has ended; return the run's result."""
+        """Block until every task of the run has ended; return the run's result.
+
+        Raises TimeoutError if it has not ended after ``timeout`` seconds."""
         if self._result is not None:
             return self._result
         if self._req_id is None:           # not watching: ask the master until it is over
@@ -80,7 +92,10 @@ class Run:
                     self.client._forget(self._req_id)
                     self._result = self._from_event(event.get("run") or {}) or self._final()
                     return self._result
-            self.client._wait_more(self._req_id, deadline, len(pending.events))
+            try:
+                self.client._wait_more(self._req_id, deadline, len(pending.events))
+            except TimeoutError:
+                raise TimeoutError(f"run {self.id} still running after {timeout:g}s") from None
 
     def _report(self, events: List[Dict[str, Any]]) -> None:
         for event in events[self._seen:]:
