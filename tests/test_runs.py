@@ -62,6 +62,7 @@ run = echo report
     assert "transform        FAILED     1 attempt  on local-" in res.stdout, res
     res = run_cli("--master", local.address, "trigger", "etl", "--wait")
     assert res.code == 1 and "etl#2  FAILED" in res.stdout, res
+    assert res.stderr.splitlines()[0] == "titan: etl#2 started: 4 tasks", res
     # progress events come to those who ask for them; the final result carries every task's state
     seen: list = []
     with local.client() as c:
@@ -469,8 +470,9 @@ run = echo next
 """)
     res = run_cli("--master", local.address, "submit", job, "--wait")
     assert res.code == 0 and "once#1  SUCCEEDED" in res.stdout, res
-    lines = [line for line in res.stderr.splitlines() if line.startswith("once#1/")]
-    assert lines == ["once#1/try  RUNNING on local-1",
+    lines = [line for line in res.stderr.splitlines() if line.startswith(("once#1/", "titan: "))]
+    assert lines == ["titan: once#1 started: 2 tasks",
+                     "once#1/try  RUNNING on local-1",
                      "once#1/try  QUEUED (attempt 1 failed with exit code 3; next attempt in 0.5s)",
                      "once#1/try  RUNNING on local-1 (attempt 2)",
                      "once#1/try  SUCCEEDED on local-1",

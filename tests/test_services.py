@@ -251,6 +251,7 @@ def test_a_job_files_services_deploy_with_submit_and_alone_with_deploy(cluster: 
     m = ("--master", local.address)
     res = run_cli(*m, "submit", str(job), "--wait")
     assert res.code == 0 and "SUCCEEDED" in res.stdout, res
+    assert "titan: site#1 started: 1 task\n" in res.stderr, res
     web = wait_service(local.address, "web", lambda r: r["state"] == "RUNNING")
     assert web["job"] == "site" and answers(web["port"])
     res = run_cli(*m, "deploy", str(job))                # the same spec: unchanged, same pid

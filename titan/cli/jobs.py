@@ -49,6 +49,9 @@ def _finish(run: Run, wait: bool, as_json: bool) -> int:
         if run.id or not run.services:
             print(run.id or "(registered; the job runs on its schedule)")
         return EXIT_OK
+    if not as_json:
+        count = len(run.task_ids)
+        print(f"titan: {run.id} started: {count} task{'s' if count != 1 else ''}", file=sys.stderr)
     result = run.wait()
     if as_json:
         print_json({"run": result.id, "state": result.state, "tasks": result.tasks})
@@ -81,8 +84,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
             run = c.submit_file(args.file, watch=args.wait, on_task=None if args.json else _progress)
         except JobFileError as exc:
             return print_problems(exc)
-        if run.id and not args.json and args.wait:
-            print(f"titan: {run.id} started: {len(run.task_ids)} tasks", file=sys.stderr)
         return _finish(run, args.wait, args.json)
 
 
