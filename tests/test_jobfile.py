@@ -325,6 +325,8 @@ def test_problem_format() -> None:
     ("env = A=1", "etl.ini:5: [task:t] env: unknown key 'env' in [task:t]; write env.NAME = value"),
     ("env.1A = x", "etl.ini:5: [task:t] env.1A: bad environment variable name '1A': expected a letter or '_' "
                    "followed by letters, digits or '_'"),
+    ("env.TITAN_SHARED = /tmp/x", "etl.ini:5: [task:t] env.TITAN_SHARED: TITAN_SHARED is set by Titan (the run's "
+                                  "shared directory) and cannot be set here; choose another name"),
     ("timeout = 10x", "etl.ini:5: [task:t] timeout: bad duration '10x': expected a number of seconds, or numbers "
                       "with units ms, s, m, h, d, e.g. '90s', '10m', '1h30m', '2d'"),
     ("timeout = 0", "etl.ini:5: [task:t] timeout: bad duration '0': expected more than zero, e.g. '5s'"),
@@ -426,6 +428,8 @@ def test_health_checks_need_a_port() -> None:
                        "with units ms, s, m, h, d, e.g. '90s', '10m', '1h30m', '2d'"),
     ("env.A-B = 1", "etl.ini:2: [job] env.A-B: bad environment variable name 'A-B': expected a letter or '_' "
                     "followed by letters, digits or '_'"),
+    ("env.TITAN_RUN = x", "etl.ini:2: [job] env.TITAN_RUN: TITAN_RUN is set by Titan (the run's id) and cannot "
+                          "be set here; choose another name"),
     ("run = true", "etl.ini:2: [job] run: unknown key 'run' in [job]; 'run' belongs in [task:NAME]"),
     ("shedule = @daily", "etl.ini:2: [job] shedule: unknown key 'shedule' in [job]; did you mean 'schedule'?"),
 ])

@@ -131,6 +131,12 @@ class JobFileError(UsageError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+# Environment variables a worker sets for each attempt (or service instance), over the job's own.
+_SET_BY_TITAN = {"TITAN_RUN": "the run's id", "TITAN_TASK": "the task's id",
+                 "TITAN_ATTEMPT": "the attempt's number", "TITAN_SHARED": "the run's shared directory",
+                 "TITAN_WORKSPACE": "the attempt's own directory", "TITAN_SERVICE": "the service's name"}
+
+
 # ----- the line-aware reader ---------------------------------------------------------
 _OPTION_RE = re.compile(r"(?P<key>.*?)\s*[=:]\s*(?P<value>.*)$")
 _LINE_SPLIT_RE = re.compile(r"\r\n|\r|\n")
@@ -395,7 +401,11 @@ class _Builder:
             self.key_lines[(label, key)] = entry.line
             try:
                 if key.startswith("env."):
-                    env.append((convert.env_name(key[4:]), convert.env_value(entry.value)))
+                    name = convert.env_name(key[4:])
+                    if name in _SET_BY_TITAN:
+                        raise ConvertError(f"{name} is set by Titan ({_SET_BY_TITAN[name]}) and cannot be "
+                                           "set here; choose another name", value=name)
+                    env.append((name, convert.env_value(entry.value)))
                 elif key in table:
                     attribute, converter = table[key]
                     values[attribute] = converter(entry.value)
