@@ -557,6 +557,23 @@ def test_cli_defaults_to_five_fires_from_now(capsys: pytest.CaptureFixture) -> N
     assert before < first <= before + timedelta(minutes=2)
 
 
+def test_cli_near_the_last_year_prints_what_there_is_and_says_why_there_is_no_more(
+        capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run_cli(capsys, "cron", "next", "0 0 1 1 *", "--from", "9997-06-01T00:00:00Z", "--count", "3")
+    assert (code, out) == (0, "9998-01-01T00:00:00+00:00\n")
+    assert err == ("titan: 1 fire time after 9997-06-01T00:00:00+00:00 within the years Titan schedules in "
+                   "(up to 9998)\n")
+    code, out, err = run_cli(capsys, "cron", "next", "0 0 1 1 *", "--from", "9998-06-01T00:00:00Z")
+    assert (code, out) == (0, "") and err.startswith("titan: no fire times after 9998-06-01"), err
+
+
+def test_slots_between_near_the_first_year_do_not_overflow() -> None:
+    early = parse("0 0 1 1 *")
+    start = datetime(3, 6, 1, tzinfo=UTC)
+    assert early.between(start, datetime(6, 6, 1, tzinfo=UTC)) == [datetime(y, 1, 1, tzinfo=UTC) for y in (4, 5, 6)]
+    assert early.next_after(start) == datetime(4, 1, 1, tzinfo=UTC)
+
+
 BAD_CLI_CASES = [
     (("0 0 30 2 *",), "titan: bad cron expression '0 0 30 2 *': day-of-month 30 never occurs in month 2 (FEB), "
                       "so the expression can never fire\n"),

@@ -167,6 +167,9 @@ def cmd_cron(args: argparse.Namespace) -> int:
     else:
         for line in fires:
             print(line)
+    if len(fires) < args.count:         # fire times are looked for up to the year 9998
+        print(f"titan: {len(fires) or 'no'} fire time{'s' if len(fires) != 1 else ''} after "
+              f"{start.isoformat()} within the years Titan schedules in (up to 9998)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -422,7 +422,7 @@ class CronSchedule:
         day: Optional[date] = origin.astimezone(zone).date() - direction * _DAY
         heads: List[Tuple[timedelta, int, datetime, Iterator[datetime]]] = []
         last: Optional[datetime] = None
-        give_up = origin + direction * _SEARCH_LIMIT
+        give_up = _beyond(origin, direction * _SEARCH_LIMIT)
         while day is not None:
             if self.matches_day(day):
                 _push(heads, self._day_fires(day, zone, origin, direction), direction, day.toordinal())
@@ -433,7 +433,7 @@ class CronSchedule:
                 _push(heads, rest, direction, order)
                 if fire != last:  # a gap's end can coincide with a regular fire
                     last = fire
-                    give_up = fire + direction * _SEARCH_LIMIT
+                    give_up = _beyond(fire, direction * _SEARCH_LIMIT)
                     yield fire
             if edge is not None and (edge > give_up if forward else edge < give_up):
                 raise CronError(f"{self.text!r} does not fire within {SEARCH_LIMIT_YEARS} years of "
@@ -481,3 +481,11 @@ def _days_in(year: int, month: int) -> int:
     if month == 2:
         return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
     return _MONTH_DAYS[month - 1]
+
+
+def _beyond(t: datetime, delta: timedelta) -> datetime:
+    """``t + delta``, or the end of datetime's range if that lies past it (near the year 9999)."""
+    try:
+        return t + delta
+    except OverflowError:
+        return (datetime.max if delta > timedelta(0) else datetime.min).replace(tzinfo=timezone.utc)
