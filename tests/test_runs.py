@@ -493,6 +493,12 @@ def test_progress_says_when_no_worker_has_the_tags_a_queued_task_requires(cluste
             run.wait(timeout=1.0)              # the event arrives while we wait
         assert [(e["id"], e["state"]) for e in seen] == [("gpu#1/train", "QUEUED")], seen
         assert seen[0]["reason"] == "no connected worker has tags gpu: start one with --tags gpu"
+        # `titan status RUN` says it too, as does its --json
+        res = run_cli("--master", local.address, "status", run.id)
+        assert res.stdout.splitlines()[1] == ("  train            QUEUED                 (waiting: no connected worker has "
+                                              "tags gpu: start one with --tags gpu)"), res
+        view = json.loads(run_cli("--master", local.address, "status", run.id, "--json").stdout)
+        assert view["tasks"][0]["waiting"] == "no connected worker has tags gpu: start one with --tags gpu"
         c.cancel(run.id)
         assert run.wait(timeout=30).state == "CANCELLED"
 

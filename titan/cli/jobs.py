@@ -181,6 +181,8 @@ def show_run(view: Dict[str, Any]) -> int:
         node = f" on {t['node']}" if t.get("node") else ""
         after = f"  (after {', '.join(a.rsplit('/', 1)[-1] for a in t['after'])})" if t.get("after") else ""
         reason = f"  {t['reason']}" if t.get("reason") and t["state"] != "SUCCEEDED" else ""
+        if t.get("waiting"):
+            reason += f"  (waiting: {t['waiting']})"
         print(f"  {t['id'].rsplit('/', 1)[-1]:<16} {t['state']:<10} {tries_text:<10}{node}{after}{reason}".rstrip())
     return EXIT_OK
 

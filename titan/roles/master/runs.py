@@ -271,8 +271,17 @@ class RunService:
         out: Dict[str, Any] = {"id": run_id, "job": _job_of(run_id), "state": run_state(states),
                                "counts": summarize(states), "tasks": len(records)}
         if detail:
-            out["tasks"] = [r.to_wire() for r in records]
+            out["tasks"] = [self._task_view(r) for r in records]
         return out
+
+    def _task_view(self, record: TaskRecord) -> Dict[str, Any]:
+        """A task of a run as ``status`` shows it; a QUEUED one says why it waits, if it must."""
+        view = record.to_wire()
+        if record.state is TaskState.QUEUED:
+            waiting = _why_queued(record, self.master.sched, self.master.clock())
+            if waiting:
+                view["waiting"] = waiting
+        return view
 
     def _records(self, run_id: str) -> List[TaskRecord]:
         tasks = self.master.sched.tasks
@@ -403,13 +412,22 @@ def _change(record: TaskRecord, before: Tuple[str, int], sched: "Scheduler", now
     last_ended = len(attempts) - 2 if running else len(attempts) - 1
     why = [_how_it_ended(attempts[last_ended])] if 0 <= last_ended and told_ended <= last_ended else []
     if record.state is TaskState.QUEUED:
-        if record.ready_at > now:       # the wait as set (a backoff, or the delay), not what is left of it
-            why.append(_wait_as_set(record))
-        nobody = _nobody_can_take(record, sched)
-        if nobody:
-            why.append(nobody)
+        waiting = _why_queued(record, sched, now)
+        if waiting:
+            why.append(waiting)
     event["reason"] = "; ".join(why)
     return event
+
+
+def _why_queued(record: TaskRecord, sched: "Scheduler", now: float) -> str:
+    """Why a QUEUED task is not running yet, if for more than want of a free slot ("" then)."""
+    why = []
+    if record.ready_at > now:       # the wait as set (a backoff, or the delay), not what is left of it
+        why.append(_wait_as_set(record))
+    nobody = _nobody_can_take(record, sched)
+    if nobody:
+        why.append(nobody)
+    return "; ".join(why)
 
 
 def _wait_as_set(record: TaskRecord) -> str:
