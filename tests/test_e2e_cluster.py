@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ import pytest
 
 from conftest import (TitanProcs, child_env, cli_argv, dump_logs, free_port, pid_gone, run_cli,
                       wait_until)
-from titan.errors import AuthError
+from titan.errors import AuthError, ConnectionLost
 from titan.roles.local import LocalCluster
 from titan.sdk.client import Client
 
@@ -490,6 +491,21 @@ def test_cli_exits_3_when_no_master_listens() -> None:
         assert out.code == 3, out
         line = one_line(out.stderr)
         assert f"cannot reach the master at 127.0.0.1:{port}" in line, line
+
+
+def test_a_server_that_accepts_but_never_answers_is_a_clear_error_not_a_hang() -> None:
+    # Given something listening that is not a master answering (a stopped master, another server)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = "127.0.0.1:%d" % silent.getsockname()[1]
+        # Then the SDK says so once its timeout is up
+        with pytest.raises(ConnectionLost, match=rf"^{address} accepted the connection but did not answer "
+                                                 r"within 0.5s; is a Titan master listening there, and running\?$"):
+            Client(address, token="", timeout=0.5)
+        # And the CLI exits 3 with that line (after its 10 s), no traceback
+        out = run_cli("--master", address, "status", "x#1")
+        assert out.code == 3 and one_line(out.stderr).startswith(f"titan: {address} accepted the connection"), out
 
 
 # ----- 6. master restart -----------------------------------------------------

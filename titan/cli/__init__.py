@@ -70,6 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(str(exc), EXIT_AUTH)
     except ConnectionLost as exc:
         return fail(str(exc), EXIT_UNAVAILABLE)
+    except TimeoutError as exc:         # the master stopped answering (stopped, or overloaded)
+        return fail(str(exc), EXIT_UNAVAILABLE)
     except (UnknownTask, UnknownJob) as exc:
         return fail(exc.message, EXIT_NOT_FOUND)
     except RemoteError as exc:

@@ -226,6 +226,9 @@ class Client:
                         self._sock.sendall(pack(opcode, 0, body))
         except (ConnectionError, ssl.SSLError) as exc:    # e.g. a TLS master that refused our certificate
             raise ConnectionLost(f"the master at {self.address} refused the connection: {exc}") from None
+        except TimeoutError:                              # e.g. a stopped master, or another kind of server
+            raise ConnectionLost(f"{self.address} accepted the connection but did not answer within {timeout:g}s; "
+                                 f"is a Titan master listening there, and running?") from None
         self.master_name = hs.welcome.get("name", "")
         features = hs.welcome.get("features")
         self.master_features = frozenset(f for f in features if isinstance(f, str)) if isinstance(features, list) \
@@ -414,6 +417,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             pending = self._wait_for(req_id, deadline)
+        except TimeoutError:
+            raise TimeoutError(f"the master at {self.address} did not answer within {timeout:g}s") from None
         finally:
             if self._pending.get(req_id) is not None and self._pending[req_id].done:
                 self._forget(req_id)
