@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, client_tls, make_client, print_json,
                               show_list, server_tls, setup_logging, tags)
@@ -24,13 +24,21 @@ from titan.sdk.client import DEFAULT_MASTER
 __all__ = ["cmd_master", "cmd_worker", "cmd_store", "cmd_nodes", "cmd_drain", "cmd_kv"]
 
 
-def cmd_master(args: argparse.Namespace) -> int:
+def _address(text: str, option: str, default_port: int = 9090) -> Tuple[str, int]:
+    """``HOST:PORT`` of ``option``; a bad one is a UsageError (exit 2) naming the option."""
     from titan.io.loop import parse_address
+    try:
+        return parse_address(text, default_port)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def cmd_master(args: argparse.Namespace) -> int:
     from titan.core.scaler import ScalerConfig
     from titan.roles.master import Master, MasterConfig
     setup_logging(args.log_level, "INFO")
     config = MasterConfig(
-        data_dir=Path(args.data), bind=parse_address(args.bind), token=args.token,
+        data_dir=Path(args.data), bind=_address(args.bind, "--bind"), token=args.token,
         insecure=args.insecure, name=args.name, heartbeat_timeout_s=args.heartbeat_timeout,
         lost_grace_s=args.lost_grace, handshake_timeout_s=args.handshake_timeout,
         frame_timeout_s=args.frame_timeout, max_connections=args.max_connections,
@@ -48,25 +56,20 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from titan.io.loop import parse_address
     from titan.roles.worker import Worker, WorkerConfig
     setup_logging(args.log_level, "INFO")
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     slots = args.slots if args.slots is not None else (os.cpu_count() or 1)
-    if slots < 1:
-        raise UsageError(f"--slots must be at least 1, not {slots}")
     temp = args.data is None
     data = Path(tempfile.mkdtemp(prefix="titan-worker-")) if temp else Path(args.data)
     tls = client_tls(args)
-    config = WorkerConfig(master=parse_address(args.master or DEFAULT_MASTER), name=name, data_dir=data,
+    config = WorkerConfig(master=_address(args.master or DEFAULT_MASTER, "--master"), name=name, data_dir=data,
                           tags=frozenset(tags(args.tags)), slots=slots, token=args.token,
                           dedicated=args.dedicated, heartbeat_interval_s=args.heartbeat_interval,
                           master_timeout_s=args.master_timeout, tls=tls,
                           tls_files=(args.tls_ca, args.tls_cert, args.tls_key) if tls is not None else None,
                           ephemeral=args.ephemeral, idle_timeout_s=args.idle_timeout,
                           max_children=args.max_children, ahead=args.ahead)
-    if args.max_children < 0 or args.idle_timeout <= 0 or (args.ahead or 0) < 0:
-        raise UsageError("--max-children and --ahead must be 0 or more and --idle-timeout greater than 0")
     try:
         Worker(config).serve_forever()
     finally:
@@ -78,13 +81,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     if getattr(args, "store_action", None) == "check":
         return _store_check(args)
-    from titan.io.loop import parse_address
     from titan.roles.store import StoreConfig, StoreServer
     setup_logging(args.log_level, "INFO")
-    try:
-        bind = parse_address(args.bind, 6380)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    bind = _address(args.bind, "--bind", 6380)
     config = StoreConfig(data_dir=Path(args.dir), bind=bind,
                          appendfsync=args.appendfsync, insecure=args.insecure,
                          rewrite_percentage=args.rewrite_percentage, rewrite_min_bytes=args.rewrite_min_bytes)

@@ -8,7 +8,7 @@ other. Verbs are added in the order ``titan --help`` lists them.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 import titan
 from titan.cli.services import add_service_verbs
@@ -32,6 +32,25 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="this process's certificate (env TITAN_TLS_CERT)")
     parser.add_argument("--tls-key", default=default, metavar="FILE",
                         help="its private key, if not in the certificate file (env TITAN_TLS_KEY)")
+
+
+def _number(kind: type, least: float, *, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` at least ``least`` (greater, if ``above``)."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value < least or (above and value == least):
+            raise argparse.ArgumentTypeError(f"must be {'greater than' if above else 'at least'} {least}, not {text}")
+        return value
+    return convert
+
+
+SECONDS = _number(float, 0, above=True)       # a timeout or an interval
+SECONDS_OR_0 = _number(float, 0)
+COUNT = _number(int, 1)
+COUNT_OR_0 = _number(int, 0)
 
 
 def _sub(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -86,53 +105,53 @@ def _add_master(subs: Any) -> None:
     p.add_argument("--data", default="titan-data", metavar="DIR", help="state and logs (default ./titan-data)")
     p.add_argument("--name", default="master")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a token")
-    p.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--lost-grace", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--heartbeat-timeout", type=SECONDS, default=10.0, metavar="SECONDS")
+    p.add_argument("--lost-grace", type=SECONDS_OR_0, default=10.0, metavar="SECONDS",
                    help="how long a lost worker's tasks wait before they are re-queued")
-    p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--frame-timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--handshake-timeout", type=SECONDS, default=10.0, metavar="SECONDS")
+    p.add_argument("--frame-timeout", type=SECONDS, default=30.0, metavar="SECONDS",
                    help="close a connection whose frame is not complete this long after its first byte")
-    p.add_argument("--max-connections", type=int, default=1024)
-    p.add_argument("--max-frame-bytes", type=int, default=64 * 1024 * 1024)
-    p.add_argument("--log-max-bytes", type=int, default=64 * 1024 * 1024, help="cap per attempt log")
+    p.add_argument("--max-connections", type=COUNT, default=1024)
+    p.add_argument("--max-frame-bytes", type=_number(int, 65536), default=64 * 1024 * 1024)
+    p.add_argument("--log-max-bytes", type=COUNT_OR_0, default=64 * 1024 * 1024, help="cap per attempt log")
     p.add_argument("--appendfsync", choices=("always", "everysec", "no"), default="always",
                    help="when the store's AOF is fsynced (default always: nothing is acknowledged before it is on disk)")
-    p.add_argument("--retention", type=float, default=7 * 86400.0, metavar="SECONDS",
+    p.add_argument("--retention", type=SECONDS_OR_0, default=7 * 86400.0, metavar="SECONDS",
                    help="how long finished tasks are kept (default 7 days)")
     p.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS",
                    help="run the master's clock this far ahead (to try out schedules without waiting)")
-    p.add_argument("--scale-after", type=float, default=3.0, metavar="SECONDS",
+    p.add_argument("--scale-after", type=SECONDS_OR_0, default=3.0, metavar="SECONDS",
                    help="inception: queued work waits this long on a full pool before a worker forks a child")
-    p.add_argument("--scale-cooldown", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--scale-cooldown", type=SECONDS_OR_0, default=10.0, metavar="SECONDS",
                    help="inception: the least time between two scaling decisions for one pool")
-    p.add_argument("--max-children-per-host", type=int, default=8, metavar="N")
-    p.add_argument("--max-children-total", type=int, default=32, metavar="N")
+    p.add_argument("--max-children-per-host", type=COUNT_OR_0, default=8, metavar="N")
+    p.add_argument("--max-children-total", type=COUNT_OR_0, default=32, metavar="N")
 
 
 def _add_worker(subs: Any) -> None:
     p = _sub(subs, "worker", "run tasks for a master")
     p.add_argument("--name", default=None, help="default: HOSTNAME-PID")
     p.add_argument("--tags", default="", help="comma-separated capabilities, e.g. gpu,highmem")
-    p.add_argument("--slots", type=int, default=None, help="tasks at once (default: CPU count)")
+    p.add_argument("--slots", type=COUNT, default=None, help="tasks at once (default: CPU count)")
     p.add_argument("--data", default=None, metavar="DIR", help="workspaces (default: a temporary directory)")
     p.add_argument("--dedicated", action="store_true", help="take only tasks that require one of my tags")
-    p.add_argument("--heartbeat-interval", type=float, default=2.0, metavar="SECONDS")
-    p.add_argument("--master-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--heartbeat-interval", type=SECONDS, default=2.0, metavar="SECONDS")
+    p.add_argument("--master-timeout", type=SECONDS, default=10.0, metavar="SECONDS")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--ephemeral", action="store_true", help="retire after --idle-timeout without work")
     kind.add_argument("--permanent", action="store_true", help="never retire (the default)")
-    p.add_argument("--idle-timeout", type=float, default=45.0, metavar="SECONDS",
+    p.add_argument("--idle-timeout", type=SECONDS, default=45.0, metavar="SECONDS",
                    help="how long an ephemeral worker stays idle before it retires (default 45)")
-    p.add_argument("--max-children", type=int, default=0, metavar="K",
+    p.add_argument("--max-children", type=COUNT_OR_0, default=0, metavar="K",
                    help="let the master ask this worker to fork up to K ephemeral child workers")
-    p.add_argument("--ahead", type=int, default=None, metavar="N",
+    p.add_argument("--ahead", type=COUNT_OR_0, default=None, metavar="N",
                    help="hold up to N quick tasks beyond --slots, started as slots free (default: three times --slots; 0: none)")
 
 
 def _add_up_and_run(subs: Any) -> None:
     p = _sub(subs, "up", "a local master and workers in one command")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--slots", type=int, default=2, help="slots per worker")
+    p.add_argument("--workers", type=COUNT_OR_0, default=2)
+    p.add_argument("--slots", type=COUNT, default=2, help="slots per worker")
     p.add_argument("--tags", default="", help="comma-separated tags for the local workers, e.g. gpu")
     p.add_argument("--data", default=None, metavar="DIR", help="default: a temporary directory")
     p.add_argument("command", nargs=argparse.REMAINDER,

@@ -118,6 +118,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "WARNING")
     _interrupt_on(signal.SIGINT, signal.SIGTERM)
     command = _command(args.command) if args.command else None
+    if command is not None and args.workers == 0:
+        raise UsageError("--workers 0 leaves nothing to run the command or job: give --workers 1 or more")
     job_file = command if _names_job_file(command) else None
     first_tags: List[str] = []
     if job_file is not None:            # checked before anything starts: a bad file starts nothing
