@@ -11,15 +11,17 @@ import errno
 import json
 import os
 import shlex
+import signal
 import socket
+import subprocess
 from pathlib import Path
 from typing import Callable, List, Tuple
 
 import pytest
 
 import titan
-from conftest import (FAST_MASTER_ARGS, FAST_WORKER_ARGS, TitanProcs, child_env, dump_logs, pid_gone, run_cli,
-                      wait_until)
+from conftest import (FAST_MASTER_ARGS, FAST_WORKER_ARGS, TitanProcs, child_env, cli_argv, dump_logs, pid_gone,
+                      run_cli, wait_until)
 from titan.cli.parser import build_parser
 from titan.errors import TitanError
 from titan.io.proc import titan_command
@@ -178,3 +180,30 @@ def test_titan_up_with_data_keeps_the_directory_and_stops_its_processes(tmp_path
     # And after `up` the directory is still there with the cluster's logs, and its processes are gone
     assert {"master.log", "local-1.log", "local-2.log"} <= {p.name for p in data.iterdir()}, list(data.iterdir())
     assert [pid for pid in pids if not pid_gone(pid)] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["kill-9", "hangup"])
+def test_the_cluster_of_titan_up_stops_when_up_is_killed_or_its_terminal_closes(tmp_path: Path, sig: int) -> None:
+    # Given `titan up` serving a master and one worker
+    data = tmp_path / "up"
+    proc = subprocess.Popen(cli_argv("up", "--workers", "1", "--data", str(data)), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(),
+                            start_new_session=True)
+    pids: List[int] = []
+    try:
+        assert "local cluster up" in proc.stderr.readline().decode()
+        pids = [int(p.read_text()) for p in sorted(data.glob("*.pid"))]
+        assert len(pids) == 2 and not any(pid_gone(pid) for pid in pids), pids
+        # When `up` alone is killed with SIGKILL (it cannot clean up), or gets SIGHUP
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=30)
+        # Then the master and the worker stop by themselves
+        wait_until(lambda: all(pid_gone(pid) for pid in pids), 20, "the master and the worker to stop")
+    finally:
+        for pid in [proc.pid] + pids:        # each runs in a session (a process group) of its own
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        proc.wait()
+        proc.stderr.close()

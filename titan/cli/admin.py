@@ -9,17 +9,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, client_tls, make_client, print_json,
                               show_list, server_tls, setup_logging, tags)
 from titan.errors import UsageError
 from titan.sdk.client import DEFAULT_MASTER
+
+if TYPE_CHECKING:
+    from titan.io.loop import Loop
 
 __all__ = ["cmd_master", "cmd_worker", "cmd_store", "cmd_nodes", "cmd_drain", "cmd_kv"]
 
@@ -31,6 +35,19 @@ def _address(text: str, option: str, default_port: int = 9090) -> Tuple[str, int
         return parse_address(text, default_port)
     except ValueError as exc:
         raise UsageError(f"{option}: {exc}") from None
+
+
+def _stop_with_parent(loop: "Loop") -> None:
+    """``--with-parent``: standard input is a pipe that only the starting process writes to;
+    its end of file (that process is gone, however it ended) stops this one as SIGTERM would."""
+    def readable(mask: int) -> None:
+        if not os.read(0, 4096):
+            loop.unregister(0)
+            os.kill(os.getpid(), signal.SIGTERM)
+    try:
+        loop.register(0, 1, readable)
+    except OSError:
+        raise UsageError("--with-parent needs a pipe as standard input") from None
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -51,6 +68,8 @@ def cmd_master(args: argparse.Namespace) -> int:
         master.start()
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.bind}: {exc.strerror or exc}") from None
+    if args.with_parent:
+        _stop_with_parent(master.loop)
     master.serve_forever()
     return EXIT_OK
 
@@ -71,7 +90,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           ephemeral=args.ephemeral, idle_timeout_s=args.idle_timeout,
                           max_children=args.max_children, ahead=args.ahead)
     try:
-        Worker(config).serve_forever()
+        worker = Worker(config)
+        if args.with_parent:
+            _stop_with_parent(worker.loop)
+        worker.serve_forever()
     finally:
         if temp:
             shutil.rmtree(data, ignore_errors=True)

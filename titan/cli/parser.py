@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_master(subs: Any) -> None:
     p = _sub(subs, "master", "run the control plane")
+    p.add_argument("--with-parent", action="store_true", help=argparse.SUPPRESS)   # see roles.local
     p.add_argument("--bind", default="127.0.0.1:9090", metavar="HOST:PORT")
     p.add_argument("--data", default="titan-data", metavar="DIR", help="state and logs (default ./titan-data)")
     p.add_argument("--name", default="master")
@@ -130,6 +131,7 @@ def _add_master(subs: Any) -> None:
 
 def _add_worker(subs: Any) -> None:
     p = _sub(subs, "worker", "run tasks for a master")
+    p.add_argument("--with-parent", action="store_true", help=argparse.SUPPRESS)   # see roles.local
     p.add_argument("--name", default=None, help="default: HOSTNAME-PID")
     p.add_argument("--tags", default="", help="comma-separated capabilities, e.g. gpu,highmem")
     p.add_argument("--slots", type=COUNT, default=None, help="tasks at once (default: CPU count)")

@@ -116,7 +116,7 @@ def _names_job_file(command: Union[None, str, List[str]]) -> bool:
 def cmd_up(args: argparse.Namespace) -> int:
     from titan.roles.local import LocalCluster
     setup_logging(args.log_level, "WARNING")
-    _interrupt_on(signal.SIGINT, signal.SIGTERM)
+    _interrupt_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)     # SIGHUP: its terminal closed
     command = _command(args.command) if args.command else None
     if command is not None and args.workers == 0:
         raise UsageError("--workers 0 leaves nothing to run the command or job: give --workers 1 or more")

@@ -3,6 +3,11 @@
 ``titan up`` uses it, and so do the end-to-end tests.  Every process it
 starts runs in its own session and is stopped (TERM, grace, KILL of the whole
 group) by :meth:`LocalCluster.stop`, also when start-up fails half-way.
+
+If the process holding the cluster dies without stopping it (``kill -9``, a
+closed terminal), the cluster stops by itself: each child's standard input
+is a pipe whose only writer is that process (``--with-parent``), and its end
+of file stops the child as SIGTERM would.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from titan.errors import TitanError
 from titan.io.proc import titan_command, titan_env
@@ -42,6 +47,7 @@ class LocalCluster:
         self.master: Optional[subprocess.Popen] = None
         self.worker_procs: List[subprocess.Popen] = []
         self.address = ""
+        self._lifeline: Optional[Tuple[int, int]] = None     # the pipe whose end stops the children
 
     def __enter__(self) -> "LocalCluster":
         self.start()
@@ -60,10 +66,12 @@ class LocalCluster:
 
     def _spawn(self, args: List[str], log_name: str) -> subprocess.Popen:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._lifeline is None:
+            self._lifeline = os.pipe()      # (not inherited: only the children's stdin is its read end)
         log = open(self.data_dir / log_name, "ab")
         try:
-            proc = subprocess.Popen(titan_command() + args, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=self._env(), start_new_session=True)
+            proc = subprocess.Popen(titan_command() + args + ["--with-parent"], stdin=self._lifeline[0],
+                                    stdout=log, stderr=subprocess.STDOUT, env=self._env(), start_new_session=True)
         finally:
             log.close()
         # each child's pid next to its log, so whoever cleans up after a crash can find it
@@ -147,6 +155,10 @@ class LocalCluster:
                 proc.wait()
         self.worker_procs = []
         self.master = None
+        if self._lifeline is not None:
+            for fd in self._lifeline:
+                os.close(fd)
+            self._lifeline = None
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
