@@ -361,6 +361,71 @@ def test_cli_run_streams_output_while_the_task_runs(cluster: Cluster, tmp_path: 
         run.stderr.close()
 
 
+def test_cli_run_says_why_its_task_waits_and_ctrl_c_cancels_it(cluster: Cluster) -> None:
+    # Given a cluster whose only worker has no gpu tag
+    local = cluster(workers=1)
+    # When a user runs a task that requires gpu
+    run = subprocess.Popen(cli_argv("--master", local.address, "run", "--requires", "gpu", "--", "echo", "x"),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=child_env(), start_new_session=True)
+    lines: "queue.Queue[bytes]" = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in run.stderr], daemon=True)
+    reader.start()
+    try:
+        # Then within seconds it says why the task waits, and how to fix it
+        assert next_line(lines, "titan run") == (b"titan: echo#1 QUEUED (no connected worker has tags gpu: "
+                                                 b"start one with --tags gpu)\n")
+        # And when the user presses Ctrl-C, it cancels the task and exits 130
+        run.send_signal(signal.SIGINT)
+        assert run.wait(15) == 130
+        reader.join(5)
+        assert next_line(lines, "titan run", 5) == b"titan: cancelled echo#1\n"
+        with local.client() as c:
+            assert c.status("echo#1")["state"] == "CANCELLED"
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(10)
+        run.stdout.close()
+        run.stderr.close()
+    # And `run --detach --json` prints the id as JSON
+    res = run_cli("--master", local.address, "run", "--detach", "--json", "--", "true")
+    assert (res.code, json.loads(res.stdout)) == (0, {"id": "true#1"}), res
+
+
+def test_cli_run_says_when_a_later_attempt_starts(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a task whose first attempt fails and whose second waits for a gate file
+    local = cluster(workers=1)
+    marker, gate = tmp_path / "failed-once", tmp_path / "gate"
+    script = (f"if [ -e {marker} ]; then while [ ! -e {gate} ]; do sleep 0.05; done; echo done; "
+              f"else touch {marker}; exit 3; fi")
+    run = subprocess.Popen(cli_argv("--master", local.address, "run", "--retries", "1", "--", "sh", "-c", script),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=child_env(), start_new_session=True)
+    lines: "queue.Queue[bytes]" = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in run.stderr], daemon=True)
+    reader.start()
+    try:
+        # Then `titan run` says that attempt 2 started, and why (after, if it looked during the 1 s
+        # backoff, a line saying the task waits for it)
+        attempt_line = b"titan: sh#1 attempt 2 on local-1 (attempt 1 failed with exit code 3)\n"
+        seen = [next_line(lines, "titan run", 30)]
+        if seen[0] != attempt_line:
+            seen.append(next_line(lines, "titan run", 30))
+        assert seen in ([attempt_line], [b"titan: sh#1 QUEUED (next attempt in 1s)\n", attempt_line]), seen
+        # And it ends with the second attempt's result
+        gate.touch()
+        assert run.wait(15) == 0
+        assert run.stdout.read() == b"done\n"
+    finally:
+        gate.touch()
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(10)
+        run.stdout.close()
+        run.stderr.close()
+
+
 def test_cli_status_nodes_and_logs(cluster: Cluster) -> None:
     # Given a finished task that printed two lines
     local = cluster(workers=2)

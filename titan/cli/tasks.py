@@ -96,16 +96,55 @@ def cmd_run(args: argparse.Namespace) -> int:
                         env=_env_pairs(args.env), watch=not args.detach, **grace,
                         on_output=None if (args.detach or args.json) else _stream_output)
         if args.detach:
-            print(task.id)
+            if args.json:
+                print_json({"id": task.id})
+            else:
+                print(task.id)
             return EXIT_OK
         if sys.stderr.isatty():
             print(f"titan: {task.id} submitted", file=sys.stderr)
-        result = task.result()
+        _interrupt_on(signal.SIGINT, signal.SIGTERM)
+        try:
+            result = _follow(c, task)
+        except KeyboardInterrupt:           # Ctrl-C stops the task too, as it would a local command
+            c.cancel(task.id)
+            print(f"titan: cancelled {task.id}", file=sys.stderr)
+            return EXIT_CANCELLED
     if args.json:
         print_json(_result_json(result))
     else:
         _report(result)
     return exit_code_of(result)
+
+
+def _follow(c: Any, task: Any) -> TaskResult:
+    """Wait for ``task``'s result; meanwhile say on stderr why it waits, if no worker can take it,
+    and when an attempt after the first starts (the one before was lost or failed)."""
+    told, attempts, pause = "", 1, 1.0
+    while True:
+        try:
+            return task.result(timeout=pause)
+        except TimeoutError:
+            pause = min(pause * 2, 5.0)
+        st = c.status(task.id)
+        tries = st.get("attempts") or []
+        if len(tries) > attempts:            # a new attempt is made when it is dispatched
+            print(f"titan: {task.id} attempt {len(tries)} on {tries[-1].get('node')} "
+                  f"({_how_it_ended(tries[-2])})", file=sys.stderr)
+            attempts = len(tries)
+        waiting = st.get("waiting", "")
+        if waiting and waiting != told:
+            print(f"titan: {task.id} QUEUED ({waiting})", file=sys.stderr)
+        told = waiting
+
+
+def _how_it_ended(attempt: Dict[str, Any]) -> str:
+    number, reason = attempt.get("attempt"), attempt.get("reason")
+    if attempt.get("state") == "QUEUED":      # its worker was lost, or handed it back unstarted
+        return f"attempt {number} lost: {reason}"
+    if attempt.get("exit_code") is not None:
+        return f"attempt {number} failed with exit code {attempt['exit_code']}"
+    return f"attempt {number} {str(attempt.get('state')).lower()}: {reason}"
 
 
 def _names_job_file(command: Union[None, str, List[str]]) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict
 from titan.core.model import TERMINAL, TaskRecord, TaskState
 from titan.errors import InvalidTransition, UsageError
 from titan.io.loop import Connection
+from titan.roles.master.runs import task_view
 from titan.wire.frames import FLAG_MORE, Op
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class ClientRequests:
             conn.send(Op.OK, req_id, self.runs.view(body["task"]))
             return
         record = self._record(body)
-        conn.send(Op.OK, req_id, record.to_wire())
+        conn.send(Op.OK, req_id, task_view(record, self.sched, self.clock()))
 
     def _c_wait(self: "Master", conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         record = self._record(body)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from titan.core.scheduler import Scheduler
     from titan.roles.master.server import Master
 
-__all__ = ["RunService", "UnknownJobName"]
+__all__ = ["RunService", "UnknownJobName", "task_view"]
 
 
 class RunService:
@@ -271,17 +271,8 @@ class RunService:
         out: Dict[str, Any] = {"id": run_id, "job": _job_of(run_id), "state": run_state(states),
                                "counts": summarize(states), "tasks": len(records)}
         if detail:
-            out["tasks"] = [self._task_view(r) for r in records]
+            out["tasks"] = [task_view(r, self.master.sched, self.master.clock()) for r in records]
         return out
-
-    def _task_view(self, record: TaskRecord) -> Dict[str, Any]:
-        """A task of a run as ``status`` shows it; a QUEUED one says why it waits, if it must."""
-        view = record.to_wire()
-        if record.state is TaskState.QUEUED:
-            waiting = _why_queued(record, self.master.sched, self.master.clock())
-            if waiting:
-                view["waiting"] = waiting
-        return view
 
     def _records(self, run_id: str) -> List[TaskRecord]:
         tasks = self.master.sched.tasks
@@ -417,6 +408,16 @@ def _change(record: TaskRecord, before: Tuple[str, int], sched: "Scheduler", now
             why.append(waiting)
     event["reason"] = "; ".join(why)
     return event
+
+
+def task_view(record: TaskRecord, sched: "Scheduler", now: float) -> Dict[str, Any]:
+    """A task as STATUS shows it; a QUEUED one that waits for more than a free slot says why."""
+    view = record.to_wire()
+    if record.state is TaskState.QUEUED:
+        waiting = _why_queued(record, sched, now)
+        if waiting:
+            view["waiting"] = waiting
+    return view
 
 
 def _why_queued(record: TaskRecord, sched: "Scheduler", now: float) -> str:
