@@ -77,6 +77,10 @@ def test_a_chatty_task_cannot_grow_its_log_past_the_cap(cluster: Callable[..., L
     assert len(logged) < cap + 200
     files = list((local.data_dir / "master" / "logs").rglob("*.log"))
     assert len(files) == 1 and files[0].stat().st_size == len(logged)
+    # And `titan run` of the same task prints those 100 kB, then says on stderr that the rest was dropped
+    res = run_cli("--master", local.address, "run", "--", "sh", "-c", "yes abcdefghi | head -c 5000000")
+    assert res.code == 0 and res.stdout == ("abcdefghi\n" * (cap // 10)), (res.code, len(res.stdout), res.stderr)
+    assert res.stderr == "\n[titan: log reached its 100000-byte cap; further output is dropped]\n", res.stderr
 
 
 def test_up_without_a_command_serves_until_interrupted(tmp_path: Path) -> None:

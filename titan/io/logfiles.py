@@ -45,18 +45,20 @@ class LogStore:
     def path(self, task_id: str, attempt: int) -> Path:
         return self.root / quote(task_id, safe="") / f"{attempt}.log"
 
-    def append(self, task_id: str, attempt: int, data: bytes) -> bytes:
-        """Store ``data``; return the part kept (empty once the cap is hit)."""
+    def append(self, task_id: str, attempt: int, data: bytes) -> Tuple[bytes, bytes]:
+        """Store ``data``; return the part kept (empty once the cap is hit) and, where this
+        call reaches the cap, the line written after it that says so (else b"")."""
         entry = self._entry(task_id, attempt)
         room = self.max_bytes - entry.written
         kept = data[:room] if room > 0 else b""
         entry.dropped += len(data) - len(kept)
         if kept:
             self._write(entry, task_id, attempt, kept)
+        note = b""
         if entry.dropped and len(data) > len(kept) and room > 0:
-            self._write_marker(entry, task_id, attempt)
-        self._keep_tail(entry, kept)
-        return kept
+            note = self._write_marker(entry, task_id, attempt)
+        self._keep_tail(entry, kept + note)
+        return kept, note
 
     def _keep_tail(self, entry: _Open, data: bytes) -> None:
         entry.tail += data
@@ -64,9 +66,10 @@ class LogStore:
         if excess > 0:
             del entry.tail[:excess]
 
-    def _write_marker(self, entry: _Open, task_id: str, attempt: int) -> None:
-        marker = f"\n[titan: log reached its {self.max_bytes}-byte cap; further output is dropped]\n"
-        self._write(entry, task_id, attempt, marker.encode())
+    def _write_marker(self, entry: _Open, task_id: str, attempt: int) -> bytes:
+        marker = f"\n[titan: log reached its {self.max_bytes}-byte cap; further output is dropped]\n".encode()
+        self._write(entry, task_id, attempt, marker)
+        return marker
 
     def _entry(self, task_id: str, attempt: int) -> _Open:
         key = (task_id, attempt)

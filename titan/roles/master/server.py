@@ -613,16 +613,22 @@ class Master(ClientRequests, Handler):
         task_id, attempt, data = body.get("task"), body.get("attempt"), body.get("data")
         if not isinstance(task_id, str) or not isinstance(attempt, int) or not isinstance(data, bytes):
             return
-        kept = self.logs.append(task_id, attempt, data)
+        kept, note = self.logs.append(task_id, attempt, data)
         if kept:
-            event = {"kind": "output", "stream": body.get("stream", "out"), "attempt": attempt, "data": kept}
-            for fconn, freq in self.followers.get(task_id, ()):
-                fconn.send(Op.EVENT, freq, event, FLAG_MORE)
-            for fconn, freq in self.followers.get((task_id, attempt), ()):
-                fconn.send(Op.EVENT, freq, event, FLAG_MORE)
-            for wconn, wreq in self.watchers.get(task_id, ()):
-                if (task_id, wreq) in wconn.state.following:
-                    wconn.send(Op.EVENT, wreq, event, FLAG_MORE)
+            self._tell_output(task_id, attempt, body.get("stream", "out"), kept)
+        if note:                        # the log's cap was reached: said on stderr, after what was kept
+            self._tell_output(task_id, attempt, "err", note)
+
+    def _tell_output(self, task_id: str, attempt: int, stream: Any, data: bytes) -> None:
+        """Output of an attempt to those who follow its task or that attempt, or watch with output."""
+        event = {"kind": "output", "stream": stream, "attempt": attempt, "data": data}
+        for fconn, freq in self.followers.get(task_id, ()):
+            fconn.send(Op.EVENT, freq, event, FLAG_MORE)
+        for fconn, freq in self.followers.get((task_id, attempt), ()):
+            fconn.send(Op.EVENT, freq, event, FLAG_MORE)
+        for wconn, wreq in self.watchers.get(task_id, ()):
+            if (task_id, wreq) in wconn.state.following:
+                wconn.send(Op.EVENT, wreq, event, FLAG_MORE)
 
     def _w_fetch(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
         """A worker asks for a job file it has not cached yet."""
