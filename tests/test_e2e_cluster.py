@@ -162,7 +162,8 @@ def test_gpu_tasks_run_only_on_the_gpu_worker(cluster: Cluster) -> None:
     local.wait_for_workers(2, time.monotonic() + 30)
     # When gpu tasks are submitted next to plain ones
     with local.client() as c:
-        gpu = [c.submit(["sh", "-c", "sleep 0.2; echo $TITAN_NODE"], requires={"gpu"}) for _ in range(6)]
+        gpu = [c.submit(["sh", "-c", "sleep 0.2; echo $TITAN_NODE"], requires={"gpu"}) for _ in range(5)]
+        gpu.append(c.submit(["sh", "-c", "sleep 0.2; echo $TITAN_NODE"], requires="gpu"))  # one tag, as a str
         plain = [c.submit(["sh", "-c", "sleep 0.2"]) for _ in range(6)]
         gpu_results = [t.result(timeout=RESULT_TIMEOUT_S) for t in gpu]
         plain_results = [t.result(timeout=RESULT_TIMEOUT_S) for t in plain]

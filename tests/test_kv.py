@@ -1,6 +1,7 @@
 """The data bus: tasks and clients share keys and messages through the master's store."""
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from typing import Callable
@@ -94,6 +95,9 @@ def test_cli_get_set_del_keys(cluster: Callable[..., LocalCluster]) -> None:
     got = run_cli(*m, "kv", "get", "colour")
     assert (got.code, got.stdout) == (0, "blue\n"), got
     assert run_cli(*m, "kv", "keys").stdout.split() == ["colour"]
+    # the global options work after the action too, as after any verb
+    assert json.loads(run_cli("kv", "keys", "--json", *m).stdout) == ["colour"]
+    assert json.loads(run_cli("kv", "get", "colour", "--master", local.address, "--json").stdout) == "blue"
     assert run_cli(*m, "kv", "del", "colour").stdout.strip() == "1"
     missing = run_cli(*m, "kv", "get", "colour")
     assert missing.code == 4 and "no key 'colour'" in missing.stderr

@@ -206,3 +206,13 @@ def test_a_scheduled_job_submitted_starts_no_run_and_its_handle_says_how_to_star
                                                  r"trigger\('nightly'\) starts a run now"):
                 call()
         assert c.trigger("nightly").wait(RESULT_TIMEOUT_S).state == "SUCCEEDED"
+
+
+def test_requires_takes_a_set_a_list_or_one_comma_separated_string() -> None:
+    from titan.errors import UsageError
+    from titan.sdk.services import tag_list
+    assert tag_list({"gpu"}) == tag_list(["gpu"]) == tag_list("gpu") == ["gpu"]
+    assert tag_list("gpu, cuda") == tag_list(["cuda", "gpu", "gpu"]) == ["cuda", "gpu"]
+    assert tag_list(None) == tag_list("") == []
+    with pytest.raises(UsageError, match="requires takes tag names"):
+        tag_list([1, 2])

@@ -61,13 +61,13 @@ def _sub(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requires", default="", metavar="TAGS", help="comma-separated tags a worker must have")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="kill the task after this long")
-    p.add_argument("--kill-grace", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=SECONDS, default=None, metavar="SECONDS", help="kill the task after this long")
+    p.add_argument("--kill-grace", type=SECONDS_OR_0, default=None, metavar="SECONDS",
                    help="between TERM and KILL when the task is timed out or cancelled (default 5)")
     p.add_argument("--name", default=None, help="task name (the id becomes NAME#N)")
     p.add_argument("--priority", type=int, default=0, help="higher runs first")
     p.add_argument("--node", default=None, help="run only on this worker")
-    p.add_argument("--retries", type=int, default=0, help="re-run a failed task up to N times")
+    p.add_argument("--retries", type=COUNT_OR_0, default=0, help="re-run a failed task up to N times")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
@@ -198,13 +198,13 @@ def _add_job_verbs(subs: Any) -> None:
 def _add_kv(subs: Any) -> None:
     p = _sub(subs, "kv", "the cluster's key-value store: get, set, del, keys")
     kv = p.add_subparsers(dest="kv_action", metavar="ACTION")
-    kv.add_parser("get", help="print a value").add_argument("key")
-    q = kv.add_parser("set", help="store a value")
+    _sub(kv, "get", "print a value").add_argument("key")
+    q = _sub(kv, "set", "store a value")
     q.add_argument("key")
     q.add_argument("value")
-    q.add_argument("--ttl", type=float, default=None, metavar="SECONDS", help="expire after this long")
-    kv.add_parser("del", help="delete keys").add_argument("keys", nargs="+")
-    kv.add_parser("keys", help="list keys").add_argument("pattern", nargs="?", default="*")
+    q.add_argument("--ttl", type=SECONDS, default=None, metavar="SECONDS", help="expire after this long")
+    _sub(kv, "del", "delete keys").add_argument("keys", nargs="+")
+    _sub(kv, "keys", "list keys").add_argument("pattern", nargs="?", default="*")
 
 
 def _add_store(subs: Any) -> None:

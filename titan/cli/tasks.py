@@ -64,8 +64,6 @@ def _kill_grace(args: argparse.Namespace) -> Dict[str, float]:
     """``kill_grace_s`` for submit when ``--kill-grace`` was given (else the SDK's default holds)."""
     if args.kill_grace is None:
         return {}
-    if args.kill_grace < 0:
-        raise UsageError(f"--kill-grace must be 0 or more, not {args.kill_grace:g}")
     return {"kill_grace_s": args.kill_grace}
 
 

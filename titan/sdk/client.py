@@ -26,7 +26,7 @@ from titan.wire.codec import encode
 from titan.wire.frames import FLAG_MORE, Frame, FrameDecoder, Op, pack
 from titan.sdk.kv import KV
 from titan.sdk.runs import Run, RunResult
-from titan.sdk.services import file_request, load_job_file, service_body
+from titan.sdk.services import file_request, load_job_file, service_body, tag_list
 from titan.sdk.tls import client_context
 from titan.wire.handshake import ClientHandshake
 
@@ -431,7 +431,7 @@ class Client:
         """The cluster's key-value store and pub/sub (see :mod:`titan.sdk.kv`)."""
         return KV(self)
 
-    def submit(self, command: Union[str, Sequence[str]], *, requires: Optional[Iterable[str]] = None,
+    def submit(self, command: Union[str, Sequence[str]], *, requires: Union[None, str, Iterable[str]] = None,
                timeout_s: Optional[float] = None, name: Optional[str] = None, priority: int = 0,
                env: Optional[Dict[str, str]] = None, node: Optional[str] = None, retries: int = 0,
                retry_backoff_s: float = 1.0, kill_grace_s: float = KILL_GRACE_S, watch: bool = True,
@@ -632,7 +632,7 @@ def _split(address: str) -> Tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _submit_body(command: Union[str, Sequence[str]], requires: Optional[Iterable[str]],
+def _submit_body(command: Union[str, Sequence[str]], requires: Union[None, str, Iterable[str]],
                  timeout_s: Optional[float], name: Optional[str], priority: int,
                  env: Optional[Dict[str, str]], node: Optional[str], retries: int,
                  retry_backoff_s: float, kill_grace_s: float) -> Dict[str, Any]:
@@ -645,7 +645,7 @@ def _submit_body(command: Union[str, Sequence[str]], requires: Optional[Iterable
         if not wire_command or not wire_command[0]:
             raise UsageError("empty command: give a shell string or an argv list")
     body: Dict[str, Any] = {"command": wire_command}     # what has its default stays out
-    tags = sorted(set(requires)) if requires is not None else None
+    tags = tag_list(requires)
     if tags:
         body["requires"] = tags
     if timeout_s is not None:

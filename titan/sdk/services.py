@@ -11,15 +11,29 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["service_body", "file_request", "load_job_file"]
+from titan.errors import UsageError
+
+__all__ = ["service_body", "file_request", "load_job_file", "tag_list"]
+
+
+def tag_list(requires: Union[None, str, Iterable[str]]) -> List[str]:
+    """Tags as given to ``requires``: a set or list of names, or one string ("gpu" or "gpu,cuda")."""
+    if requires is None:
+        return []
+    if isinstance(requires, str):
+        requires = requires.split(",")
+    names = list(requires)
+    if not all(isinstance(t, str) for t in names):
+        raise UsageError(f"requires takes tag names (strings), not {names!r}")
+    return sorted({t.strip() for t in names if t.strip()})
 
 
 def service_body(command: Union[str, Sequence[str]], *, name: str, port: Union[None, int, str] = None,
-                 requires: Optional[Iterable[str]] = None, node: Optional[str] = None,
+                 requires: Union[None, str, Iterable[str]] = None, node: Optional[str] = None,
                  env: Optional[Dict[str, str]] = None, **settings: Any) -> Dict[str, Any]:
     """One DEPLOY entry; ``settings`` are the other keys (``restart``, ``health``, ``backoff_s``...)."""
     body: Dict[str, Any] = {"name": name, "command": command if isinstance(command, str) else list(command),
-                            "port": port, "requires": sorted(requires or ()), "node": node, "env": dict(env or {})}
+                            "port": port, "requires": tag_list(requires), "node": node, "env": dict(env or {})}
     body.update({k: v for k, v in settings.items() if v is not None})
     return body
 
