@@ -96,6 +96,13 @@ def test_up_without_a_command_serves_until_interrupted(tmp_path: Path) -> None:
         with Client(match.group(1), token="") as c:
             assert c.submit("echo served").result(timeout=30).output == "served\n"
             worker_pid = c.nodes()[0]["pid"]
+        # And the command its next line suggests works as it is
+        hint = proc.stderr.readline().decode()
+        suggested = re.fullmatch(r"titan: try  (.*)   \(Ctrl-C stops\)\n", hint)
+        assert suggested and suggested.group(1).endswith(" run -- echo hello"), hint
+        tried = subprocess.run(["sh", "-c", suggested.group(1)], stdin=subprocess.DEVNULL, capture_output=True,
+                               env=child_env(), timeout=60)
+        assert (tried.returncode, tried.stdout) == (0, b"hello\n"), tried
         # And the user presses Ctrl-C
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)

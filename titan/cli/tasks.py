@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
+import os
+import shlex
 import signal
 import sys
 import time
@@ -198,10 +200,22 @@ def _interrupt_on(*signals: int) -> None:
         signal.signal(sig, interrupt)
 
 
+def _invoked_as() -> str:
+    """How the user started this Titan, to repeat in a hint: ``python3 titan.py``, ``titan``..."""
+    arg0 = sys.argv[0] if sys.argv else ""
+    name = os.path.basename(arg0)
+    if name == "__main__.py":
+        return "python3 -m titan"
+    if name.endswith((".py", ".pyz")):
+        return f"python3 {shlex.quote(arg0)}"
+    return "titan"
+
+
 def _serve_until_interrupted(cluster: Any, address: str) -> int:
     print(f"titan: local cluster up: master {address}, {cluster.workers} workers, data in {cluster.data_dir}",
           file=sys.stderr)
-    print(f"titan: try  TITAN_MASTER={address} titan run -- echo hello   (Ctrl-C stops)", file=sys.stderr)
+    print(f"titan: try  TITAN_MASTER={address} {_invoked_as()} run -- echo hello   (Ctrl-C stops)",
+          file=sys.stderr)
     try:
         while True:
             if cluster.master.poll() is not None:
