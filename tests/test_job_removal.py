@@ -32,8 +32,12 @@ def _offset_to_next_minute(lead_s: float) -> float:
 
 
 def _runs(address: str, job: str) -> List[Dict[str, Any]]:
+    """The job's runs; none for a job the master does not know (removed before it ever ran)."""
     with Client(address, token="", timeout=5.0) as c:
-        return c.runs(job)
+        try:
+            return c.runs(job)
+        except UnknownJob:
+            return []
 
 
 def _job_names(address: str) -> List[str]:

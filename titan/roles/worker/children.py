@@ -127,8 +127,15 @@ class Children:
         if proc is None:
             return
         self.w.loop.unregister(proc.sentinel)
+        self._reap(name, proc, time.monotonic() + 5.0)
+
+    def _reap(self, name: str, proc: Any, deadline: float) -> None:
+        """Reap a child whose sentinel closed: it may take a moment more to exit."""
         proc.join(0)
         code = proc.exitcode
+        if code is None and time.monotonic() < deadline:
+            self.w.loop.call_later(0.02, lambda: self._reap(name, proc, deadline))
+            return
         logger.info("child worker %s exited (%s)", name, "retired" if code == 0 else f"exit code {code}")
         shutil.rmtree(self.root / name, ignore_errors=True)
 
