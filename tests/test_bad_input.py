@@ -217,7 +217,7 @@ def test_unknown_task_ids_get_unknown_task(served: Served, raw: Raw, opcode: Op)
 
 @pytest.mark.parametrize("command, words", [
     ("", "empty command"), ("   ", "empty command"), ([], "empty command"),
-    ([""], "(argv[0]) is empty"), (None, "must be a string or a list"), ([1, 2], "must be a string"),
+    ([""], "(argv[0]) is empty"), (None, "command is missing"), ([1, 2], "must be a string"),
 ])
 def test_empty_or_malformed_commands_are_refused(served: Served, raw: Raw, command: object, words: str) -> None:
     # Given a client past HELLO
@@ -287,7 +287,7 @@ def test_the_sdk_and_cli_refuse_empty_commands_before_sending(served: Served) ->
     (Op.DEPLOY, {"services": "web"}, "non-empty list of services"),
     (Op.DEPLOY, {"services": ["web"]}, "a service must be a map"),
     (Op.DEPLOY, {"services": [{"name": ["web"], "command": "x"}]}, "bad service name"),
-    (Op.DEPLOY, {"services": [{"name": "web"}]}, "must be a string or a list"),
+    (Op.DEPLOY, {"services": [{"name": "web"}]}, "command is missing"),
     (Op.DEPLOY, {"services": [{"name": "web", "command": "x", "port": 0.5}]}, "port must be a number"),
     (Op.DEPLOY, {"services": [{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]}, "same name"),
     (Op.SERVICE_CTL, {"name": "nosuch", "action": "stop"}, "no service 'nosuch'"),

@@ -139,6 +139,7 @@ def argv_from_wire(command: object) -> Tuple[Tuple[str, ...], bool]:
     if isinstance(command, str):
         _want(bool(command.strip()), "empty command: give a shell string or an argv list")
         return ("/bin/sh", "-c", command), True
+    _want(command is not None, "command is missing: give a shell string or an argv list")
     _want(isinstance(command, list), f"command must be a string or a list, not {type(command).__name__}")
     _want(len(command) > 0, "empty command: give a shell string or an argv list")
     _want(all(isinstance(a, str) for a in command), "every argv element must be a string")
