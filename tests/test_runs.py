@@ -537,7 +537,7 @@ def test_a_bad_job_from_the_sdk_is_refused_whole_and_changes_nothing(cluster: Cl
         "after must be a list of task names": {"name": "bad", "tasks": [ok, {**ok, "name": "b", "after": 5}]},
         "delay_s must be a number": {"name": "bad", "tasks": [{**ok, "delay_s": "soon"}]},
         "catchup_limit must be a whole number": {"name": "bad", "catchup_limit": "x", "tasks": [ok]},
-        "task 'b': command must be": {"name": "bad", "tasks": [ok, {"name": "b"}]},
+        "task 'b': command is missing": {"name": "bad", "tasks": [ok, {"name": "b"}]},
     }
     with local.client() as c:
         # When jobs with a problem in a later task are submitted

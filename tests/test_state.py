@@ -60,7 +60,7 @@ def _random_record(rng: random.Random, specs: SpecCache, n: int) -> TaskRecord:
         attempt.exit_code = rng.choice([None, 0, 1, -9, 255])
         attempt.reason, attempt.state = text(), rng.choice(list(TaskState))
         attempt.log_bytes = rng.randrange(10**9)
-        record.attempts.append(attempt)
+        record.add_attempt(attempt)
     return record
 
 

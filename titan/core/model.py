@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, cast
 
 from titan.errors import InvalidTransition, UsageError
 
@@ -315,7 +315,7 @@ class TaskRecord:
         self.seq = seq
         self.submitted_at = submitted_at
         self.finished_at: Optional[float] = None
-        self.attempts: List[Attempt] = []
+        self.attempts: Sequence[Attempt] = ()   # a list from the first attempt on (see add_attempt)
         self.ready_at = submitted_at
         self.cancel_requested = False
         self.retry_base = 0      # attempts made before the last manual retry
@@ -327,6 +327,14 @@ class TaskRecord:
         self.note = ""                         # why it ended without an attempt (SKIPPED, affinity)
         self.delay_s = 0.0                     # held this long once ready
         self.qgen = 0                          # which of its queue entries is current (others are stale)
+
+    def add_attempt(self, attempt: "Attempt") -> None:
+        """Record a new attempt.  A task that has none holds the shared empty tuple, not a
+        list of its own: 56 bytes less for each of the many a long queue can hold."""
+        if self.attempts:
+            cast(List[Attempt], self.attempts).append(attempt)
+        else:
+            self.attempts = [attempt]
 
     @property
     def current(self) -> Optional[Attempt]:

@@ -500,7 +500,7 @@ class Scheduler:
         self._rr = w.order + 1
         self._move(record, S.RUNNING)  # QUEUED -> RUNNING
         attempt = Attempt(len(record.attempts) + 1, w.name, now)
-        record.attempts.append(attempt)
+        record.add_attempt(attempt)
         record.qgen += 1
         w.running += 1
         return Dispatch(w.name, record.id, attempt.number, record.spec)
@@ -586,7 +586,7 @@ class Scheduler:
         if record.state is S.RUNNING:      # its recorded attempt was on a worker that is gone
             actions += self._end_lost_attempt(record, now, f"attempt {number} reported by {w.name}")
         self._move(record, S.RUNNING)      # QUEUED -> RUNNING, on the worker that has it
-        record.attempts.append(Attempt(number, w.name, now))
+        record.add_attempt(Attempt(number, w.name, now))
         record.qgen += 1
         w.running += 1
         return actions + [Note(f"worker {w.name} reported {record.id} attempt {number}; adopted")]

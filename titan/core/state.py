@@ -181,7 +181,7 @@ def record_from_blob(blob: bytes, specs: SpecCache) -> TaskRecord:
         att = Attempt(int(number), str(worker), float(started))
         att.finished_at, att.exit_code, att.reason, att.state = ended, code, reason, TaskState(a_state)
         att.log_bytes = int(a[7]) if len(a) > 7 else 0
-        record.attempts.append(att)
+        record.add_attempt(att)
     record.saved = (record.state, len(record.attempts))
     return record
 
