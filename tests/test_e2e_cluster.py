@@ -6,6 +6,7 @@ and that killed tasks leave no process behind.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Set
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
@@ -62,6 +63,28 @@ def next_line(lines: "queue.Queue[bytes]", what: str, timeout_s: float = 15.0) -
         return lines.get(timeout=timeout_s)
     except queue.Empty:
         raise AssertionError(f"no line from {what} within {timeout_s:g}s") from None
+
+
+@contextlib.contextmanager
+def cli_lines(*args: str, stream: str = "stdout",
+              env: Optional[Dict[str, str]] = None) -> Iterator[Tuple[subprocess.Popen, "queue.Queue[bytes]"]]:
+    """`titan ARGS` in a session of its own, with a thread queueing the lines of ``stream``;
+    killed (its group) and reaped on the way out."""
+    proc = subprocess.Popen(cli_argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env if env is not None else child_env(),
+                            start_new_session=True)
+    lines: "queue.Queue[bytes]" = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in getattr(proc, stream)], daemon=True)
+    reader.start()
+    try:
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        reader.join(5)                  # it has read to the end of the stream
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def assert_heard_again(c: Client, names: Set[str]) -> None:
@@ -333,62 +356,39 @@ def test_cli_run_streams_output_while_the_task_runs(cluster: Cluster, tmp_path: 
     # When a user runs it with `titan run`, its stdout a pipe (block-buffered, as a user's would be)
     env = child_env()
     env.pop("PYTHONUNBUFFERED", None)
-    run = subprocess.Popen(cli_argv("--master", local.address, "run", "--", "sh", "-c", script),
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=env, start_new_session=True)
-    lines: "queue.Queue[bytes]" = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in run.stdout], daemon=True)
-    reader.start()
     try:
-        # Then the first line is printed while the task is still running, and the second is not
-        assert next_line(lines, "titan run") == b"first\n"
-        with local.client() as c:
-            states = [(t["id"], t["state"]) for t in c.tasks()]
-        assert len(states) == 1 and states[0][1] == "RUNNING", states
-        assert run.poll() is None, "titan run returned before the task ended"
-        assert lines.empty()
-        # And once the task goes on, the rest is printed and titan run exits 0
-        gate.touch()
-        assert run.wait(15) == 0, run.stderr.read() if run.stderr else ""
-        reader.join(5)
-        assert next_line(lines, "titan run", 5) == b"second\n"
+        with cli_lines("--master", local.address, "run", "--", "sh", "-c", script, env=env) as (run, lines):
+            # Then the first line is printed while the task is still running, and the second is not
+            assert next_line(lines, "titan run") == b"first\n"
+            with local.client() as c:
+                states = [(t["id"], t["state"]) for t in c.tasks()]
+            assert len(states) == 1 and states[0][1] == "RUNNING", states
+            assert run.poll() is None, "titan run returned before the task ended"
+            assert lines.empty()
+            # And once the task goes on, the rest is printed and titan run exits 0
+            gate.touch()
+            assert run.wait(15) == 0, run.stderr.read() if run.stderr else ""
+            assert next_line(lines, "titan run", 5) == b"second\n"
         assert lines.empty()
     finally:
         gate.touch()
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait(10)
-        run.stdout.close()
-        run.stderr.close()
 
 
 def test_cli_run_says_why_its_task_waits_and_ctrl_c_cancels_it(cluster: Cluster) -> None:
     # Given a cluster whose only worker has no gpu tag
     local = cluster(workers=1)
     # When a user runs a task that requires gpu
-    run = subprocess.Popen(cli_argv("--master", local.address, "run", "--requires", "gpu", "--", "echo", "x"),
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=child_env(), start_new_session=True)
-    lines: "queue.Queue[bytes]" = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in run.stderr], daemon=True)
-    reader.start()
-    try:
+    with cli_lines("--master", local.address, "run", "--requires", "gpu", "--", "echo", "x",
+                   stream="stderr") as (run, lines):
         # Then within seconds it says why the task waits, and how to fix it
         assert next_line(lines, "titan run") == (b"titan: echo#1 QUEUED (no connected worker has tags gpu: "
                                                  b"start one with --tags gpu)\n")
         # And when the user presses Ctrl-C, it cancels the task and exits 130
         run.send_signal(signal.SIGINT)
         assert run.wait(15) == 130
-        reader.join(5)
         assert next_line(lines, "titan run", 5) == b"titan: cancelled echo#1\n"
-        with local.client() as c:
-            assert c.status("echo#1")["state"] == "CANCELLED"
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait(10)
-        run.stdout.close()
-        run.stderr.close()
+    with local.client() as c:
+        assert c.status("echo#1")["state"] == "CANCELLED"
     # And `run --detach --json` prints the id as JSON
     res = run_cli("--master", local.address, "run", "--detach", "--json", "--", "true")
     assert (res.code, json.loads(res.stdout)) == (0, {"id": "true#1"}), res
@@ -400,31 +400,22 @@ def test_cli_run_says_when_a_later_attempt_starts(cluster: Cluster, tmp_path: Pa
     marker, gate = tmp_path / "failed-once", tmp_path / "gate"
     script = (f"if [ -e {marker} ]; then while [ ! -e {gate} ]; do sleep 0.05; done; echo done; "
               f"else touch {marker}; exit 3; fi")
-    run = subprocess.Popen(cli_argv("--master", local.address, "run", "--retries", "1", "--", "sh", "-c", script),
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=child_env(), start_new_session=True)
-    lines: "queue.Queue[bytes]" = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in run.stderr], daemon=True)
-    reader.start()
     try:
-        # Then `titan run` says that attempt 2 started, and why (after, if it looked during the 1 s
-        # backoff, a line saying the task waits for it)
-        attempt_line = b"titan: sh#1 attempt 2 on local-1 (attempt 1 failed with exit code 3)\n"
-        seen = [next_line(lines, "titan run", 30)]
-        if seen[0] != attempt_line:
-            seen.append(next_line(lines, "titan run", 30))
-        assert seen in ([attempt_line], [b"titan: sh#1 QUEUED (next attempt in 1s)\n", attempt_line]), seen
-        # And it ends with the second attempt's result
-        gate.touch()
-        assert run.wait(15) == 0
-        assert run.stdout.read() == b"done\n"
+        with cli_lines("--master", local.address, "run", "--retries", "1", "--", "sh", "-c", script,
+                       stream="stderr") as (run, lines):
+            # Then `titan run` says that attempt 2 started, and why (after, if it looked during the
+            # 1 s backoff, a line saying the task waits for it)
+            attempt_line = b"titan: sh#1 attempt 2 on local-1 (attempt 1 failed with exit code 3)\n"
+            seen = [next_line(lines, "titan run", 30)]
+            if seen[0] != attempt_line:
+                seen.append(next_line(lines, "titan run", 30))
+            assert seen in ([attempt_line], [b"titan: sh#1 QUEUED (next attempt in 1s)\n", attempt_line]), seen
+            # And it ends with the second attempt's result
+            gate.touch()
+            assert run.wait(15) == 0
+            assert run.stdout.read() == b"done\n"
     finally:
         gate.touch()
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait(10)
-        run.stdout.close()
-        run.stderr.close()
 
 
 def test_cli_status_nodes_and_logs(cluster: Cluster) -> None:
