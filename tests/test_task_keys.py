@@ -128,3 +128,27 @@ def test_priority_timeout_and_env_are_honoured_by_a_one_slot_worker(cluster: Clu
     assert "timed out after 1s" in slow["reason"], slow
     assert {t: s for t, s in result.tasks.items() if t != "prio#1/slow"} == {
         f"prio#1/{name}": "SUCCEEDED" for name in ("hold", "low", "high", "envy")}
+
+
+def test_the_ready_tasks_of_a_new_run_start_by_priority_not_by_their_order_in_the_file(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # Given one free slot, and a job whose first task in the file has the lowest priority
+    local = cluster(workers=1, slots=1, worker_args=("--ahead", "0"))
+    order = tmp_path / "order"
+    job = write_job(tmp_path, "first.ini", f"""
+        [job]
+        name = first
+        [task:low]
+        priority = -1000
+        run = echo low >> {order}
+        [task:mid]
+        run = echo mid >> {order}
+        [task:high]
+        priority = 1000
+        run = echo high >> {order}
+    """)
+    # When a run of it starts
+    with local.client() as c:
+        assert c.submit_file(job).wait(timeout=60).ok
+    # Then the free slot went to the highest priority, then the next
+    assert order.read_text().split() == ["high", "mid", "low"]

@@ -227,11 +227,13 @@ class Scheduler:
     # ----- tasks ---------------------------------------------------------
     def task_submitted(self, task_id: str, spec: TaskSpec, now: float, *, delay_s: float = 0.0,
                        after: Iterable[str] = (), affinity: Optional[str] = None,
-                       run: Optional[str] = None) -> List[Action]:
+                       run: Optional[str] = None, dispatch: bool = True) -> List[Action]:
         """A new task: QUEUED (after ``delay_s``) once every task in ``after`` succeeded.
 
         Until then it is WAITING; if one of them fails for good it is SKIPPED.
         ``affinity`` names a task (one of ``after``'s ancestors) whose node it must run on.
+        ``dispatch=False`` only queues it: the caller adding several at once (a run's tasks)
+        calls :meth:`dispatch` after the last, so the highest priority among them goes first.
         """
         if task_id in self.tasks:
             raise ValueError(f"task id {task_id!r} is already taken")
@@ -243,7 +245,7 @@ class Scheduler:
             self.tasks[task_id] = record
             self.dirty.add(task_id)
             self._enqueue(record, now + delay_s, now)
-            return self._dispatch(now)
+            return self._dispatch(now) if dispatch else []
         missing = [d for d in deps + ((affinity,) if affinity else ()) if d not in self.tasks]
         if missing:
             self._seq -= 1
@@ -255,9 +257,13 @@ class Scheduler:
         for dep in deps:
             self._dependants.setdefault(dep, []).append(task_id)
         actions = self._consider(record, now)
-        if record.state is S.WAITING:      # nothing new to place (a run's tasks mostly start so)
+        if record.state is S.WAITING or not dispatch:      # nothing new to place (a run's tasks mostly start so)
             return actions
         return actions + self._dispatch(now)
+
+    def dispatch(self, now: float) -> List[Action]:
+        """Place what is queued and can run (after ``task_submitted(..., dispatch=False)``)."""
+        return self._dispatch(now)
 
     def _consider(self, record: TaskRecord, now: float) -> List[Action]:
         """A WAITING task: queue it, skip it, or leave it waiting, by its dependencies.

@@ -220,8 +220,9 @@ class RunService:
             after = [f"{run_id}/{d}" for d in task.get("after") or []]
             affinity = f"{run_id}/{task['affinity']}" if task.get("affinity") else None
             m.apply(m.sched.task_submitted(task_id, spec, now, after=after, affinity=affinity, run=run_id,
-                                           delay_s=float(task.get("delay_s") or 0.0)))
+                                           delay_s=float(task.get("delay_s") or 0.0), dispatch=False))
             ids.append(task_id)
+        m.apply(m.sched.dispatch(now))     # once all are queued: the highest priority first
         self.runs[run_id] = ids
         return {"job": job["name"], "run": run_id, "tasks": ids}
 
