@@ -241,6 +241,20 @@ def test_given_a_huge_backoff_then_it_is_capped_at_max_backoff(calm) -> None:
     assert waits == [100.0, 150.0, 150.0]
 
 
+def test_given_a_backoff_longer_than_the_cap_then_it_is_kept_as_set(calm) -> None:
+    # max_backoff_s is 150 here: a backoff of 600 s stays 600 s, and does not grow
+    h = calm
+    h.join("w")
+    h.submit("t", retries=2, retry_backoff_s=600.0)
+    waits = []
+    for attempt in (1, 2):
+        t0 = h.clock()
+        h.finish("w", "t", attempt, exit_code=1)
+        waits.append(h.sched.next_deadline() - t0)
+        h.tick_at(h.sched.next_deadline())
+    assert waits == [600.0, 600.0]
+
+
 def test_given_a_delayed_submit_then_it_waits_for_its_delay(calm) -> None:
     h = calm
     h.join("w")

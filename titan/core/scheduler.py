@@ -422,7 +422,9 @@ class Scheduler:
         failures = sum(1 for a in record.attempts[since:] if a.state is S.FAILED)
         if failures <= record.spec.retries:
             # FAILED -> QUEUED, after exponential backoff
-            backoff = min(self.max_backoff_s, record.spec.retry_backoff_s * 2 ** (failures - 1))
+            # Doubling stops at max_backoff_s (5 minutes), or at the backoff as set if that is longer.
+            base = record.spec.retry_backoff_s
+            backoff = min(max(self.max_backoff_s, base), base * 2 ** (failures - 1))
             self._move(record, S.QUEUED)
             self._enqueue(record, now + backoff, now)
             return [Note(f"task {record.id} failed; retry {failures}/{record.spec.retries} in {backoff:g}s")]
