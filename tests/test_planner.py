@@ -45,8 +45,9 @@ def test_catch_up_all_with_overlap_skip_runs_the_missed_slots_one_after_another(
     p = Planner()
     p.set_job("h", "0 * * * *", catchup="all", catchup_limit=3, now=0.0, cursor=ts("2026-11-28T00:30:00"))
     busy = False
-    # When the master is back: the oldest of the three missed slots starts, the others wait for it
-    assert [f.run_id for f in p.due(ts("2026-11-28T05:10:00"), lambda job: busy)] == ["h@2026-11-28T03:00Z"]
+    # When the master is back, 15 s after the last of them: the oldest of the three missed slots
+    # starts, the others (the last one too, though its minute is still going) wait for it
+    assert [f.run_id for f in p.due(ts("2026-11-28T05:00:15"), lambda job: busy)] == ["h@2026-11-28T03:00Z"]
     busy = True
     assert p.due(ts("2026-11-28T05:10:30"), lambda job: busy) == []
     # And a slot that comes while one of them runs is still skipped

@@ -41,7 +41,7 @@ class Fire(NamedTuple):
     slot: float          # the slot's time, seconds since the epoch
     run_id: str          # JOB@SLOT
     start_at: float      # slot + jitter
-    missed: bool = False  # found by catch-up (its minute had passed when it was found)
+    missed: bool = False  # found by catch-up (its minute had passed, or it came with older ones)
 
 
 @dataclass
@@ -101,6 +101,8 @@ class Planner:
         latest = slots[-1].slot
         if job.catchup == "none":            # only a slot whose minute is still going runs
             slots = [f for f in slots if not f.missed]
+        elif len(slots) > 1:                 # found together after downtime: each one is a catch-up
+            slots = [f._replace(missed=True) for f in slots]
         return latest, slots
 
     def due(self, now: float, is_running: Callable[[str], bool]) -> List[Fire]:
