@@ -303,6 +303,20 @@ def test_malformed_service_requests_get_bad_request(served: Served, raw: Raw, op
     assert_still_serving(served)
 
 
+@pytest.mark.parametrize("body, words", [
+    ({"channels": 5}, "channels must be a list of names, not int"),
+    ({"channels": "news"}, "channels must be a list of names, not str"),
+    ({"patterns": {"a": 1}}, "patterns must be a list of names, not dict"),
+    ({}, "subscribe needs channels or patterns"),
+])
+def test_malformed_subscriptions_get_bad_request(served: Served, raw: Raw, body: Dict[str, Any], words: str) -> None:
+    raw.hello()
+    raw.send_frame(Op.SUBSCRIBE, 40, body)
+    raw.expect_error("bad_request", words, req_id=40)
+    raw.ping(41)
+    assert_still_serving(served)
+
+
 def test_a_worker_reporting_nonsense_about_services_disturbs_nothing(served: Served) -> None:
     # Given a peer that registers as a worker with junk in its service list, then sends junk states
     peer = Raw(served.master.address)

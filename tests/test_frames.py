@@ -218,6 +218,6 @@ def test_error_body() -> None:
 
 
 def test_opcode_values() -> None:
-    assert (Op.HELLO, Op.PONG, Op.SUBMIT, Op.SHUTDOWN, Op.HEARTBEAT, Op.STARTED) == (
-        0x01, 0x09, 0x10, 0x17, 0x20, 0x26)
+    assert (Op.HELLO, Op.PONG, Op.SUBMIT, Op.RETRY, Op.HEARTBEAT, Op.RUN_DONE) == (
+        0x01, 0x09, 0x10, 0x18, 0x20, 0x27)
     assert len({int(op) for op in Op}) == len(Op)  # no aliases

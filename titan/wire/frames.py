@@ -70,7 +70,6 @@ class Op(enum.IntEnum):
     LOGS = 0x14
     WAIT = 0x15
     TASKS = 0x16
-    SHUTDOWN = 0x17
     RETRY = 0x18
     RUN = 0x19
     TRIGGER = 0x1A
@@ -84,7 +83,6 @@ class Op(enum.IntEnum):
     FINISHED = 0x23
     KILL = 0x24
     ACK = 0x25
-    STARTED = 0x26
     RUN_DONE = 0x27
     FETCH = 0x28
     SVC_START = 0x29

@@ -131,8 +131,8 @@ class KvService:
         conn.send(Op.OK, req_id, {"receivers": count})
 
     def subscribe(self, conn: Connection, req_id: int, body: Dict[str, Any]) -> None:
-        channels = [_key({"channel": c}, "channel") for c in body.get("channels") or []]
-        patterns = [_key({"channel": p}, "channel") for p in body.get("patterns") or []]
+        channels = [_key({"channel": c}, "channel") for c in _names(body, "channels")]
+        patterns = [_key({"channel": p}, "channel") for p in _names(body, "patterns")]
         if not channels and not patterns:
             raise UsageError("subscribe needs channels or patterns")
         self._last_sid += 1
@@ -149,3 +149,13 @@ class KvService:
         for sid in sids:
             self.pubsub.drop(sid)
             self.streams.pop(sid, None)
+
+
+def _names(body: Dict[str, Any], field: str) -> List[Any]:
+    """``body[field]``: a list of channel names or patterns (none if absent)."""
+    value = body.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UsageError(f"{field} must be a list of names, not {type(value).__name__}")
+    return value
