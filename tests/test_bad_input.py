@@ -288,6 +288,8 @@ def test_the_sdk_and_cli_refuse_empty_commands_before_sending(served: Served) ->
     (Op.DEPLOY, {"services": ["web"]}, "a service must be a map"),
     (Op.DEPLOY, {"services": [{"name": ["web"], "command": "x"}]}, "bad service name"),
     (Op.DEPLOY, {"services": [{"name": "web"}]}, "command is missing"),
+    (Op.DEPLOY, {"services": [{"name": "web", "command": "x", "env": {"TITAN_SERVICE": "y"}}]},
+     "TITAN_SERVICE is set by Titan (the service's name)"),
     (Op.DEPLOY, {"services": [{"name": "web", "command": "x", "port": 0.5}]}, "port must be a number"),
     (Op.DEPLOY, {"services": [{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]}, "same name"),
     (Op.SERVICE_CTL, {"name": "nosuch", "action": "stop"}, "no service 'nosuch'"),

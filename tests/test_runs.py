@@ -538,6 +538,17 @@ def test_a_bad_job_from_the_sdk_is_refused_whole_and_changes_nothing(cluster: Cl
         "delay_s must be a number": {"name": "bad", "tasks": [{**ok, "delay_s": "soon"}]},
         "catchup_limit must be a whole number": {"name": "bad", "catchup_limit": "x", "tasks": [ok]},
         "task 'b': command is missing": {"name": "bad", "tasks": [ok, {"name": "b"}]},
+        "bad job name 'bad name!'": {"name": "bad name!", "tasks": [ok]},
+        "overlap must be one of skip, queue, allow, not 'bogus'": {"name": "bad", "overlap": "bogus", "tasks": [ok]},
+        "catchup must be one of none, latest, all": {"name": "bad", "catchup": "every", "tasks": [ok]},
+        "catchup_limit must be a whole number from 1 to 1000": {"name": "bad", "catchup_limit": 5000, "tasks": [ok]},
+        "task 'a' has the name of a service": {"name": "bad", "tasks": [ok],
+                                                "services": [{"name": "a", "command": "sleep 9"}]},
+        "affinity 'a' must be upstream": {"name": "bad", "tasks": [ok, {**ok, "name": "b", "affinity": "a"}]},
+        "affinity and node cannot both be set": {"name": "bad", "tasks": [
+            ok, {**ok, "name": "b", "after": ["a"], "affinity": "a", "node": "w1"}]},
+        "priority must be an integer from -1000 to 1000": {"name": "bad", "tasks": [{**ok, "priority": 5000}]},
+        "TITAN_RUN is set by Titan": {"name": "bad", "tasks": [{**ok, "env": {"TITAN_RUN": "x"}}]},
     }
     with local.client() as c:
         # When jobs with a problem in a later task are submitted

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 
 from titan.core import convert
 from titan.core.convert import ConvertError, closest, suggest
+from titan.core.model import SET_BY_TITAN
 from titan.core.service import ServiceSettings
 from titan.errors import UsageError
 
@@ -129,12 +130,6 @@ class JobFileError(UsageError):
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
-
-
-# Environment variables a worker sets for each attempt (or service instance), over the job's own.
-_SET_BY_TITAN = {"TITAN_RUN": "the run's id", "TITAN_TASK": "the task's id",
-                 "TITAN_ATTEMPT": "the attempt's number", "TITAN_SHARED": "the run's shared directory",
-                 "TITAN_WORKSPACE": "the attempt's own directory", "TITAN_SERVICE": "the service's name"}
 
 
 # ----- the line-aware reader ---------------------------------------------------------
@@ -402,8 +397,8 @@ class _Builder:
             try:
                 if key.startswith("env."):
                     name = convert.env_name(key[4:])
-                    if name in _SET_BY_TITAN:
-                        raise ConvertError(f"{name} is set by Titan ({_SET_BY_TITAN[name]}) and cannot be "
+                    if name in SET_BY_TITAN:
+                        raise ConvertError(f"{name} is set by Titan ({SET_BY_TITAN[name]}) and cannot be "
                                            "set here; choose another name", value=name)
                     env.append((name, convert.env_value(entry.value)))
                 elif key in table:

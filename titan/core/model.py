@@ -39,7 +39,7 @@ __all__ = [
     "SpecCache",
     "default_task_name",
     "argv_from_wire",
-    "env_from_wire",
+    "env_from_wire", "SET_BY_TITAN",
     "files_from_wire",
     "NAME_RE",
 ]
@@ -181,12 +181,20 @@ def files_from_wire(files: object) -> Tuple[Tuple[str, str, bool], ...]:
     return tuple(out)
 
 
+# Environment variables a worker sets for each attempt (or service instance), over the job's own.
+SET_BY_TITAN = {"TITAN_RUN": "the run's id", "TITAN_TASK": "the task's id",
+                "TITAN_ATTEMPT": "the attempt's number", "TITAN_SHARED": "the run's shared directory",
+                "TITAN_WORKSPACE": "the attempt's own directory", "TITAN_SERVICE": "the service's name"}
+
+
 def env_from_wire(env: object) -> Tuple[Tuple[str, str], ...]:
     """A wire ``env`` map, checked, as sorted (name, value) pairs."""
     env = env or {}
     _want(isinstance(env, dict) and all(isinstance(v, str) for v in env.values()),  # type: ignore[union-attr]
           "env must map names to string values")
     for key, value in env.items():  # type: ignore[union-attr]
+        _want(key not in SET_BY_TITAN, f"{key} is set by Titan ({SET_BY_TITAN.get(key)}) and cannot be set here; "
+                                       "choose another name")
         _want(isinstance(key, str) and bool(key) and "=" not in key and "\0" not in key,
               f"bad environment variable name {key!r}: it must be non-empty without '=' or NUL")
         _want("\0" not in value, f"environment variable {key!r} contains a NUL byte")
@@ -207,7 +215,8 @@ def spec_from_wire(body: Mapping[str, Any]) -> TaskSpec:
     node = body.get("node")
     _want(node is None or (isinstance(node, str) and bool(node)), f"node must be a worker name, not {node!r}")
     priority = body.get("priority", 0)
-    _want(isinstance(priority, int) and not isinstance(priority, bool), f"priority must be an integer, not {priority!r}")
+    _want(isinstance(priority, int) and not isinstance(priority, bool) and -1000 <= priority <= 1000,
+          f"priority must be an integer from -1000 to 1000, not {priority!r}")
     retries = body.get("retries", 0)
     _want(isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= 1000, f"retries must be an integer 0..1000, not {retries!r}")
     timeout_s = _number(body, "timeout_s", None)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
+from titan.core import convert
 from titan.core.jobfile import JobSpec
 from titan.core.model import TERMINAL, SpecCache, TaskSpec, TaskState
 from titan.core.service import ServiceSettings
@@ -89,36 +90,51 @@ def check_job(job: Any, specs: SpecCache) -> List[TaskSpec]:
     if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
         raise UsageError("a job needs a name")
     name = job["name"]
-    tasks = job.get("tasks")
+    if convert.name(name, what="job name") != name:          # the rules of a job file's [job] name
+        raise UsageError(f"bad job name {name!r}: {convert.NAME_RULE}")
+    tasks = job.get("tasks") or []
     services = job.get("services") or []
     if not isinstance(tasks, list) or not isinstance(services, list) or not (tasks or services):
         raise UsageError(f"job {name!r} has no tasks and no services")
     _want_number(job, "jitter_s", f"job {name!r}")
+    for key, allowed in (("overlap", convert.OVERLAP_POLICIES), ("catchup", convert.CATCHUP_POLICIES)):
+        if job.get(key) is not None and job[key] not in allowed:
+            raise UsageError(f"job {name!r}: {key} must be one of {', '.join(allowed)}, not {job[key]!r}")
     limit = job.get("catchup_limit")
-    if limit is not None and (type(limit) is not int or limit < 1):
-        raise UsageError(f"job {name!r}: catchup_limit must be a whole number of at least 1, not {limit!r}")
-    seen: set = set()
+    if limit is not None and (type(limit) is not int or not 1 <= limit <= 1000):
+        raise UsageError(f"job {name!r}: catchup_limit must be a whole number from 1 to 1000, not {limit!r}")
+    unit_names = {s.get("name") for s in services if isinstance(s, dict)}
+    upstream: Dict[str, Set[str]] = {}       # task -> every task it waits for, directly or not
     built = []
     for t in tasks:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise UsageError(f"job {name!r}: every task needs a name")
         where = f"job {name!r}: task {t['name']!r}"
-        if t["name"] in seen:
+        if t["name"] in upstream:
             raise UsageError(f"job {name!r}: two tasks are named {t['name']!r}; task names must be unique")
+        if t["name"] in unit_names:
+            raise UsageError(f"{where} has the name of a service of the job; names must be unique across "
+                             "tasks and services")
         after, affinity = t.get("after") or [], t.get("affinity")
         if not isinstance(after, list) or not all(isinstance(d, str) for d in after):
             raise UsageError(f"{where}: after must be a list of task names, not {after!r}")
         if affinity is not None and not isinstance(affinity, str):
             raise UsageError(f"{where}: affinity must be a task name, not {affinity!r}")
         for dep in after + ([affinity] if affinity else []):
-            if dep not in seen:
+            if dep not in upstream:
                 raise UsageError(f"{where} depends on {dep!r}, which is not listed before it")
+        ancestors = set(after).union(*(upstream[d] for d in after))
+        if affinity and affinity not in ancestors:
+            raise UsageError(f"{where}: affinity {affinity!r} must be upstream of it (in after, directly or "
+                             "through other tasks)")
+        if affinity and t.get("node") is not None:
+            raise UsageError(f"{where}: affinity and node cannot both be set")
         _want_number(t, "delay_s", where)
         try:
             built.append(specs.get(task_body(t)))
         except UsageError as exc:
             raise UsageError(f"{where}: {exc}") from None
-        seen.add(t["name"])
+        upstream[t["name"]] = ancestors
     return built
 
 
