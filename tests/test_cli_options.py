@@ -7,6 +7,7 @@ from typing import List
 import pytest
 
 from titan.cli import EXIT_USAGE, main
+from titan.cli.parser import build_parser
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -21,6 +22,9 @@ from titan.cli import EXIT_USAGE, main
     (["worker", "--heartbeat-interval", "0"], "argument --heartbeat-interval: must be greater than 0, not 0"),
     (["worker", "--ahead", "-1"], "argument --ahead: must be at least 0, not -1"),
     (["up", "--workers", "-1"], "argument --workers: must be at least 0, not -1"),
+    (["tasks", "--limit", "0"], "argument --limit: must be at least 1, not 0"),
+    (["tasks", "--state", "bogus"], "argument --state: invalid choice: 'BOGUS' (choose from 'WAITING', 'QUEUED', "
+                                    "'RUNNING', 'SUCCEEDED', 'FAILED', 'DEAD', 'CANCELLED', 'SKIPPED')"),
 ])
 def test_an_option_out_of_range_is_refused_by_name(capsys: pytest.CaptureFixture, argv: List[str],
                                                    message: str) -> None:
@@ -44,3 +48,12 @@ def test_a_bad_address_or_an_empty_cluster_is_one_line_and_starts_nothing(
     assert main([str(data) if a == "DATA" else a for a in argv]) == EXIT_USAGE
     assert capsys.readouterr().err == line + "\n"
     assert not data.exists()
+
+
+def test_the_global_options_follow_nested_verbs_too() -> None:
+    parser = build_parser()
+    for argv in (["store", "check", "DIR", "--json"], ["kv", "keys", "--json"], ["jobs", "rm", "x", "--json"],
+                 ["cron", "next", "@daily", "--json"], ["tasks", "--state", "dead", "--json"]):
+        args = parser.parse_args(argv)
+        assert args.json is True, argv
+    assert parser.parse_args(["tasks", "--state", "dead"]).state == "DEAD"

@@ -101,3 +101,5 @@ def test_cli_get_set_del_keys(cluster: Callable[..., LocalCluster]) -> None:
     assert run_cli(*m, "kv", "del", "colour").stdout.strip() == "1"
     missing = run_cli(*m, "kv", "get", "colour")
     assert missing.code == 4 and "no key 'colour'" in missing.stderr
+    missing = run_cli(*m, "kv", "get", "colour", "--json")     # null, and still exit 4
+    assert (missing.code, json.loads(missing.stdout)) == (4, None), missing

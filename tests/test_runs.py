@@ -60,6 +60,10 @@ run = echo report
     res = run_cli("--master", local.address, "status", "etl#1")
     assert "load             SKIPPED" in res.stdout and "upstream task etl#1/transform FAILED" in res.stdout
     assert "transform        FAILED     1 attempt  on local-" in res.stdout, res
+    for verb in ("wait", "logs"):           # they take a task: a run's id gets a pointer to its tasks
+        res = run_cli("--master", local.address, verb, "etl#1")
+        assert res.code == 2 and res.stderr == ("titan: etl#1 is a run, not a task: `titan status etl#1` shows "
+                                                "its tasks, whose ids read etl#1/TASK\n"), res
     res = run_cli("--master", local.address, "trigger", "etl", "--wait")
     assert res.code == 1 and "etl#2  FAILED" in res.stdout, res
     assert res.stderr.splitlines()[0] == "titan: etl#2 started: 4 tasks", res

@@ -167,12 +167,12 @@ def cmd_kv(args: argparse.Namespace) -> int:
         if args.kv_action == "get":
             value = c.kv.get(args.key)
             if args.json:
-                print_json(value)
-                return EXIT_OK
+                print_json(value)           # null for a missing key, which still exits 4
+            elif value is not None:
+                sys.stdout.buffer.write(value + (b"" if value.endswith(b"\n") else b"\n"))
             if value is None:
                 print(f"titan: no key {args.key!r}", file=sys.stderr)
                 return EXIT_NOT_FOUND
-            sys.stdout.buffer.write(value + (b"" if value.endswith(b"\n") else b"\n"))
         elif args.kv_action == "set":
             c.kv.set(args.key, args.value, ttl_s=args.ttl)
         elif args.kv_action == "del":

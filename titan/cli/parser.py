@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import titan
 from titan.cli.services import add_service_verbs
+from titan.core.model import TaskState
 from titan.sdk.client import DEFAULT_MASTER
 
 __all__ = ["build_parser"]
@@ -90,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--undo", action="store_true", help="let the node take work again")
     _add_kv(subs)
     p = _sub(subs, "tasks", "list recent tasks")
-    p.add_argument("--state", default=None)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--state", default=None, type=str.upper, metavar="STATE",
+                   choices=[s.value for s in TaskState], help="only tasks in this state (e.g. FAILED)")
+    p.add_argument("--limit", type=COUNT, default=50)
     p = _sub(subs, "check", "validate job files; print every problem with its file and line")
     p.add_argument("files", nargs="+", metavar="FILE")
     _add_store(subs)
@@ -218,6 +220,7 @@ def _add_store(subs: Any) -> None:
     p.add_argument("--rewrite-min-bytes", type=int, default=64 * 1024 * 1024, metavar="N")
     check = p.add_subparsers(dest="store_action", metavar="check").add_parser(
         "check", help="validate an AOF directory", description="validate an AOF directory; --fix cuts a torn tail")
+    _globals(check, suppress=True)
     check.add_argument("check_dir", metavar="DIR")
     check.add_argument("--fix", action="store_true", help="truncate a torn or corrupt tail of the last file")
 

@@ -38,6 +38,9 @@ class ClientRequests:
         task_id = body.get("task")
         record = self.sched.tasks.get(task_id) if isinstance(task_id, str) else None
         if record is None:
+            if self._is_run(body):
+                raise UsageError(f"{task_id} is a run, not a task: `titan status {task_id}` shows its tasks, "
+                                 f"whose ids read {task_id}/TASK")
             raise UnknownTaskId(task_id)
         return record
 
