@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -395,6 +396,9 @@ def test_titan_up_runs_a_job_files_tasks_then_serves_its_services_until_interrup
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
     assert up.returncode == 0 and "site#1  SUCCEEDED" in out.decode()
+    # the service's line says the port it was given (though the job's task ran at the same time)
+    assert re.search(rf"^service web: (STARTING|RUNNING) on port {web['port']}$", err.read_text(), re.M), \
+        err.read_text()
     wait_until(lambda: pid_gone(web["pid"]), 10, "the service to stop with the cluster")
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, Tuple
+import time
+from typing import Any, Dict, List, Set, Tuple
 
 from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, fail, make_client, print_json,
                               show_list)
@@ -193,17 +194,31 @@ def required_tags(spec: Any) -> List[str]:
     return sorted(set().union(*(unit.requires for unit in units)))
 
 
+def _placed(c: Client, names: List[str], wants_port: Set[str], wait_s: float = 5.0) -> List[Dict[str, Any]]:
+    """The rows of services ``names`` once each is placed, and has its port if it wants one
+    (or after ``wait_s``: one with no eligible worker stays PENDING)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        rows = [row for row in c.services() if row["name"] in names]
+        if time.monotonic() > deadline or all(row["state"] != "PENDING" and (row.get("port") or row["name"]
+                                                                             not in wants_port) for row in rows):
+            return rows
+        time.sleep(0.05)
+
+
 def run_file(c: Client, path: str) -> Tuple[int, List[str]]:
     """``titan up FILE``: run the job once on the local cluster, then show each task's output.
 
     Returns the exit code and the job's services (deployed with it; `up` keeps serving them).
     """
     try:
+        spec, _ = load_job_file(path)
         run = c.submit_file(path, start=True, on_task=_progress)
     except JobFileError as exc:
         return print_problems(exc), []
-    for row in (c.services() if run.services else []):
-        if row["name"] in run.services:
+    if run.services:
+        wants_port = {name for name, service in spec.services.items() if service.port is not None}
+        for row in _placed(c, run.services, wants_port):
             print(f"service {row['name']}: {row['state']}" + (f" on port {row['port']}" if row.get("port") else ""),
                   file=sys.stderr)
     if not run.id:
