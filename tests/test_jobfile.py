@@ -1,6 +1,7 @@
 """Tests for titan.core.jobfile (INI job files -> JobSpec) and the `titan check` verb."""
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import List
@@ -611,6 +612,16 @@ def test_check_prints_every_problem_and_exits_2(tmp_path: Path, capsys: pytest.C
         f"{bad}:6: [task:a] retires: unknown key 'retires' in [task:a]; did you mean 'retries'?",
         f"{bad}:12: [service:s] port: bad port '99999': expected a port number from 1 to 65535, or 'auto'"]
     assert out == f"{good}: ok (job j: 1 task, 0 services, no schedule)\n"
+
+
+def test_check_json_gives_each_file_its_verdict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = write_job(tmp_path, "bad.ini", MINIMAL + "retries = x\n")
+    good = write_job(tmp_path, "good.ini", MINIMAL)
+    assert main(["check", good, bad, "--json"]) == EXIT_USAGE
+    assert json.loads(capsys.readouterr().out) == [
+        {"file": good, "ok": True, "job": "j", "summary": "job j: 1 task, 0 services, no schedule"},
+        {"file": bad, "ok": False,
+         "problems": [f"{bad}:5: [task:t] retries: bad number 'x': expected a whole number from 0 to 1000"]}]
 
 
 def test_check_reports_missing_files_relative_to_the_job_file(tmp_path: Path,

@@ -62,15 +62,21 @@ def _finish(run: Run, wait: bool, as_json: bool) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    failed = False
+    failed, report = False, []
     for name in args.files:
         try:
             spec, _ = load_job_file(name)
         except JobFileError as exc:
-            print_problems(exc)
             failed = True
+            report.append({"file": name, "ok": False, "problems": [str(p) for p in exc.problems]})
+            if not args.json:
+                print_problems(exc)
         else:
-            print(f"{name}: ok ({spec.summary()})")
+            report.append({"file": name, "ok": True, "job": spec.name, "summary": spec.summary()})
+            if not args.json:
+                print(f"{name}: ok ({spec.summary()})")
+    if args.json:
+        print_json(report)
     return EXIT_USAGE if failed else EXIT_OK
 
 
