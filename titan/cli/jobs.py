@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 from titan.cli.common import (EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, fail, make_client, print_json,
                               show_list)
@@ -83,14 +83,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Register a job file's job; start (and with --wait, follow) a run unless it has a schedule."""
     try:
-        load_job_file(args.file)        # a bad file is reported as such, even with no master to reach
+        spec, read = load_job_file(args.file)   # a bad file is reported as such, even with no master to reach
     except JobFileError as exc:
         return print_problems(exc)
     with make_client(args) as c:
-        try:
-            run = c.submit_file(args.file, watch=args.wait, on_task=None if args.json else _progress)
-        except JobFileError as exc:
-            return print_problems(exc)
+        run = c.submit_spec(spec, read, watch=args.wait, on_task=None if args.json else _progress)
         return _finish(run, args.wait, args.json)
 
 
@@ -212,16 +209,13 @@ def _placed(c: Client, names: List[str], wants_port: Set[str], wait_s: float = 5
         time.sleep(0.05)
 
 
-def run_file(c: Client, path: str) -> Tuple[int, List[str]]:
-    """``titan up FILE``: run the job once on the local cluster, then show each task's output.
+def run_file(c: Client, spec: Any, read: Callable[[str], Tuple[bytes, bool]]) -> Tuple[int, List[str]]:
+    """``titan up FILE``: run the job (read by ``load_job_file``) once on the local cluster, then
+    show each task's output.
 
     Returns the exit code and the job's services (deployed with it; `up` keeps serving them).
     """
-    try:
-        spec, _ = load_job_file(path)
-        run = c.submit_file(path, start=True, on_task=_progress)
-    except JobFileError as exc:
-        return print_problems(exc), []
+    run = c.submit_spec(spec, read, start=True, on_task=_progress)
     if run.services:
         wants_port = {name for name, service in spec.services.items() if service.port is not None}
         for row in _placed(c, run.services, wants_port):

@@ -163,10 +163,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     first_tags: List[str] = []
     if job_file is not None:            # checked before anything starts: a bad file starts nothing
         try:
-            spec, _ = load_job_file(job_file)
+            loaded = load_job_file(job_file)
         except JobFileError as exc:
             return jobs.print_problems(exc)
-        first_tags = [] if args.tags else jobs.required_tags(spec)
+        first_tags = [] if args.tags else jobs.required_tags(loaded[0])
     if first_tags:
         print(f"titan: local-1 gets the tags {','.join(first_tags)}, which the job requires "
               f"(--tags gives them to every local worker instead)", file=sys.stderr)
@@ -179,7 +179,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             return _serve_until_interrupted(cluster, address)
         if job_file is not None:
             with cluster.client() as c:
-                code, services = jobs.run_file(c, job_file)
+                code, services = jobs.run_file(c, *loaded)
             if not services or code != EXIT_OK:
                 return code
             return _serve_until_interrupted(cluster, address)   # the job's services: until Ctrl-C

@@ -480,9 +480,8 @@ class Client:
         if not (watch and body.get("run")):
             self._forget(req_id)
         run = Run(self, body.get("run"), list(body.get("tasks") or []),
-                  req_id if watch and body.get("run") else None, on_task)
+                  req_id if watch and body.get("run") else None, on_task, job=str(body.get("job") or job.get("name")))
         run.services = list(body.get("services") or [])
-        run.job = str(body.get("job") or job.get("name") or "")
         return run
 
     def submit_file(self, path: str, *, start: Optional[bool] = None, watch: bool = True,
@@ -491,8 +490,14 @@ class Client:
 
         Raises :class:`titan.core.jobfile.JobFileError` (a UsageError) listing every problem.
         """
-        from titan.core.runs import job_to_wire     # only this method needs it
         spec, read = load_job_file(path)
+        return self.submit_spec(spec, read, start=start, watch=watch, on_task=on_task)
+
+    def submit_spec(self, spec: Any, read: Callable[[str], Tuple[bytes, bool]], *, start: Optional[bool] = None,
+                    watch: bool = True, on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> Run:
+        """As :meth:`submit_file`, for a job file already read by
+        :func:`titan.sdk.services.load_job_file` (its ``JobSpec`` and reader of the files it names)."""
+        from titan.core.runs import job_to_wire     # only this method needs it
         blobs: Dict[str, bytes] = {}
         job = job_to_wire(spec, read, blobs)
         return self.submit_job(job, start=(spec.schedule is None) if start is None else start,
@@ -506,9 +511,7 @@ class Client:
         assert reply is not None
         if not watch:
             self._forget(req_id)
-        run = Run(self, reply.body["run"], list(reply.body["tasks"]), req_id if watch else None, on_task)
-        run.job = job
-        return run
+        return Run(self, reply.body["run"], list(reply.body["tasks"]), req_id if watch else None, on_task, job=job)
 
     def runs(self, job: Optional[str] = None, *, limit: int = 50) -> List[Dict[str, Any]]:
         return list(self._call(Op.RUNS, {"job": job, "limit": limit}).get("runs", []))

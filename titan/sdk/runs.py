@@ -42,16 +42,16 @@ class Run:
     """A handle on one run of a job."""
 
     def __init__(self, client: "Client", run_id: Optional[str], task_ids: List[str], req_id: Optional[int],
-                 on_task: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+                 on_task: Optional[Callable[[Dict[str, Any]], None]] = None, *, job: str = "") -> None:
         self.client = client
         self.id = run_id
+        self.job = job                      # the job's name
         self.task_ids = task_ids
         self._req_id = req_id
         self._on_task = on_task
         self._seen = 0
         self._result: Optional[RunResult] = None
         self.services: List[str] = []      # the job's services, deployed with it (see Client.services)
-        self.job = ""                       # the job's name (set by the client)
 
     def __repr__(self) -> str:
         return f"<titan.Run {self.id}>"
