@@ -129,22 +129,13 @@ def _follow(c: Any, task: Any) -> TaskResult:
         st = c.status(task.id)
         tries = st.get("attempts") or []
         if len(tries) > attempts:            # a new attempt is made when it is dispatched
-            print(f"titan: {task.id} attempt {len(tries)} on {tries[-1].get('node')} "
-                  f"({_how_it_ended(tries[-2])})", file=sys.stderr)
+            print(f"titan: {task.id} attempt {len(tries)} on {tries[-1].get('node')} ({st.get('before')})",
+                  file=sys.stderr)
             attempts = len(tries)
         waiting = st.get("waiting", "")
         if waiting and waiting != told:
             print(f"titan: {task.id} QUEUED ({waiting})", file=sys.stderr)
         told = waiting
-
-
-def _how_it_ended(attempt: Dict[str, Any]) -> str:
-    number, reason = attempt.get("attempt"), attempt.get("reason")
-    if attempt.get("state") == "QUEUED":      # its worker was lost, or handed it back unstarted
-        return f"attempt {number} lost: {reason}"
-    if attempt.get("exit_code") is not None:
-        return f"attempt {number} failed with exit code {attempt['exit_code']}"
-    return f"attempt {number} {str(attempt.get('state')).lower()}: {reason}"
 
 
 def _names_job_file(command: Union[None, str, List[str]]) -> bool:

@@ -412,8 +412,11 @@ def _change(record: TaskRecord, before: Tuple[str, int], sched: "Scheduler", now
 
 
 def task_view(record: TaskRecord, sched: "Scheduler", now: float) -> Dict[str, Any]:
-    """A task as STATUS shows it; a QUEUED one that waits for more than a free slot says why."""
+    """A task as STATUS shows it; a QUEUED one that waits for more than a free slot says why,
+    and one on a later attempt how the attempt before its latest ended (``before``)."""
     view = record.to_wire()
+    if len(record.attempts) > 1:
+        view["before"] = _how_it_ended(record.attempts[-2])
     if record.state is TaskState.QUEUED:
         waiting = _why_queued(record, sched, now)
         if waiting:
