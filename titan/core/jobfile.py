@@ -33,7 +33,7 @@ from titan.core.model import SET_BY_TITAN
 from titan.core.service import ServiceSettings
 from titan.errors import UsageError
 
-__all__ = ["parse", "check_files", "Problem", "JobFileError", "JobSpec", "TaskDef", "ServiceDef"]
+__all__ = ["parse", "check_files", "Problem", "JobFileError", "JobSpec", "TaskDef", "ServiceDef", "upstream"]
 
 Env = Tuple[Tuple[str, str], ...]
 
@@ -485,7 +485,7 @@ class _Builder:
             message = "a task cannot have affinity to itself"
         elif target not in self.tasks:
             message = self.missing_task(target, "affinity")
-        elif target not in _upstream(task.name, edges):
+        elif target not in upstream(task.name, edges):
             message = (f"task {target!r} is not upstream of {task.name!r}, so it may not have run yet: "
                        f"add it to after (directly or through another task)")
         elif task.node is not None:
@@ -559,7 +559,7 @@ def _shortest_cycle(start: str, edges: Mapping[str, List[str]], within: set) -> 
     return None
 
 
-def _upstream(name: str, edges: Mapping[str, List[str]]) -> set:
+def upstream(name: str, edges: Mapping[str, List[str]]) -> set:
     """Every task ``name`` waits for, directly or transitively."""
     seen: set = set()
     todo = list(edges[name])

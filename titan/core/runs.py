@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from titan.core import convert
-from titan.core.jobfile import JobSpec
+from titan.core.jobfile import JobSpec, upstream
 from titan.core.model import TERMINAL, SpecCache, TaskSpec, TaskState
 from titan.core.service import ServiceSettings
 from titan.errors import UsageError
@@ -104,13 +104,13 @@ def check_job(job: Any, specs: SpecCache) -> List[TaskSpec]:
     if limit is not None and (type(limit) is not int or not 1 <= limit <= 1000):
         raise UsageError(f"job {name!r}: catchup_limit must be a whole number from 1 to 1000, not {limit!r}")
     unit_names = {s.get("name") for s in services if isinstance(s, dict)}
-    upstream: Dict[str, Set[str]] = {}       # task -> every task it waits for, directly or not
+    edges: Dict[str, List[str]] = {}         # task -> the tasks it is after
     built = []
     for t in tasks:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise UsageError(f"job {name!r}: every task needs a name")
         where = f"job {name!r}: task {t['name']!r}"
-        if t["name"] in upstream:
+        if t["name"] in edges:
             raise UsageError(f"job {name!r}: two tasks are named {t['name']!r}; task names must be unique")
         if t["name"] in unit_names:
             raise UsageError(f"{where} has the name of a service of the job; names must be unique across "
@@ -121,10 +121,10 @@ def check_job(job: Any, specs: SpecCache) -> List[TaskSpec]:
         if affinity is not None and not isinstance(affinity, str):
             raise UsageError(f"{where}: affinity must be a task name, not {affinity!r}")
         for dep in after + ([affinity] if affinity else []):
-            if dep not in upstream:
+            if dep not in edges:
                 raise UsageError(f"{where} depends on {dep!r}, which is not listed before it")
-        ancestors = set(after).union(*(upstream[d] for d in after))
-        if affinity and affinity not in ancestors:
+        edges[t["name"]] = after
+        if affinity and affinity not in upstream(t["name"], edges):
             raise UsageError(f"{where}: affinity {affinity!r} must be upstream of it (in after, directly or "
                              "through other tasks)")
         if affinity and t.get("node") is not None:
@@ -134,7 +134,6 @@ def check_job(job: Any, specs: SpecCache) -> List[TaskSpec]:
             built.append(specs.get(task_body(t)))
         except UsageError as exc:
             raise UsageError(f"{where}: {exc}") from None
-        upstream[t["name"]] = ancestors
     return built
 
 
